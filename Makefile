@@ -1,0 +1,49 @@
+# Every target bootstraps what it needs on a fresh clone: uv (into .tools if
+# the machine has none), the locked virtual environment, and TimescaleDB.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PY := .venv/bin/python
+CONFIG ?= config.toml
+SIM_LISTEN ?= 127.0.0.1:9100
+
+.PHONY: run test bench lint fmt sim timescaledb clean
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install -q uv==0.13.9
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-extras
+	touch $@
+
+timescaledb:
+	bash scripts/install-timescaledb.sh
+
+# The simulated exchange and the daemon (with its embedded database) together;
+# Ctrl-C stops all of them.
+run: .venv/.synced timescaledb
+	@trap 'kill $$sim 2>/dev/null; wait' EXIT INT TERM; \
+	$(PY) -m daemon sim --listen $(SIM_LISTEN) & sim=$$!; \
+	$(PY) -m daemon run --config $(CONFIG)
+
+sim: .venv/.synced
+	$(PY) -m daemon sim --listen $(SIM_LISTEN)
+
+test: .venv/.synced timescaledb
+	.venv/bin/pytest -q
+
+bench: .venv/.synced timescaledb
+	$(PY) -m bench
+
+lint: .venv/.synced
+	.venv/bin/ruff check daemon tests bench
+	.venv/bin/ruff format --check daemon tests bench
+	.venv/bin/mypy daemon
+
+fmt: .venv/.synced
+	.venv/bin/ruff check --fix daemon tests bench
+	.venv/bin/ruff format daemon tests bench
+
+clean:
+	rm -rf .venv .tools var .pytest_cache .mypy_cache .ruff_cache

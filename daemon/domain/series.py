@@ -1,0 +1,42 @@
+"""Series identity and market profiles."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from daemon.domain.timeframe import Timeframe
+
+
+class DataProfile(enum.StrEnum):
+    """How a series' market trades, which decides what counts as a gap."""
+
+    CRYPTO = "CRYPTO"  # 24/7
+    EQUITY = "EQUITY"  # exchange sessions, holidays, early closes
+    FUTURES = "FUTURES"  # exchange sessions with daily breaks
+    FOREX = "FOREX"  # 24/5, Sunday 17:00 to Friday 17:00 New York
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SeriesKey:
+    venue: str
+    symbol: str
+    timeframe: str
+
+    def __post_init__(self) -> None:
+        Timeframe.parse(self.timeframe)  # reject bad timeframes at the boundary
+
+    @property
+    def tf(self) -> Timeframe:
+        return Timeframe.parse(self.timeframe)
+
+    @classmethod
+    def parse(cls, text: str) -> SeriesKey:
+        """Parse `VENUE:SYMBOL:TF`, the form the CLI's --series takes."""
+        parts = text.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"series {text!r}: expected VENUE:SYMBOL:TIMEFRAME")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.venue}:{self.symbol}:{self.timeframe}"

@@ -1,0 +1,123 @@
+"""Bar timeframes: parsing, alignment and iteration over bar open times.
+
+Every fixed-length timeframe aligns to the Unix epoch, except `1w`, which
+starts on Monday 00:00 UTC (the epoch was a Thursday). `1M` is a calendar
+month, so it has no fixed length and is handled by month arithmetic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# 1970-01-05 is the first Monday after the epoch: weekly bars align to it.
+_MONDAY_OFFSET_S = 4 * 86_400
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+# The venue intervals we accept (Binance's full list); anything else is a typo.
+SUPPORTED = (
+    "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h",
+    "1d", "3d", "1w", "1M",
+)  # fmt: skip
+_PATTERN = re.compile(r"^(\d+)([smhdwM])$")
+
+
+def require_utc(ts: datetime, what: str = "timestamp") -> datetime:
+    """Return `ts` converted to UTC; reject naive datetimes."""
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware (UTC), got naive {ts.isoformat()}")
+    return ts.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeframe:
+    count: int
+    unit: str  # one of s m h d w M
+
+    @classmethod
+    def parse(cls, text: str) -> Timeframe:
+        if text not in SUPPORTED:
+            raise ValueError(f"unknown timeframe {text!r}; expected one of {', '.join(SUPPORTED)}")
+        m = _PATTERN.match(text)
+        assert m is not None  # every SUPPORTED entry matches
+        return cls(int(m.group(1)), m.group(2))
+
+    def __str__(self) -> str:
+        return f"{self.count}{self.unit}"
+
+    @property
+    def is_monthly(self) -> bool:
+        return self.unit == "M"
+
+    @property
+    def seconds(self) -> int:
+        """Fixed length in seconds; monthly bars have none."""
+        if self.is_monthly:
+            raise ValueError("1M bars have no fixed length")
+        return self.count * _UNIT_SECONDS[self.unit]
+
+    @property
+    def nominal_seconds(self) -> int:
+        """Length in seconds, with a month counted as 30 days (for budgeting, not alignment)."""
+        return 30 * 86_400 * self.count if self.is_monthly else self.seconds
+
+    def _origin_s(self) -> int:
+        return _MONDAY_OFFSET_S if self.unit == "w" else 0
+
+    def floor(self, ts: datetime) -> datetime:
+        """Open time of the bar that contains `ts`."""
+        ts = require_utc(ts)
+        if self.is_monthly:
+            months = ts.year * 12 + ts.month - 1
+            months -= months % self.count
+            return datetime(months // 12, months % 12 + 1, 1, tzinfo=UTC)
+        step = self.seconds
+        delta = ts - EPOCH
+        # Integer microseconds keep this exact for any timestamp.
+        us = delta // timedelta(microseconds=1) - self._origin_s() * 1_000_000
+        us -= us % (step * 1_000_000)
+        return EPOCH + timedelta(microseconds=us + self._origin_s() * 1_000_000)
+
+    def ceil(self, ts: datetime) -> datetime:
+        """First bar open time at or after `ts`."""
+        f = self.floor(ts)
+        return f if f == require_utc(ts) else self.next(f)
+
+    def is_aligned(self, ts: datetime) -> bool:
+        return self.floor(ts) == require_utc(ts)
+
+    def add(self, ts: datetime, n: int) -> datetime:
+        """Shift an aligned open time by `n` bars (n may be negative)."""
+        ts = require_utc(ts)
+        if self.is_monthly:
+            months = ts.year * 12 + ts.month - 1 + n * self.count
+            return datetime(months // 12, months % 12 + 1, 1, tzinfo=UTC)
+        return ts + timedelta(seconds=n * self.seconds)
+
+    def next(self, ts: datetime) -> datetime:
+        """Open time of the bar after the one containing `ts`."""
+        return self.add(self.floor(ts), 1)
+
+    def close_time(self, open_ts: datetime) -> datetime:
+        """Exclusive end of the bar that opens at `open_ts`."""
+        return self.add(self.floor(open_ts), 1)
+
+    def bars(self, start: datetime, end: datetime) -> Iterator[datetime]:
+        """Open times of the bars with start <= open < end."""
+        ts = self.ceil(start)
+        end = require_utc(end)
+        while ts < end:
+            yield ts
+            ts = self.add(ts, 1)
+
+    def count_bars(self, start: datetime, end: datetime) -> int:
+        """Number of bars `bars(start, end)` yields, in O(1) for fixed lengths."""
+        first = self.ceil(start)
+        end = require_utc(end)
+        if first >= end:
+            return 0
+        if self.is_monthly:
+            return sum(1 for _ in self.bars(first, end))
+        return -(-int((end - first).total_seconds()) // self.seconds)

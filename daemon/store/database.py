@@ -1,0 +1,58 @@
+"""The asyncpg pool and what we know about the server behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    server_version: str
+    timescaledb: str | None  # extension version, None when absent
+    license: str | None  # "apache" or "timescale" when the extension is loaded
+
+    @property
+    def describe(self) -> str:
+        if self.timescaledb is None:
+            return f"PostgreSQL {self.server_version} without TimescaleDB (plain tables)"
+        return f"PostgreSQL {self.server_version} with TimescaleDB {self.timescaledb} ({self.license})"
+
+
+async def server_info(conn: asyncpg.Connection) -> ServerInfo:
+    row = await conn.fetchrow(
+        """SELECT current_setting('server_version') AS server_version,
+                  (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb') AS ts,
+                  current_setting('timescaledb.license', true) AS license"""
+    )
+    assert row is not None
+    return ServerInfo(row["server_version"], row["ts"], row["license"] if row["ts"] else None)
+
+
+class Database:
+    """An asyncpg pool plus the server facts detected at connect time."""
+
+    def __init__(self, pool: asyncpg.Pool, info: ServerInfo) -> None:
+        self.pool = pool
+        self.info = info
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> Database:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        try:
+            async with pool.acquire() as conn:
+                info = await server_info(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, info)
+
+    async def refresh_info(self) -> ServerInfo:
+        """Re-read the server facts (after migrations created the extension)."""
+        async with self.pool.acquire() as conn:
+            self.info = await server_info(conn)
+        return self.info
+
+    async def close(self) -> None:
+        await self.pool.close()

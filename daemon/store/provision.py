@@ -1,0 +1,50 @@
+"""Get a migrated database for a config: the configured DSN, or an embedded
+PostgreSQL under `state_dir` that we start and stop ourselves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from daemon import logs
+from daemon.config import Config
+from daemon.store.cluster import PostgresCluster
+from daemon.store.database import Database
+from daemon.store.migrations import migrate
+
+log = logs.get("candled.store")
+EMBEDDED_PORT = 54329  # fixed, so `psql` in README can reach the embedded database
+
+
+@asynccontextmanager
+async def embedded_dsn(config: Config) -> AsyncIterator[str]:
+    """Yield the DSN to use, running an embedded cluster when none is configured."""
+    if config.database.dsn:
+        yield config.database.dsn
+        return
+    cluster = PostgresCluster(config.daemon.state_dir.resolve() / "pgdata", port=EMBEDDED_PORT)
+    await asyncio.to_thread(cluster.start)
+    log.info("embedded database started", database=cluster.description, dsn=cluster.dsn)
+    try:
+        yield cluster.dsn
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        log.info("embedded database stopped")
+
+
+@asynccontextmanager
+async def open_database(config: Config) -> AsyncIterator[Database]:
+    """Connect, apply pending migrations, and yield the database."""
+    async with embedded_dsn(config) as dsn:
+        db = await Database.connect(dsn)
+        try:
+            async with db.pool.acquire() as conn:
+                applied = await migrate(conn)
+            info = await db.refresh_info()
+            log.info("database ready", server=info.describe, migrations_applied=applied)
+            if info.timescaledb is None:
+                log.warning("TimescaleDB is not loaded: candles are stored in a plain table")
+            yield db
+        finally:
+            await db.close()
