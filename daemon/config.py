@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from daemon.domain import DataProfile, SeriesKey, Timeframe
-from daemon.venues import codec_kinds
+from daemon.venues import known_kinds
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 _DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
@@ -106,7 +106,7 @@ class SeriesConfig:
     live: bool = True
     lookback: timedelta | None = None  # None: [healing].lookback
 
-    def keys(self) -> list[SeriesKey]:
+    def series_keys(self) -> list[SeriesKey]:
         return [SeriesKey(self.venue, s, tf) for s in self.symbols for tf in self.timeframes]
 
 
@@ -140,7 +140,7 @@ class Config:
         return {
             key: SeriesSpec(key, s.profile, s.calendar, s.live, s.lookback or self.healing.lookback)
             for s in self.series
-            for key in s.keys()
+            for key in s.series_keys()
         }
 
     def diff(self, new: Config) -> ConfigDiff:
@@ -369,7 +369,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     h.done()
 
     venues: dict[str, VenueConfig] = {}
-    kinds = codec_kinds()
+    kinds = tuple(known_kinds())
     for t in _array_of_tables(root, "venues"):
         v = _parse_venue(t, kinds)
         if v.name in venues:
@@ -380,7 +380,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     seen: dict[SeriesKey, str] = {}
     for t in _array_of_tables(root, "series"):
         s = _parse_series(t, venues)
-        for key in s.keys():
+        for key in s.series_keys():
             if key in seen:
                 raise ConfigError(t.path, f"series {key} is already configured in {seen[key]}")
             seen[key] = t.path
@@ -394,9 +394,7 @@ def config_path(explicit: str | Path | None, env: Mapping[str, str] = os.environ
     return Path(explicit or env.get("CANDLED_CONFIG") or "config.toml")
 
 
-def load_config(
-    explicit: str | Path | None = None, env: Mapping[str, str] = os.environ
-) -> Config:
+def load_config(explicit: str | Path | None = None, env: Mapping[str, str] = os.environ) -> Config:
     """Read the config file and apply environment overrides."""
     path = config_path(explicit, env)
     try:

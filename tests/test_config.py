@@ -104,27 +104,61 @@ def replace_line(old: str, new: str, nth: int = 0) -> str:
             'series[1].profile: expected one of CRYPTO, EQUITY, FUTURES, FOREX, got "CRYPT"',
         ),
         (GOOD + "\n[extra]\nx = 1\n", "extra: unknown key"),
-        (replace_line("max_fills = 10", "max_fills = 10\nmax_filz = 3"), "healing.max_filz: unknown key"),
-        (replace_line("batch = 5", 'batch = "5"'), "venues[0].batch: expected an integer, got a string ('5')"),
-        (replace_line("batch = 5", "batch = 0"), "venues[0].batch: expected a positive integer, got 0"),
-        (replace_line("live = true", 'live = "yes"'), "series[0].live: expected true or false"),
-        (replace_line('interval = "15m"', 'interval = "15 minutes"'), "healing.interval: expected a duration"),
-        (replace_line('log_level = "info"', 'log_level = "loud"'), 'daemon.log_level: expected one of debug, info, warning, error, got "loud"'),
-        (replace_line('kind = "binance"', 'kind = "binanse"'), 'venues[0].kind: expected one of'),
-        (replace_line('ws_url = "wss', 'ws_url = "https'), "venues[0].ws_url: expected a ws or wss URL"),
-        (replace_line('health_listen = "127.0.0.1:8321"', 'health_listen = "8321"'), 'daemon.health_listen: expected "HOST:PORT"'),
-        (replace_line('timeframes = ["1m"]', 'timeframes = ["1m", "7m"]'), "series[0].timeframes[1]: unknown timeframe '7m'"),
-        (replace_line('symbols = ["BTCUSDT", "ETHUSDT"]', "symbols = []"), "series[0].symbols: expected a non-empty list"),
-        (replace_line('venue = "binance"', 'venue = "kraken"', 1), 'series[1].venue: unknown venue "kraken"'),
         (
-            GOOD + '\n[[venues]]\nname = "binance"\nkind = "binance"\nrest_url = "http://x"\nws_url = "ws://x"\n',
+            replace_line("max_fills = 10", "max_fills = 10\nmax_filz = 3"),
+            "healing.max_filz: unknown key",
+        ),
+        (
+            replace_line("batch = 5", 'batch = "5"'),
+            "venues[0].batch: expected an integer, got a string ('5')",
+        ),
+        (
+            replace_line("batch = 5", "batch = 0"),
+            "venues[0].batch: expected a positive integer, got 0",
+        ),
+        (replace_line("live = true", 'live = "yes"'), "series[0].live: expected true or false"),
+        (
+            replace_line('interval = "15m"', 'interval = "15 minutes"'),
+            "healing.interval: expected a duration",
+        ),
+        (
+            replace_line('log_level = "info"', 'log_level = "loud"'),
+            'daemon.log_level: expected one of debug, info, warning, error, got "loud"',
+        ),
+        (replace_line('kind = "binance"', 'kind = "binanse"'), "venues[0].kind: expected one of"),
+        (
+            replace_line('ws_url = "wss', 'ws_url = "https'),
+            "venues[0].ws_url: expected a ws or wss URL",
+        ),
+        (
+            replace_line('health_listen = "127.0.0.1:8321"', 'health_listen = "8321"'),
+            'daemon.health_listen: expected "HOST:PORT"',
+        ),
+        (
+            replace_line('timeframes = ["1m"]', 'timeframes = ["1m", "7m"]'),
+            "series[0].timeframes[1]: unknown timeframe '7m'",
+        ),
+        (
+            replace_line('symbols = ["BTCUSDT", "ETHUSDT"]', "symbols = []"),
+            "series[0].symbols: expected a non-empty list",
+        ),
+        (
+            replace_line('venue = "binance"', 'venue = "kraken"', 1),
+            'series[1].venue: unknown venue "kraken"',
+        ),
+        (
+            GOOD
+            + '\n[[venues]]\nname = "binance"\nkind = "binance"\nrest_url = "http://x"\nws_url = "ws://x"\n',
             'venues[1].name: duplicate venue name "binance"',
         ),
         (
             GOOD + '\n[[series]]\nvenue = "binance"\nsymbols = ["BTCUSDT"]\ntimeframes = ["1m"]\n',
             "series[2]: series binance:BTCUSDT:1m is already configured in series[0]",
         ),
-        (replace_line('rest_url = "https://data-api.binance.vision"\n', ""), "venues[0].rest_url: required key is missing"),
+        (
+            replace_line('rest_url = "https://data-api.binance.vision"\n', ""),
+            "venues[0].rest_url: required key is missing",
+        ),
         ("[daemon\n", "invalid TOML"),
     ],
 )
@@ -154,15 +188,25 @@ def test_configs_compare_and_diff(tmp_path: Path) -> None:
     c = load_config(write(tmp_path, changed), env={})
     d = a.diff(c)
     assert a != c
-    assert d.series_added == (SeriesKey("binance", "ADAUSDT", "1h"), SeriesKey("binance", "ADAUSDT", "1m"))
-    assert d.series_removed == (SeriesKey("binance", "SOLUSDT", "1h"), SeriesKey("binance", "SOLUSDT", "1m"))
+    assert d.series_added == (
+        SeriesKey("binance", "ADAUSDT", "1h"),
+        SeriesKey("binance", "ADAUSDT", "1m"),
+    )
+    assert d.series_removed == (
+        SeriesKey("binance", "SOLUSDT", "1h"),
+        SeriesKey("binance", "SOLUSDT", "1m"),
+    )
     assert d.venues_changed == ("binance",)
     assert not d.healing_changed and not d.daemon_changed
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args], capture_output=True, text=True, cwd=REPO, timeout=60
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
 
 
@@ -173,4 +217,6 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     bad.write_text(replace_line('profile = "CRYPTO"', 'profile = "CRYPT"', 1))
     r = run_cli("check-config", "--config", str(bad))
     assert r.returncode == 78
-    assert 'series[1].profile: expected one of CRYPTO, EQUITY, FUTURES, FOREX, got "CRYPT"' in r.stderr
+    assert (
+        'series[1].profile: expected one of CRYPTO, EQUITY, FUTURES, FOREX, got "CRYPT"' in r.stderr
+    )

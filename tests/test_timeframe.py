@@ -14,8 +14,8 @@ utc_datetimes = st.datetimes(
 )
 
 
-def t(*a: int) -> datetime:
-    return datetime(*a, tzinfo=UTC)
+def t(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("text", SUPPORTED)
@@ -52,7 +52,11 @@ def test_monthly_bars_are_calendar_months() -> None:
     assert tf.floor(t(2024, 2, 29, 23)) == t(2024, 2, 1)
     assert tf.next(t(2024, 1, 31)) == t(2024, 2, 1)
     assert tf.next(t(2024, 12, 15)) == t(2025, 1, 1)
-    assert list(tf.bars(t(2023, 11, 15), t(2024, 3, 1))) == [t(2023, 12, 1), t(2024, 1, 1), t(2024, 2, 1)]
+    assert list(tf.bars(t(2023, 11, 15), t(2024, 3, 1))) == [
+        t(2023, 12, 1),
+        t(2024, 1, 1),
+        t(2024, 2, 1),
+    ]
     assert tf.count_bars(t(2023, 11, 15), t(2024, 3, 1)) == 3
     with pytest.raises(ValueError):
         _ = tf.seconds
@@ -98,7 +102,11 @@ def test_floor_contains_ts_and_is_aligned(ts: datetime, text: str) -> None:
     assert tf.add(tf.add(opened, 3), -3) == opened
 
 
-@given(a=utc_datetimes, span=st.integers(0, 5000), text=st.sampled_from(("1s", "1m", "5m", "1h", "3d", "1w")))
+@given(
+    a=utc_datetimes,
+    span=st.integers(0, 5000),
+    text=st.sampled_from(("1s", "1m", "5m", "1h", "3d", "1w")),
+)
 def test_count_matches_iteration(a: datetime, span: int, text: str) -> None:
     tf = Timeframe.parse(text)
     b = a + timedelta(seconds=span * tf.seconds // 7)

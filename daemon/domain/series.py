@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from daemon.domain.timeframe import Timeframe
 
@@ -22,9 +22,15 @@ class SeriesKey:
     venue: str
     symbol: str
     timeframe: str
+    # Hashed once: the writer and collectors look keys up per candle.
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         Timeframe.parse(self.timeframe)  # reject bad timeframes at the boundary
+        object.__setattr__(self, "_hash", hash((self.venue, self.symbol, self.timeframe)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def tf(self) -> Timeframe:

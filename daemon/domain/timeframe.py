@@ -120,4 +120,5 @@ class Timeframe:
             return 0
         if self.is_monthly:
             return sum(1 for _ in self.bars(first, end))
-        return -(-int((end - first).total_seconds()) // self.seconds)
+        span_us = (end - first) // timedelta(microseconds=1)
+        return -(-span_us // (self.seconds * 1_000_000))

@@ -17,7 +17,9 @@ class ServerInfo:
     def describe(self) -> str:
         if self.timescaledb is None:
             return f"PostgreSQL {self.server_version} without TimescaleDB (plain tables)"
-        return f"PostgreSQL {self.server_version} with TimescaleDB {self.timescaledb} ({self.license})"
+        return (
+            f"PostgreSQL {self.server_version} with TimescaleDB {self.timescaledb} ({self.license})"
+        )
 
 
 async def server_info(conn: asyncpg.Connection) -> ServerInfo:

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 
 import asyncpg
 
 from daemon.domain import DataProfile, SeriesKey
 
 
-async def ensure_series(conn: asyncpg.Connection, keys: Iterable[SeriesKey]) -> dict[SeriesKey, int]:
+async def ensure_series(
+    conn: asyncpg.Connection, keys: Iterable[SeriesKey]
+) -> dict[SeriesKey, int]:
     """Ids for `keys`, creating rows for the ones not seen before."""
     keys = list(dict.fromkeys(keys))
     if not keys:
         return {}
     rows = await conn.fetch(
         """WITH wanted AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS w(venue, symbol, timeframe)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+                   AS w(venue, symbol, timeframe)
            ), ins AS (
                INSERT INTO series (venue, symbol, timeframe)
                SELECT venue, symbol, timeframe FROM wanted
@@ -56,3 +61,56 @@ async def sync_configured(
             list(ids.values()),
         )
     return ids
+
+
+async def get_genesis(conn: asyncpg.Connection, key: SeriesKey) -> datetime | None:
+    ts: datetime | None = await conn.fetchval(
+        "SELECT genesis_ts FROM series WHERE venue = $1 AND symbol = $2 AND timeframe = $3",
+        key.venue,
+        key.symbol,
+        key.timeframe,
+    )
+    return ts
+
+
+async def set_genesis(
+    conn: asyncpg.Connection, key: SeriesKey, ts: datetime, evidence: Mapping[str, object]
+) -> None:
+    """Record where a series' history starts, and how we know."""
+    await ensure_series(conn, [key])
+    await conn.execute(
+        """UPDATE series SET genesis_ts = $4, genesis_evidence = $5::jsonb
+           WHERE venue = $1 AND symbol = $2 AND timeframe = $3""",
+        key.venue,
+        key.symbol,
+        key.timeframe,
+        ts,
+        json.dumps(evidence, default=str),
+    )
+
+
+async def stored_bounds(
+    conn: asyncpg.Connection, keys: Iterable[SeriesKey]
+) -> dict[SeriesKey, tuple[datetime, datetime]]:
+    """Oldest and newest stored open time per series (two index probes each;
+    series with no candles are absent)."""
+    keys = list(keys)
+    rows = await conn.fetch(
+        """SELECT w.venue, w.symbol, w.timeframe, b.first_ts, b.last_ts
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS w(venue, symbol, timeframe)
+           JOIN series s USING (venue, symbol, timeframe)
+           CROSS JOIN LATERAL (
+               SELECT (SELECT ts FROM candle_data WHERE series_id = s.id ORDER BY ts LIMIT 1)
+                          AS first_ts,
+                      (SELECT ts FROM candle_data WHERE series_id = s.id ORDER BY ts DESC LIMIT 1)
+                          AS last_ts
+           ) b
+           WHERE b.first_ts IS NOT NULL""",
+        [k.venue for k in keys],
+        [k.symbol for k in keys],
+        [k.timeframe for k in keys],
+    )
+    return {
+        SeriesKey(r["venue"], r["symbol"], r["timeframe"]): (r["first_ts"], r["last_ts"])
+        for r in rows
+    }

@@ -9,15 +9,19 @@ revision replaces the old one. See FACTS.md (asyncpg issues 749, 535, 761).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
+from daemon import logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.store.series import ensure_series
 
+log = logs.get("candled.writer")
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _STAGE_DDL = """CREATE TEMP TABLE IF NOT EXISTS candle_stage (
     series_id integer, ts timestamptz,
     open double precision, high double precision, low double precision,
@@ -30,8 +34,8 @@ _UPSERT = """WITH up AS (
     ON CONFLICT (series_id, ts) DO UPDATE
     SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
         close = EXCLUDED.close, volume = EXCLUDED.volume
-    WHERE (c.open, c.high, c.low, c.close, c.volume)
-          IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)
+    WHERE (c.open, c.high, c.low, c.close, c.volume) IS DISTINCT FROM
+          (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)
     RETURNING (xmax = 0) AS inserted
 )
 SELECT count(*) FILTER (WHERE inserted) AS inserted,
@@ -57,6 +61,14 @@ class WriteResult:
         return self.inserted + self.updated + self.unchanged
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Rows ready for COPY: one per (series_id, ts), in index order."""
+
+    candles: Sequence[Candle]
+    records: list[tuple[object, ...]]
+
+
 class CandleStore:
     """Writes candle batches; caches series ids."""
 
@@ -64,39 +76,46 @@ class CandleStore:
         self._pool = pool
         self._ids: dict[SeriesKey, int] = {}
 
-    async def write(self, candles: Iterable[Candle]) -> WriteResult:
+    async def prepare(self, candles: Sequence[Candle]) -> PreparedBatch:
+        """Turn candles into staging rows (CPU work; no transaction open)."""
+        # Keyed by the candles' own key objects, so lookups hit on identity.
+        keys = {c.series for c in candles}
+        missing = keys - self._ids.keys()
+        if missing:
+            async with self._pool.acquire() as conn:
+                self._ids.update(await ensure_series(conn, missing))
+        ids = {k: self._ids[k] for k in keys}
+        rows = ((ids[c.series], c.ts, c.open, c.high, c.low, c.close, c.volume) for c in candles)
         # Last revision wins inside one batch; duplicates would make the
         # upsert fail with "cannot affect row a second time".
-        latest: dict[tuple[SeriesKey, object], Candle] = {}
-        for c in candles:
-            latest[(c.series, c.ts)] = c
-        if not latest:
+        latest = {row[:2]: row for row in rows}
+        return PreparedBatch(candles, sorted(latest.values()))
+
+    async def execute(self, batch: PreparedBatch) -> WriteResult:
+        """Write a prepared batch in one transaction."""
+        if not batch.records:
             return WriteResult()
-        async with self._pool.acquire() as conn:
-            missing = {k for k, _ in latest} - self._ids.keys()
-            if missing:
-                self._ids.update(await ensure_series(conn, missing))
-            ids = self._ids
-            records = sorted(
-                (ids[c.series], c.ts, c.open, c.high, c.low, c.close, c.volume)
-                for c in latest.values()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_STAGE_DDL)
+            await conn.copy_records_to_table(
+                "candle_stage", records=batch.records, columns=_STAGE_COLUMNS
             )
-            async with conn.transaction():
-                await conn.execute(_STAGE_DDL)
-                await conn.copy_records_to_table(
-                    "candle_stage", records=records, columns=_STAGE_COLUMNS
-                )
-                row = await conn.fetchrow(_UPSERT)
+            row = await conn.fetchrow(_UPSERT)
         assert row is not None
         inserted, updated = row["inserted"], row["updated"]
-        return WriteResult(inserted, updated, len(records) - inserted - updated)
+        return WriteResult(inserted, updated, len(batch.records) - inserted - updated)
+
+    async def write(self, candles: Sequence[Candle]) -> WriteResult:
+        return await self.execute(await self.prepare(candles))
 
 
 class CandleWriter:
     """A bounded buffer in front of `CandleStore`, flushed by size or age.
 
     `put` waits while the buffer is full (back-pressure on the sources), so
-    memory stays bounded however slow the database is.
+    memory stays bounded however slow the database is. `run` prepares the
+    next batch while the previous one is being written (CPU and database
+    overlap), and commits batches strictly in order.
     """
 
     def __init__(
@@ -106,6 +125,7 @@ class CandleWriter:
         batch_size: int = 5_000,
         max_age: float = 0.25,
         capacity: int = 100_000,
+        retry_cap_s: float = 30.0,
     ) -> None:
         if capacity < batch_size:
             raise ValueError("capacity must be at least batch_size")
@@ -113,11 +133,13 @@ class CandleWriter:
         self.batch_size = batch_size
         self.max_age = max_age
         self.capacity = capacity
+        self.retry_cap_s = retry_cap_s
         self._buffer: list[Candle] = []
         self._oldest: float | None = None
         self._changed = asyncio.Condition()
         self.totals = WriteResult()
         self.batches = 0
+        self.failures = 0  # failed batch writes (each retried)
 
     @property
     def pending(self) -> int:
@@ -128,56 +150,114 @@ class CandleWriter:
         async with self._changed:
             for start in range(0, len(candles), self.batch_size):
                 chunk = candles[start : start + self.batch_size]
-                await self._changed.wait_for(
-                    lambda n=len(chunk): len(self._buffer) + n <= self.capacity  # type: ignore[misc]
-                )
+                await self._changed.wait_for(self._has_room(len(chunk)))
                 if not self._buffer:
                     self._oldest = time.monotonic()
                 self._buffer.extend(chunk)
                 self._changed.notify_all()
 
-    async def run(self) -> None:
-        """Flush forever; cancel to stop (then call `flush()` to drain)."""
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda: bool(self._buffer))
-                assert self._oldest is not None
-                wait = self._oldest + self.max_age - time.monotonic()
-                if len(self._buffer) < self.batch_size and wait > 0:
-                    try:
-                        async with asyncio.timeout(wait):
-                            await self._changed.wait_for(
-                                lambda: len(self._buffer) >= self.batch_size
-                            )
-                    except TimeoutError:
-                        pass
-            await self._flush_once()
+    def _has_room(self, n: int) -> Callable[[], bool]:
+        return lambda: len(self._buffer) + n <= self.capacity
 
-    async def flush(self) -> WriteResult:
-        """Write everything buffered now."""
-        result = WriteResult()
-        while self._buffer:
-            result += await self._flush_once()
-        return result
-
-    async def _flush_once(self) -> WriteResult:
+    async def _take(self) -> list[Candle]:
+        """Wait for a full batch, or for the oldest candle to reach max_age."""
         async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._buffer))
+            assert self._oldest is not None
+            wait = self._oldest + self.max_age - time.monotonic()
+            if len(self._buffer) < self.batch_size and wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._changed.wait_for(lambda: len(self._buffer) >= self.batch_size)
             batch = self._buffer[: self.batch_size]
             del self._buffer[: self.batch_size]
             self._oldest = time.monotonic() if self._buffer else None
-        if not batch:
-            return WriteResult()
-        try:
-            result = await self._store.write(batch)
-        except BaseException:
-            # Put the batch back in front so nothing is lost; the caller decides
-            # whether to retry (the reliability issue adds the spool).
-            async with self._changed:
-                self._buffer[:0] = batch
-                self._oldest = time.monotonic()
-            raise
-        async with self._changed:
             self._changed.notify_all()  # wake producers waiting for room
+            return batch
+
+    async def _give_back(self, *batches: Sequence[Candle]) -> None:
+        """Return unwritten batches to the front of the buffer, in order."""
+        async with self._changed:
+            self._buffer[:0] = [c for batch in batches for c in batch]
+            if self._buffer:
+                self._oldest = time.monotonic()
+            self._changed.notify_all()
+
+    def _record(self, result: WriteResult) -> None:
         self.totals += result
         self.batches += 1
+        for name in ("inserted", "updated", "unchanged"):
+            metrics.candles_written.labels(name).inc(getattr(result, name))
+
+    async def _execute(self, prepared: PreparedBatch) -> WriteResult | Exception:
+        # Errors come back as values: a raising child would tear down the TaskGroup.
+        try:
+            result = await self._store.execute(prepared)
+        except _DB_ERRORS as e:
+            return e
+        self._record(result)
+        return result
+
+    async def _backoff(self, error: Exception, failures: int) -> None:
+        self.failures += 1
+        delay = min(self.retry_cap_s, 0.1 * 2**failures)
+        log.warning("candle write failed; retrying", error=repr(error),
+                    retry_in_s=delay, pending=self.pending)  # fmt: skip
+        await asyncio.sleep(delay)
+
+    async def run(self) -> None:
+        """Write forever; cancel to stop, then call `flush()` to drain.
+
+        A batch that fails (database down) goes back to the buffer and is
+        retried with capped exponential backoff; nothing is dropped.
+        """
+        writing: tuple[asyncio.Task[WriteResult | Exception], Sequence[Candle]] | None = None
+        taken: Sequence[Candle] = ()
+        failures = 0
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    taken = await self._take()
+                    try:
+                        prepared = await self._store.prepare(taken)
+                    except _DB_ERRORS as e:
+                        await self._give_back(taken)
+                        taken = ()
+                        failures += 1
+                        await self._backoff(e, failures)
+                        continue
+                    if writing is not None:
+                        task, in_flight = writing
+                        result = await task
+                        writing = None
+                        if isinstance(result, Exception):
+                            await self._give_back(in_flight, taken)
+                            taken = ()
+                            failures += 1
+                            await self._backoff(result, failures)
+                            continue
+                        failures = 0
+                    writing = (tg.create_task(self._execute(prepared)), taken)
+                    taken = ()
+        finally:
+            # Whatever is not known to be written goes back to the buffer;
+            # flush() rewrites it (a no-op where it did commit).
+            unwritten = [taken]
+            if writing is not None:
+                task, in_flight = writing
+                written = task.done() and not task.cancelled()
+                if not written or isinstance(task.result(), Exception):
+                    unwritten.insert(0, in_flight)
+            await self._give_back(*unwritten)
+
+    async def flush(self) -> WriteResult:
+        """Write everything buffered now (after `run` has stopped)."""
+        result = WriteResult()
+        while self._buffer:
+            batch = self._buffer[: self.batch_size]
+            written = await self._store.write(batch)
+            del self._buffer[: len(batch)]
+            self._record(written)
+            result += written
+        self._oldest = None
         return result

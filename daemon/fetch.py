@@ -1,0 +1,116 @@
+"""HTTP fetcher: one aiohttp session per venue, every request through the
+venue's throttle, retries with exponential backoff and full jitter on 429,
+5xx and connection errors. Retry-After is honoured through the throttle: a
+429 or 418 blocks the bucket, so the retry (and every other request to the
+venue) waits until the venue allows it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import backoff
+from backoff.types import Details
+
+from daemon import logs
+from daemon.throttle import VenueThrottle
+from daemon.venues import HttpRequest, VenueCodec
+
+log = logs.get("candled.fetch")
+RETRY_STATUSES = frozenset({429, 418, 500, 502, 503, 504})
+MAX_BODY = 32 * 1024 * 1024  # far above any page a venue sends; a bound, not a target
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    request: HttpRequest
+
+
+class RetryableStatus(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class FetchError(Exception):
+    """A request that failed for good (after retries, or a non-retryable answer)."""
+
+
+class Fetcher:
+    def __init__(
+        self,
+        rest_url: str,
+        codec: VenueCodec,
+        throttle: VenueThrottle,
+        *,
+        timeout_s: float = 30.0,
+        max_time_s: float = 600.0,
+        on_ban: Callable[[float], Awaitable[None]] | None = None,
+        on_response: Callable[[int], None] | None = None,
+    ) -> None:
+        self._base = rest_url
+        self._codec = codec
+        self.throttle = throttle
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
+        self._max_time_s = max_time_s
+        self._on_ban = on_ban
+        self._on_response = on_response
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Fetcher:
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout, headers={"User-Agent": "candled/0.1"}
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def fetch(self, req: HttpRequest) -> Response:
+        """Send `req` and return a non-retryable answer (2xx or a 4xx the caller
+        should report); raise `FetchError` when retries run out."""
+        retrying = backoff.on_exception(
+            backoff.expo,
+            (RetryableStatus, aiohttp.ClientError, TimeoutError),
+            max_time=self._max_time_s,
+            jitter=backoff.full_jitter,
+            max_value=60,
+            on_backoff=self._log_backoff,
+        )(self._attempt)
+        try:
+            return await retrying(req)
+        except (RetryableStatus, aiohttp.ClientError, TimeoutError) as e:
+            raise FetchError(f"{req.path} failed after retries: {e!r}") from e
+
+    async def _attempt(self, req: HttpRequest) -> Response:
+        assert self._session is not None, "use Fetcher as an async context manager"
+        await self.throttle.acquire(req.weight)
+        async with self._session.request(
+            req.method, self._base + req.path, params=dict(req.params)
+        ) as resp:
+            body = await resp.content.read(MAX_BODY + 1)
+            status = resp.status
+            facts = self._codec.rate_facts(status, resp.headers)
+        self.throttle.observe(facts)
+        if self._on_response is not None:
+            self._on_response(status)
+        if len(body) > MAX_BODY:
+            raise FetchError(f"{req.path}: response body larger than {MAX_BODY} bytes")
+        if facts.banned and self._on_ban is not None:
+            await self._on_ban(self.throttle.banned_until)
+        if status in RETRY_STATUSES:
+            raise RetryableStatus(status)
+        return Response(status, body, req)
+
+    @staticmethod
+    def _log_backoff(details: Details) -> None:
+        log.warning(
+            "request retry",
+            tries=details["tries"],
+            wait_s=round(details.get("wait", 0.0), 2),
+            error=repr(details.get("exception")),
+        )

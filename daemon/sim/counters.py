@@ -1,0 +1,27 @@
+"""What the simulated exchange did, for tests and acceptance checks to assert on."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class SimCounters:
+    requests_by_status: Counter[int] = field(default_factory=Counter)  # REST answers
+    weight_used: int = 0  # request weight charged, over all clients and minutes
+    requests_during_ban: int = 0
+    sent_429: int = 0
+    sent_418: int = 0
+    http_errors_injected: int = 0
+    connection_resets: int = 0
+    slow_responses: int = 0
+    ws_connections: int = 0  # opened since start
+    ws_open: int = 0
+    ws_drops: int = 0
+    ws_idle_periods: int = 0
+    frames_sent: int = 0  # kline frames, open and closed
+    closing_frames_sent: int = 0
+    closing_frames_lost: int = 0
+    malformed_frames_sent: int = 0
+    pings_sent: int = 0

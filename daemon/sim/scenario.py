@@ -1,0 +1,325 @@
+"""Scenarios for the simulated exchange, read from TOML.
+
+Every key is optional; unknown keys are an error. Durations are strings such as
+`"250ms"`, `"30s"`, `"15m"`, `"6h"`, `"3d"`, or plain numbers of seconds. Times
+are TOML datetimes with an offset, RFC 3339 strings (`"2024-01-01T00:00:00Z"`),
+or offsets from the moment the scenario is loaded (`"-2h"`, `"+10m"`).
+
+```toml
+seed = 42                      # drives prices, volumes and random faults
+
+[rest]
+weight_per_minute = 6000       # request weight budget per client IP per minute
+ban = "2m"                     # first IP ban (418); each further ban doubles it ...
+max_ban = "3d"                 # ... up to this
+
+[ws]
+update_interval = "1s"         # period of the kline updates pushed per stream
+ping_interval = "20s"          # period of the server's ping frames
+max_connection_age = "24h"     # the server closes a connection this old
+max_incoming_per_s = 5         # more client messages than this in a second: disconnect
+
+[[symbols]]                    # default: BTCUSDT and ETHUSDT, listed 2017-08-17T04:00Z
+symbol = "BTCUSDT"
+listed = "-2h"                 # listing time (default 2017-08-17T04:00Z): the first bar
+                               # of each timeframe is the one holding it
+
+[[maintenance]]                # bars lying wholly inside the window are not published
+start = "-30m"
+end = "-20m"
+symbols = ["BTCUSDT"]          # default: every symbol
+
+# Faults. A trigger is `every = N` (the Nth, 2Nth, ... event) or
+# `probability = p` (each event, drawn from `seed`); without either, it is off.
+[faults.http_errors]           # 5xx bursts on /api/v3/klines
+every = 10
+burst = 3                      # consecutive requests answered with the error (default 1)
+status = 503                   # default 503
+[faults.connection_resets]     # /api/v3/klines: connection closed without an answer
+probability = 0.05
+[faults.slow_responses]        # /api/v3/klines answered late
+every = 4
+delay = "2s"                   # default "1s"
+[faults.ws_drop]               # WebSocket connections dropped (no close frame) ...
+every = "30s"                  # ... this long after they opened
+[faults.ws_idle]               # a connection goes silent once ...
+after = "10s"                  # ... this long after it opened ...
+duration = "20s"               # ... for this long (default "30s")
+pings = true                   # still send pings while silent (false: nothing at all)
+[faults.lost_closing_frames]   # closing (`x: true`) kline frames never sent
+every = 5
+[faults.malformed_frames]      # a malformed frame sent before a kline frame
+probability = 0.1
+```
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from daemon.domain.timeframe import require_utc
+from daemon.sim.truth import Maintenance
+
+T = TypeVar("T")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3_600.0, "d": 86_400.0}
+_BINANCE_LAUNCH = datetime(2017, 8, 17, 4, tzinfo=UTC)
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used; the message names the bad key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """When a fault fires: every Nth event, or with a probability per event."""
+
+    every: int = 0
+    probability: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0 or self.probability > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    http_errors: Trigger = Trigger()
+    http_error_burst: int = 1
+    http_error_status: int = 503
+    connection_resets: Trigger = Trigger()
+    slow_responses: Trigger = Trigger()
+    slow_delay_s: float = 1.0
+    ws_drop_after_s: float | None = None
+    ws_idle_after_s: float | None = None
+    ws_idle_duration_s: float = 30.0
+    ws_idle_pings: bool = True
+    lost_closing_frames: Trigger = Trigger()
+    malformed_frames: Trigger = Trigger()
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    listings: Mapping[str, datetime] = field(
+        default_factory=lambda: {"BTCUSDT": _BINANCE_LAUNCH, "ETHUSDT": _BINANCE_LAUNCH}
+    )
+    maintenance: tuple[Maintenance, ...] = ()
+    seed: int = 0
+    weight_per_minute: int = 6000
+    ban_s: float = 120.0
+    max_ban_s: float = 3 * 86_400.0
+    update_interval_s: float = 1.0
+    ping_interval_s: float = 20.0
+    max_connection_age_s: float = 86_400.0
+    max_incoming_per_s: int = 5
+    faults: Faults = Faults()
+
+
+def load_scenario(path: Path, now: datetime) -> Scenario:
+    """Read a scenario file; relative times are taken from `now`."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    return parse_scenario(data, now)
+
+
+def parse_scenario(data: Mapping[str, object], now: datetime) -> Scenario:
+    now = require_utc(now)
+    root = _Table(data, "", now)
+    rest, ws, faults = root.table("rest"), root.table("ws"), root.table("faults")
+    defaults = Scenario()
+    listings = dict(defaults.listings)
+    if "symbols" in data:
+        listings = {}
+        for table in root.tables("symbols"):
+            symbol = table.require("symbol", str)
+            listings[symbol] = table.time("listed", _BINANCE_LAUNCH)
+            table.done()
+        if not listings:
+            raise ScenarioError("symbols: at least one symbol is needed")
+    scenario = Scenario(
+        listings=listings,
+        maintenance=tuple(_maintenance(t) for t in root.tables("maintenance")),
+        seed=root.get("seed", int, defaults.seed),
+        weight_per_minute=rest.positive("weight_per_minute", defaults.weight_per_minute),
+        ban_s=rest.duration("ban", defaults.ban_s),
+        max_ban_s=rest.duration("max_ban", defaults.max_ban_s),
+        update_interval_s=ws.duration("update_interval", defaults.update_interval_s),
+        ping_interval_s=ws.duration("ping_interval", defaults.ping_interval_s),
+        max_connection_age_s=ws.duration("max_connection_age", defaults.max_connection_age_s),
+        max_incoming_per_s=ws.positive("max_incoming_per_s", defaults.max_incoming_per_s),
+        faults=_faults(faults),
+    )
+    for table in (rest, ws, faults, root):
+        table.done()
+    return scenario
+
+
+def _maintenance(table: _Table) -> Maintenance:
+    start, end = table.require_time("start"), table.require_time("end")
+    symbols = table.get("symbols", list, [])
+    if not all(isinstance(s, str) for s in symbols):
+        raise ScenarioError(f"{table.path}symbols: expected a list of symbols")
+    if end <= start:
+        raise ScenarioError(f"{table.path}end: must be after start")
+    table.done()
+    return Maintenance(start, end, frozenset(symbols))
+
+
+def _faults(faults: _Table) -> Faults:
+    http, resets, slow = (
+        faults.table(k) for k in ("http_errors", "connection_resets", "slow_responses")
+    )
+    drop, idle = faults.table("ws_drop"), faults.table("ws_idle")
+    lost, malformed = faults.table("lost_closing_frames"), faults.table("malformed_frames")
+    defaults = Faults()
+    status = http.get("status", int, defaults.http_error_status)
+    if not 500 <= status <= 599:
+        raise ScenarioError(f"{http.path}status: expected a 5xx status, got {status}")
+    result = Faults(
+        http_errors=http.trigger(),
+        http_error_burst=http.positive("burst", defaults.http_error_burst),
+        http_error_status=status,
+        connection_resets=resets.trigger(),
+        slow_responses=slow.trigger(),
+        slow_delay_s=slow.duration("delay", defaults.slow_delay_s),
+        # An empty table is the fault switched off; a filled one needs its timing.
+        ws_drop_after_s=drop.require_duration("every") if drop else None,
+        ws_idle_after_s=idle.require_duration("after") if idle else None,
+        ws_idle_duration_s=idle.duration("duration", defaults.ws_idle_duration_s),
+        ws_idle_pings=idle.get("pings", bool, defaults.ws_idle_pings),
+        lost_closing_frames=lost.trigger(),
+        malformed_frames=malformed.trigger(),
+    )
+    for table in (http, resets, slow, drop, idle, lost, malformed):
+        table.done()
+    return result
+
+
+class _Table:
+    """Typed reads from one TOML table that remember which keys were used."""
+
+    def __init__(self, data: Mapping[str, object], path: str, now: datetime) -> None:
+        self._data = data
+        self._unused = set(data)
+        self.path = path
+        self._now = now
+
+    def _take(self, key: str) -> object:
+        self._unused.discard(key)
+        return self._data[key]
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        if key not in self._data:
+            return default
+        value = self._take(key)
+        # bool is an int subclass: `seed = true` is a mistake, not 1.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ScenarioError(f"{self.path}{key}: expected {kind.__name__}, got {value!r}")
+        return value
+
+    def require(self, key: str, kind: type[T]) -> T:
+        if key not in self._data:
+            raise ScenarioError(f"{self.path}{key}: missing")
+        return self.get(key, kind, kind())
+
+    def number(self, key: str, default: float) -> float:
+        if key not in self._data:
+            return default
+        value = self._take(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ScenarioError(f"{self.path}{key}: expected a number, got {value!r}")
+        return float(value)
+
+    def positive(self, key: str, default: int) -> int:
+        value = self.get(key, int, default)
+        if value < 1:
+            raise ScenarioError(f"{self.path}{key}: must be at least 1, got {value}")
+        return value
+
+    def __bool__(self) -> bool:
+        return bool(self._data)
+
+    def duration(self, key: str, default: float) -> float:
+        return self.require_duration(key) if key in self._data else default
+
+    def require_duration(self, key: str) -> float:
+        if key not in self._data:
+            raise ScenarioError(f"{self.path}{key}: missing")
+        value = self._take(key)
+        seconds = _duration_s(value)
+        if seconds is None or seconds <= 0:
+            raise ScenarioError(f"{self.path}{key}: expected a positive duration, got {value!r}")
+        return seconds
+
+    def time(self, key: str, default: datetime) -> datetime:
+        return self.require_time(key) if key in self._data else default
+
+    def require_time(self, key: str) -> datetime:
+        if key not in self._data:
+            raise ScenarioError(f"{self.path}{key}: missing")
+        value = self._take(key)
+        ts = _time(value, self._now)
+        if ts is None:
+            raise ScenarioError(
+                f"{self.path}{key}: expected a time with offset or '-2h'/'+10m', got {value!r}"
+            )
+        return ts
+
+    def trigger(self) -> Trigger:
+        every = self.get("every", int, 0)
+        probability = self.number("probability", 0.0)
+        if every < 0 or not 0.0 <= probability <= 1.0:
+            raise ScenarioError(f"{self.path}: every must be >= 0 and probability in [0, 1]")
+        if every and probability:
+            raise ScenarioError(f"{self.path}: give either every or probability, not both")
+        return Trigger(every, probability)
+
+    def table(self, key: str) -> _Table:
+        value = self.get(key, dict, {})
+        return _Table(value, f"{self.path}{key}.", self._now)
+
+    def tables(self, key: str) -> list[_Table]:
+        items = self.get(key, list, [])
+        if not all(isinstance(item, dict) for item in items):
+            raise ScenarioError(f"{self.path}{key}: expected an array of tables ([[{key}]])")
+        return [_Table(item, f"{self.path}{key}[{i}].", self._now) for i, item in enumerate(items)]
+
+    def done(self) -> None:
+        if self._unused:
+            keys = ", ".join(f"{self.path}{key}" for key in sorted(self._unused))
+            raise ScenarioError(f"unknown key(s): {keys}")
+
+
+def _duration_s(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        return float(m.group(1)) * _UNIT_S[m.group(2)]
+    return None
+
+
+def _time(value: object, now: datetime) -> datetime | None:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo is not None else None
+    if not isinstance(value, str) or not value:
+        return None
+    if value[0] in "+-":
+        seconds = _duration_s(value[1:])
+        if seconds is None:
+            return None
+        return now + timedelta(seconds=seconds if value[0] == "+" else -seconds)
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return ts.astimezone(UTC) if ts.tzinfo is not None else None

@@ -1,0 +1,211 @@
+"""One WebSocket connection to the simulated exchange: kline pushes, method messages, pings."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import random
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from daemon.domain import Candle, SeriesKey
+from daemon.sim.counters import SimCounters
+from daemon.sim.faults import Dice
+from daemon.sim.scenario import Scenario
+from daemon.sim.truth import Truth
+from daemon.sim.wire import kline_event, stream_series
+
+Clock = Callable[[], datetime]
+_TICK_LAG_S = 0.02  # push just after a second boundary, when the bar has closed
+# Broken frames, sent in turn: not JSON, a field missing, fields of the wrong type.
+_MALFORMED = (
+    "{not json",
+    json.dumps({"stream": "btcusdt@kline_1m", "data": {"e": "kline", "k": {"t": 0}}}),
+    json.dumps({"e": "kline", "E": 0, "s": "BTCUSDT", "k": {"t": "x", "x": "yes"}}),
+)
+
+
+class StreamSession:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        streams: list[str],
+        combined: bool,
+        truth: Truth,
+        scenario: Scenario,
+        counters: SimCounters,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self._ws = ws
+        self._request = request
+        self._streams = dict.fromkeys(streams)  # ordered set
+        self._combined = combined
+        self._truth = truth
+        self._scenario = scenario
+        self._counters = counters
+        self._clock = clock
+        faults = scenario.faults
+        self._lost = Dice(faults.lost_closing_frames, rng)
+        self._malformed = Dice(faults.malformed_frames, rng)
+        self._malformed_sent = 0
+        self._opened = clock()
+        self._incoming: collections.deque[datetime] = collections.deque()
+
+    async def run(self) -> None:
+        """Serve the connection until the client leaves or a fault or age ends it."""
+        async with asyncio.TaskGroup() as tasks:
+            pusher = tasks.create_task(self._push())
+            pinger = tasks.create_task(self._ping())
+            await self._read()
+            pusher.cancel()
+            pinger.cancel()
+
+    def _age_s(self) -> float:
+        return (self._clock() - self._opened).total_seconds()
+
+    def _silent(self) -> bool:
+        faults = self._scenario.faults
+        if faults.ws_idle_after_s is None:
+            return False
+        return 0 <= self._age_s() - faults.ws_idle_after_s < faults.ws_idle_duration_s
+
+    async def _read(self) -> None:
+        async for msg in self._ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            if self._over_message_limit():
+                await self._ws.close(code=1008, message=b"Too many requests")
+                return
+            reply = self._method(msg.data)
+            with contextlib.suppress(ConnectionError):
+                await self._ws.send_str(json.dumps(reply))
+
+    def _over_message_limit(self) -> bool:
+        now = self._clock()
+        self._incoming.append(now)
+        while (now - self._incoming[0]).total_seconds() >= 1.0:
+            self._incoming.popleft()
+        return len(self._incoming) > self._scenario.max_incoming_per_s
+
+    def _method(self, text: str) -> dict[str, Any]:
+        try:
+            request = json.loads(text)
+        except ValueError as exc:
+            return {"code": 3, "msg": f"Invalid JSON: {exc}"}
+        if not isinstance(request, dict) or "method" not in request:
+            return {"code": 2, "msg": "Invalid request: missing field `method`"}
+        method, params, request_id = request["method"], request.get("params", []), request.get("id")
+        if method == "LIST_SUBSCRIPTIONS":
+            return {"result": list(self._streams), "id": request_id}
+        if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            return {
+                "code": 2,
+                "msg": f"Invalid request: unknown variant {method}, expected one of "
+                "`SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`",
+                "id": request_id,
+            }
+        if not isinstance(params, list):
+            return {"code": 2, "msg": "Invalid request: params must be a list", "id": request_id}
+        bad = [p for p in params if not isinstance(p, str) or stream_series(p) is None]
+        if bad:
+            return {"code": 2, "msg": f"Invalid request: invalid streams {bad}", "id": request_id}
+        for name in params:
+            if method == "SUBSCRIBE":
+                self._streams[name] = None
+            else:
+                self._streams.pop(name, None)
+        return {"result": None, "id": request_id}
+
+    async def _ping(self) -> None:
+        while True:
+            await asyncio.sleep(self._scenario.ping_interval_s)
+            if self._silent() and not self._scenario.faults.ws_idle_pings:
+                continue
+            with contextlib.suppress(ConnectionError):
+                await self._ws.ping(b"sim")
+                self._counters.pings_sent += 1
+
+    async def _push(self) -> None:
+        interval = self._scenario.update_interval_s
+        faults = self._scenario.faults
+        tracked: dict[str, datetime] = {}  # stream -> open time of the bar it is pushing
+        was_silent = False
+        while not self._ws.closed:
+            position = self._clock().timestamp() / interval
+            await asyncio.sleep((int(position) + 1 - position) * interval + _TICK_LAG_S)
+            age = self._age_s()
+            if faults.ws_drop_after_s is not None and age >= faults.ws_drop_after_s:
+                self._drop()
+                return
+            if age >= self._scenario.max_connection_age_s:
+                await self._ws.close(code=1001, message=b"connection too old")
+                return
+            silent = self._silent()
+            self._counters.ws_idle_periods += silent and not was_silent
+            was_silent = silent
+            now = self._clock()
+            for gone in tracked.keys() - self._streams.keys():
+                del tracked[gone]  # a later re-subscription starts afresh
+            for name in list(self._streams):
+                series = stream_series(name)
+                assert series is not None  # only valid names are subscribed
+                frames = self._frames(series, tracked.get(name), now)
+                tracked[name] = series.tf.floor(now)
+                if not silent:
+                    for frame in frames:
+                        await self._send(name, frame, now)
+
+    def _frames(
+        self, series: SeriesKey, last: datetime | None, now: datetime
+    ) -> list[tuple[Candle, bool]]:
+        """Closing frames for the bars closed since the last tick, then the open bar."""
+        tf = series.tf
+        current = tf.floor(now)
+        listed = self._truth.listing(series.symbol)
+        if listed is None or listed > now:
+            return []
+        frames = []
+        if last is not None and last < current:
+            frames = [
+                (self._truth.bar(series, ts), True)
+                for ts in self._truth.opens(series, last, current)
+            ]
+        if self._truth.exists(series, current):
+            frames.append((self._truth.partial(series, current, now), False))
+        return frames
+
+    async def _send(self, name: str, frame: tuple[Candle, bool], now: datetime) -> None:
+        candle, closed = frame
+        if closed and self._lost.roll():
+            self._counters.closing_frames_lost += 1
+            return
+        if self._malformed.roll():
+            text = _MALFORMED[self._malformed_sent % len(_MALFORMED)]
+            self._malformed_sent += 1
+            if await self._send_text(text):
+                self._counters.malformed_frames_sent += 1
+        event = kline_event(candle, closed, now)
+        payload = {"stream": name, "data": event} if self._combined else event
+        if await self._send_text(json.dumps(payload)):
+            self._counters.frames_sent += 1
+            self._counters.closing_frames_sent += closed
+
+    async def _send_text(self, text: str) -> bool:
+        try:
+            await self._ws.send_str(text)
+        except ConnectionError:
+            return False
+        return True
+
+    def _drop(self) -> None:
+        """Cut the connection without a close frame, as a network failure would."""
+        self._counters.ws_drops += 1
+        if self._request.transport is not None:
+            self._request.transport.abort()

@@ -1,0 +1,203 @@
+"""The simulated exchange's ground truth: deterministic candles from a seed.
+
+Every value is a pure function of (seed, symbol, timeframe, bar open time), so
+any bar can be computed in O(1) without walking from the listing, and tests can
+use `Truth.candles` as the oracle for what the exchange serves.
+
+The price is one continuous path per symbol, log P(t) = log base + value noise
+at several periods (5 s to 30 d, amplitude growing like a random walk's). A bar
+opens at P(open) and closes at P(close), so each bar opens where the previous
+one closed, on every timeframe. Wicks and volume are hashed per bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from daemon.domain import Candle, SeriesKey
+from daemon.domain.timeframe import EPOCH, require_utc
+
+_MASK = (1 << 64) - 1
+_SIGMA = 1e-4  # relative volatility per sqrt(second)
+_OCTAVES = tuple(
+    (period, _SIGMA * math.sqrt(period)) for period in (5, 60, 3_600, 86_400, 2_592_000)
+)
+_DECIMALS = 8  # Binance sends eight decimals; truth holds exactly what the wire can carry
+
+
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    """A window without bars: a bar lying wholly inside it is not published."""
+
+    start: datetime
+    end: datetime
+    symbols: frozenset[str] = frozenset()  # empty: every symbol
+
+    def covers(self, symbol: str, start: datetime, end: datetime) -> bool:
+        applies = not self.symbols or symbol in self.symbols
+        return applies and self.start <= start and end <= self.end
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a fast, well-spread 64-bit hash of an integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def _key(*parts: object) -> int:
+    # Python's hash() of a str is salted per process; blake2b is stable.
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _unit(key: int, n: int) -> float:
+    """Uniform in [0, 1), determined by (key, n)."""
+    return (_mix(key ^ _mix(n & _MASK)) >> 11) / float(1 << 53)
+
+
+def _seconds(ts: datetime) -> float:
+    return (ts - EPOCH).total_seconds()
+
+
+class Truth:
+    def __init__(
+        self,
+        seed: int,
+        listings: Mapping[str, datetime],
+        maintenance: Sequence[Maintenance] = (),
+    ) -> None:
+        self._seed = seed
+        self._listings = {symbol: require_utc(ts) for symbol, ts in listings.items()}
+        self._maintenance = tuple(maintenance)
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self._listings)
+
+    def listing(self, symbol: str) -> datetime | None:
+        return self._listings.get(symbol)
+
+    def genesis(self, series: SeriesKey) -> datetime | None:
+        """Open time of the series' first bar: the bar in which the symbol was listed."""
+        listed = self._listings.get(series.symbol)
+        return None if listed is None else series.tf.floor(listed)
+
+    def exists(self, series: SeriesKey, open_ts: datetime) -> bool:
+        genesis = self.genesis(series)
+        if genesis is None or open_ts < genesis:
+            return False
+        return self._maintained(series, open_ts) is None
+
+    def _maintained(self, series: SeriesKey, open_ts: datetime) -> Maintenance | None:
+        close = series.tf.close_time(open_ts)
+        for window in self._maintenance:
+            if window.covers(series.symbol, open_ts, close):
+                return window
+        return None
+
+    def opens(self, series: SeriesKey, start: datetime, end: datetime) -> Iterator[datetime]:
+        """Open times of the published bars with start <= open < end, oldest first."""
+        genesis = self.genesis(series)
+        if genesis is None:
+            return
+        tf = series.tf
+        ts = tf.ceil(max(require_utc(start), genesis))
+        end = require_utc(end)
+        while ts < end:
+            window = self._maintained(series, ts)
+            if window is None:
+                yield ts
+                ts = tf.add(ts, 1)
+            else:  # skip the window in one step; the bar holding its end is published
+                ts = max(tf.add(ts, 1), tf.floor(window.end))
+
+    def opens_before(self, series: SeriesKey, end: datetime) -> Iterator[datetime]:
+        """Open times of the published bars with open < end, newest first."""
+        genesis = self.genesis(series)
+        if genesis is None:
+            return
+        tf = series.tf
+        ts = tf.add(tf.ceil(require_utc(end)), -1)
+        while ts >= genesis:
+            window = self._maintained(series, ts)
+            if window is None:
+                yield ts
+                ts = tf.add(ts, -1)
+            else:  # the bar before the one holding the window's start is published
+                ts = min(tf.add(ts, -1), tf.add(tf.ceil(window.start), -1))
+
+    def candles(
+        self, series: SeriesKey, start: datetime, end: datetime, now: datetime
+    ) -> list[Candle]:
+        """The closed bars with start <= open < end as of `now`: the test oracle."""
+        closed_before = series.tf.floor(now)  # a bar opening before this has closed by now
+        end = min(require_utc(end), closed_before)
+        return [self.bar(series, ts) for ts in self.opens(series, start, end)]
+
+    def price(self, symbol: str, ts: datetime) -> float:
+        """The continuous price path P(t)."""
+        key = _key(self._seed, symbol, "path")
+        t = _seconds(ts)
+        log_p = _unit(key, -1) * math.log(50_000.0)  # a base price from 1 to 50k
+        for period, amplitude in _OCTAVES:
+            position = t / period
+            k = math.floor(position)
+            f = position - k
+            smooth = f * f * (3.0 - 2.0 * f)
+            octave_key = key ^ _mix(period)
+            a = 2.0 * _unit(octave_key, k) - 1.0
+            b = 2.0 * _unit(octave_key, k + 1) - 1.0
+            log_p += amplitude * (a + (b - a) * smooth)
+        return math.exp(log_p)
+
+    def bar(self, series: SeriesKey, open_ts: datetime) -> Candle:
+        """The final values of the bar opening at `open_ts` (published or not)."""
+        tf = series.tf
+        close_ts = tf.close_time(open_ts)
+        length = _seconds(close_ts) - _seconds(open_ts)
+        o = self.price(series.symbol, open_ts)
+        c = self.price(series.symbol, close_ts)
+        key = _key(self._seed, series.symbol, series.timeframe, "bar")
+        n = int(_seconds(open_ts))
+        wick = _SIGMA * math.sqrt(length)
+        high = max(o, c) * (1.0 + wick * _unit(key, 3 * n))
+        low = min(o, c) * (1.0 - min(0.5, wick * _unit(key, 3 * n + 1)))
+        # Around 50k quote currency traded a minute, whatever the price level.
+        volume = 50_000.0 / 60.0 * length / o * (0.2 + 1.8 * _unit(key, 3 * n + 2))
+        return self._candle(series, open_ts, o, high, low, c, volume)
+
+    def partial(self, series: SeriesKey, open_ts: datetime, at: datetime) -> Candle:
+        """The bar opening at `open_ts` as it stands at `at`, before it closes.
+
+        Close follows the price path (kept inside the final range); high, low and
+        volume grow towards their final values, so the closing frame never
+        shows a range narrower than an earlier update.
+        """
+        final = self.bar(series, open_ts)
+        length = _seconds(series.tf.close_time(open_ts)) - _seconds(open_ts)
+        frac = min(1.0, max(0.0, (_seconds(at) - _seconds(open_ts)) / length))
+        close = min(final.high, max(final.low, round(self.price(series.symbol, at), _DECIMALS)))
+        top, bottom = max(final.open, close), min(final.open, close)
+        return self._candle(
+            series,
+            open_ts,
+            final.open,
+            top + (final.high - top) * frac,
+            bottom - (bottom - final.low) * frac,
+            close,
+            final.volume * frac,
+        )
+
+    @staticmethod
+    def _candle(
+        series: SeriesKey, ts: datetime, o: float, h: float, low: float, c: float, v: float
+    ) -> Candle:
+        # Rounding is monotone, so low <= min(open, close) and high >= max(...) survive it.
+        o, h, low, c, v = (round(x, _DECIMALS) for x in (o, h, low, c, v))
+        return Candle(series, ts, o, h, low, c, v)

@@ -1,0 +1,120 @@
+"""Everything that runs for one configured venue: its throttle, HTTP fetcher,
+backfill workers and WebSocket collector, wired to the shared writer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from daemon import logs, metrics
+from daemon.backfill import Backfiller, BackfillJob, utcnow
+from daemon.collector import Collector, CollectorSettings
+from daemon.config import SeriesSpec, VenueConfig
+from daemon.domain import SeriesKey
+from daemon.fetch import Fetcher
+from daemon.store.database import Database
+from daemon.store.series import stored_bounds
+from daemon.store.venues import get_banned_until, set_banned_until
+from daemon.store.writer import CandleWriter
+from daemon.throttle import VenueThrottle
+from daemon.venues import get_codec
+
+log = logs.get("candled.venue")
+
+
+def catch_up_jobs(
+    key: SeriesKey,
+    bounds: tuple[datetime, datetime] | None,
+    lookback_start: datetime,
+    now: datetime,
+    reason: str,
+) -> list[BackfillJob]:
+    """Windows that bring a series to `now` from `lookback_start`: the part
+    before the oldest stored bar and the part after the newest. Holes in
+    between are the healer's to find."""
+    if bounds is None:
+        return [BackfillJob(key, lookback_start, now, reason)]
+    first, last = bounds
+    jobs = []
+    if lookback_start < first:
+        jobs.append(BackfillJob(key, lookback_start, first, reason))
+    after = key.tf.next(last)
+    if after < now:
+        jobs.append(BackfillJob(key, after, now, reason))
+    return jobs
+
+
+class VenueRuntime:
+    def __init__(
+        self,
+        venue: VenueConfig,
+        series: Sequence[SeriesSpec],
+        db: Database,
+        writer: CandleWriter,
+        collector_settings: CollectorSettings | None = None,
+    ) -> None:
+        self.config = venue
+        self.codec = get_codec(venue.kind, venue.name)
+        self.series = {s.key: s for s in series}
+        self._db = db
+        self._writer = writer
+        self.throttle = VenueThrottle(
+            venue.rate_capacity, venue.rate_period.total_seconds(), venue.batch
+        )
+        self.fetcher = Fetcher(
+            venue.rest_url,
+            self.codec,
+            self.throttle,
+            on_ban=self._persist_ban,
+            on_response=lambda status: metrics.requests.labels(venue.name, str(status)).inc(),
+        )
+        self.backfiller = Backfiller(self.codec, self.fetcher, writer.put, db.pool)
+        live = [k for k, s in self.series.items() if s.live]
+        self.collector = (
+            Collector(
+                self.codec, venue.ws_url, live, writer.put, self._hole_backfill, collector_settings
+            )
+            if live
+            else None
+        )
+
+    async def _persist_ban(self, until: float) -> None:
+        ends = datetime.fromtimestamp(until, UTC)
+        log.error("venue banned this IP (418); pausing every request", venue=self.config.name,
+                  until=ends.isoformat())  # fmt: skip
+        async with self._db.pool.acquire() as conn:
+            await set_banned_until(conn, self.config.name, ends)
+
+    async def _restore_ban(self) -> None:
+        async with self._db.pool.acquire() as conn:
+            until = await get_banned_until(conn, self.config.name)
+        if until is not None and until > utcnow():
+            self.throttle.banned_until = until.timestamp()
+            log.warning("venue ban still in force; no request until it ends",
+                        venue=self.config.name, until=until.isoformat())  # fmt: skip
+
+    async def _catch_up(self, keys: Sequence[SeriesKey], reason: str) -> None:
+        async with self._db.pool.acquire() as conn:
+            bounds = await stored_bounds(conn, keys)
+        now = utcnow()
+        for key in keys:
+            start = key.tf.floor(now - self.series[key].lookback)
+            for job in catch_up_jobs(key, bounds.get(key), start, now, reason):
+                self.backfiller.submit(job)
+
+    async def _hole_backfill(self, keys: Sequence[SeriesKey]) -> None:
+        """After a (re)connect: fetch what closed while no stream was open."""
+        try:
+            await self._catch_up(keys, "reconnect")
+        except Exception as e:  # the stream must not die for a failed lookup
+            log.error("could not plan the reconnect backfill", error=repr(e))
+
+    async def run(self) -> None:
+        await self._restore_ban()
+        async with self.fetcher, asyncio.TaskGroup() as tg:
+            tg.create_task(self.backfiller.run())
+            # Live series catch up when their stream connects; the rest now.
+            await self._catch_up([k for k, s in self.series.items() if not s.live], "lookback")
+            if self.collector is not None:
+                tg.create_task(self.collector.run())

@@ -1,0 +1,135 @@
+"""The venue codec interface: sans-I/O translation between a venue's wire format and `Candle`s.
+
+A codec builds requests and subscribe messages and parses what comes back; it
+never opens a socket or reads a clock (callers pass `now`). The shared I/O
+drivers (HTTP fetcher, WebSocket collector) hold one codec per venue, so that
+adding a venue means adding one codec module and one registry entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from daemon.domain import Candle, SeriesKey
+from daemon.domain.timeframe import EPOCH, require_utc
+
+
+class CodecError(ValueError):
+    """A payload that does not have the shape the venue documents."""
+
+
+class VenueError(Exception):
+    """The venue answered a request with an error (non-2xx), e.g. an unknown symbol."""
+
+    def __init__(self, status: int, code: int | None, msg: str) -> None:
+        super().__init__(f"venue answered {status} (code {code}): {msg}")
+        self.status = status
+        self.code = code
+        self.msg = msg
+
+
+@dataclass(frozen=True, slots=True)
+class VenueLimits:
+    """What a venue allows; the drivers size pages, buckets and connections from it."""
+
+    page_size: int  # most candles one history request returns
+    request_weight: int  # weight one history request costs against the venue's budget
+    streams_per_connection: int
+    max_connection_age_s: float  # the venue drops a stream connection after this long
+    exact_genesis: bool  # the venue can answer "first candle at or after t"
+    sparse: bool  # no bar at all for periods without trades
+    max_ws_messages_per_s: float  # incoming (client to venue) messages per connection
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A request relative to the venue's `rest_url`; the fetcher adds the base URL."""
+
+    method: str
+    path: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RateFacts:
+    """What one HTTP response says about the venue's rate limit."""
+
+    used_weight: int | None  # weight used in the venue's current window, if reported
+    retry_after_s: float | None  # how long the venue asks us to wait, if it says
+    rate_limited: bool  # over budget (429): wait `retry_after_s`, then go on
+    banned: bool  # IP ban (418): nothing may be sent to the venue until it ends
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """What one WebSocket text frame carried."""
+
+    candles: tuple[Candle, ...] = ()  # closed bars only
+    is_data: bool = False  # a candle update, closed or not: the stream is alive
+    malformed: bool = False  # not the documented shape; count it, never crash on it
+    stream: str | None = None  # the stream a data frame belongs to
+    reply_id: int | None = None  # the id of a method message this frame answers
+    error: str | None = None  # the venue's error answer to a method message
+
+
+class VenueCodec(Protocol):
+    """One venue's wire format. Implementations are pure and stateless."""
+
+    @property
+    def venue(self) -> str:
+        """The venue name stored with every candle this codec produces."""
+        ...
+
+    @property
+    def limits(self) -> VenueLimits: ...
+
+    def timeframe_supported(self, timeframe: str) -> bool: ...
+
+    def history_request(
+        self, series: SeriesKey, start: datetime, end: datetime, limit: int
+    ) -> HttpRequest:
+        """Request the bars with open time in [start, end), oldest first, at most `limit`."""
+        ...
+
+    def genesis_request(self, series: SeriesKey) -> HttpRequest:
+        """Request the first bar at or after t=0 (only where `limits.exact_genesis`)."""
+        ...
+
+    def parse_history(
+        self, series: SeriesKey, status: int, body: bytes, now: datetime
+    ) -> list[Candle]:
+        """Closed candles of a history response, in the venue's order.
+
+        Bars still open at `now` are left out. Raises `VenueError` for an error
+        answer and `CodecError` for a malformed one.
+        """
+        ...
+
+    def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts: ...
+
+    def stream_name(self, series: SeriesKey) -> str: ...
+
+    def stream_path(self, series: Sequence[SeriesKey]) -> str:
+        """Path (with query) to open a connection already subscribed to `series`."""
+        ...
+
+    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str: ...
+
+    def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str: ...
+
+    def parse_frame(self, text: str) -> FrameResult:
+        """Parse one text frame; malformed frames are flagged, never raised."""
+        ...
+
+
+def to_ms(ts: datetime) -> int:
+    """Milliseconds since the Unix epoch of an aware datetime."""
+    return (require_utc(ts) - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)

@@ -1,0 +1,53 @@
+"""Shared fixtures: throwaway PostgreSQL clusters (with and without TimescaleDB)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.store.cluster import ClusterError, PostgresCluster
+from tests.pg import fresh_database, scratch_dir, unavailable
+
+
+@pytest.fixture(scope="session")
+def timescale_cluster() -> Iterator[PostgresCluster]:
+    """A cluster preloading TimescaleDB; skipped (or failed, see tests.pg) without it."""
+    with scratch_dir("tsdb") as base:
+        cluster = _cluster(base, timescaledb=True)
+        if not cluster.has_timescaledb:
+            unavailable(
+                f"TimescaleDB is not installed ({cluster.description}): "
+                "run scripts/install-timescaledb.sh"
+            )
+        with cluster:
+            yield cluster
+
+
+@pytest.fixture(scope="session")
+def plain_cluster() -> Iterator[PostgresCluster]:
+    """Same binaries, no TimescaleDB preloaded: the plain-PostgreSQL path."""
+    with scratch_dir("plain") as base, _cluster(base, timescaledb=False) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def tsdb_dsn(timescale_cluster: PostgresCluster) -> AsyncIterator[str]:
+    """DSN of a fresh empty database on the TimescaleDB cluster (extension not created)."""
+    async with fresh_database(timescale_cluster.dsn, "tsdb") as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def plain_dsn(plain_cluster: PostgresCluster) -> AsyncIterator[str]:
+    """DSN of a fresh empty database on the plain cluster."""
+    async with fresh_database(plain_cluster.dsn, "plain") as dsn:
+        yield dsn
+
+
+def _cluster(base_dir: Path, *, timescaledb: bool) -> PostgresCluster:
+    try:
+        return PostgresCluster(base_dir / "data", timescaledb=timescaledb)
+    except ClusterError as exc:
+        unavailable(str(exc))
