@@ -137,6 +137,25 @@ async def test_same_candles_twice_then_revised_hundred(tsdb_dsn: str) -> None:
         await db.close()
 
 
+async def test_mixed_batch_counts_new_changed_and_unchanged(tsdb_dsn: str) -> None:
+    db = await migrated(tsdb_dsn)
+    try:
+        store = CandleStore(db.pool)
+        old, new = make_candles(1, 100)[:50], make_candles(1, 100)[50:]
+        await store.write(old)
+        changed = [
+            Candle(c.series, c.ts, c.open, c.high, c.low, c.close, c.volume + 1) for c in old[:10]
+        ]
+        # The new rows make the fast path fail part-way; the upsert must still
+        # count each row once.
+        assert await store.write(changed + old[10:] + new) == WriteResult(
+            inserted=50, updated=10, unchanged=40
+        )
+        assert await db.pool.fetchval("SELECT count(*) FROM candle_data") == 100
+    finally:
+        await db.close()
+
+
 async def test_duplicates_inside_one_batch_keep_the_last_revision(tsdb_dsn: str) -> None:
     db = await migrated(tsdb_dsn)
     try:
