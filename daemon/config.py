@@ -94,6 +94,8 @@ class VenueConfig:
     batch: int = 5
     rate_capacity: int = 6000
     rate_period: timedelta = timedelta(seconds=60)
+    # A stream connection with no data frame for this long is reconnected.
+    idle_timeout: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,7 @@ def _parse_venue(t: _Table, kinds: tuple[str, ...]) -> VenueConfig:
         batch=t.positive("batch", 5),
         rate_capacity=t.positive("rate_capacity", 6000),
         rate_period=t.convert("rate_period", parse_duration, "60s"),
+        idle_timeout=t.convert("idle_timeout", parse_duration, "30s"),
     )
     t.done()
     if not v.name:

@@ -2,24 +2,30 @@
 and the BATCH limit on concurrent backfill requests.
 
 The bucket refills `capacity` tokens per `period`; each request spends its
-weight. Venues such as Binance count weight in fixed windows aligned to the
-clock and report what they counted (`X-MBX-USED-WEIGHT-1M`): when that report
-is ahead of our bucket we follow it until the window ends, so a burst that the
-bucket would allow never exceeds what the venue allows in one window. A 429
-empties the bucket until Retry-After; a 418 stops every request until the ban
-ends (the caller persists the ban so that a restart honours it too).
+weight. Venues such as Binance also count weight in fixed windows aligned to
+the clock (`window_s`, one minute for `X-MBX-USED-WEIGHT-1M`). A bucket alone
+can spend up to twice its capacity inside one such window (a full bucket plus
+a window of refill), so the throttle also keeps a per-window count: its own
+spending, raised to what the venue reports when the venue is ahead (other
+processes on the same IP, requests it counted that we did not). A 429 empties
+the bucket until Retry-After and teaches the throttle the venue's real budget
+per window, so that it is not exceeded again; a 418 stops every request until
+the ban ends (the caller persists the ban so that a restart honours it too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from daemon.venues import RateFacts
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 # A little slack after a window boundary or a Retry-After, for clock skew.
 _SKEW_S = 0.25
 
@@ -31,30 +37,40 @@ class VenueThrottle:
         period_s: float,
         batch: int,
         *,
+        window_s: float = 60.0,
         clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
         banned_until: float | None = None,
     ) -> None:
-        self._clock = clock
+        self._clock = clock  # epoch seconds: venue windows and bans are wall-clock times
+        self._sleep = sleep
         self.capacity = capacity
         self.period_s = period_s
+        self.window_s = window_s
         self._tokens = float(capacity)
         self._refilled_at = clock()
         self.blocked_until = 0.0  # 429: nothing before this (epoch seconds)
         self.banned_until = banned_until or 0.0  # 418
-        # Venue-reported usage: (window end, weight used in it by the venue's count).
         self._window_end = 0.0
-        self._window_used = 0
+        self._window_used = 0  # weight spent in the current window, by the larger count
+        self._learned_budget: int | None = None  # the venue's budget per window, from a 429
         self._batch = batch
         self._in_batch = 0
-        self._batch_changed = asyncio.Condition()
+        self._batch_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.rate_limited = 0  # 429s seen
         self.bans = 0  # 418s seen
 
     def configure(self, capacity: int, period_s: float, batch: int) -> None:
-        """Apply new limits (config reload) without losing current state."""
+        """Apply new limits (config reload) without losing current state.
+
+        A budget learned from a 429 is forgotten: the operator has just said
+        what the venue allows.
+        """
         self._refill()
         self._tokens = min(self._tokens, capacity)
         self.capacity, self.period_s, self._batch = capacity, period_s, batch
+        self._learned_budget = None
+        self._wake_batch_waiters()  # a raised batch frees slots at once
 
     @property
     def tokens(self) -> float:
@@ -65,11 +81,22 @@ class VenueThrottle:
     def banned(self) -> bool:
         return self._clock() < self.banned_until
 
+    @property
+    def window_budget(self) -> float:
+        """Weight the throttle lets through in one venue window."""
+        ours = self.capacity * self.window_s / self.period_s
+        return ours if self._learned_budget is None else min(ours, self._learned_budget)
+
     def _refill(self) -> None:
         now = self._clock()
         rate = self.capacity / self.period_s
         self._tokens = min(self.capacity, self._tokens + (now - self._refilled_at) * rate)
         self._refilled_at = now
+
+    def _roll_window(self, now: float) -> None:
+        if now >= self._window_end:
+            self._window_end = (now // self.window_s + 1) * self.window_s
+            self._window_used = 0
 
     def delay(self, weight: int) -> float:
         """Seconds until a request of `weight` may go (0: now)."""
@@ -77,7 +104,9 @@ class VenueThrottle:
         pause = max(self.banned_until, self.blocked_until) - now
         if pause > 0:
             return pause + _SKEW_S
-        if now < self._window_end and self._window_used + weight > self.capacity:
+        self._roll_window(now)
+        # A fresh window always admits one request, however small the budget.
+        if self._window_used and self._window_used + weight > self.window_budget:
             return self._window_end - now + _SKEW_S
         self._refill()
         if self._tokens >= weight:
@@ -88,21 +117,21 @@ class VenueThrottle:
         """Wait until a request of `weight` may be sent, and spend its weight."""
         weight = min(weight, self.capacity)
         # Sleep, then look again: a response may have moved the goalposts meanwhile.
-        while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(wait)
+        while (wait := self.delay(weight)) > 0:
+            await self._sleep(wait)
         self._tokens -= weight
-        if self._clock() < self._window_end:
-            self._window_used += weight
+        self._window_used += weight
 
-    def observe(self, facts: RateFacts) -> None:
-        """Take in what a response said about the venue's accounting."""
+    def observe(self, facts: RateFacts, weight: int = 0, sent_at: float | None = None) -> None:
+        """Take in what the response to a request of `weight`, sent at
+        `sent_at` (epoch seconds), said about the venue's accounting."""
         now = self._clock()
-        if facts.used_weight is not None:
-            window_end = (now // self.period_s + 1) * self.period_s
-            if window_end != self._window_end or facts.used_weight > self._window_used:
-                self._window_end, self._window_used = window_end, facts.used_weight
-            self._refill()
-            self._tokens = min(self._tokens, float(self.capacity - facts.used_weight))
+        self._roll_window(now)
+        window_start = self._window_end - self.window_s
+        # A count from an earlier window says nothing about this one.
+        current = sent_at is None or sent_at >= window_start
+        if facts.used_weight is not None and current:
+            self._window_used = max(self._window_used, facts.used_weight)
         if facts.banned:
             self.bans += 1
             self.banned_until = max(self.banned_until, now + (facts.retry_after_s or 120.0))
@@ -110,20 +139,47 @@ class VenueThrottle:
             self.rate_limited += 1
             self._tokens = 0.0
             self._refilled_at = now
-            self.blocked_until = max(self.blocked_until, now + (facts.retry_after_s or 60.0))
+            wait = facts.retry_after_s if facts.retry_after_s is not None else self.window_s
+            self.blocked_until = max(self.blocked_until, now + wait)
+            if facts.used_weight is not None and current:
+                # The venue refused at `used_weight`, this request included: what
+                # it had counted before is within its budget, and all we may use.
+                budget = max(weight, facts.used_weight - weight)
+                if self._learned_budget is None or budget < self._learned_budget:
+                    self._learned_budget = budget
 
     @asynccontextmanager
     async def batch_slot(self) -> AsyncIterator[None]:
-        """Hold one of the venue's BATCH concurrent backfill slots."""
-        async with self._batch_changed:
-            await self._batch_changed.wait_for(lambda: self._in_batch < self._batch)
+        """Hold one of the venue's BATCH concurrent backfill slots (first come, first served)."""
+        if self._in_batch < self._batch and not self._batch_waiters:
             self._in_batch += 1
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            self._batch_waiters.append(waiter)
+            try:
+                await waiter  # a releasing holder hands its slot over
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._release_batch()  # handed over, but we are leaving: pass it on
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._batch_waiters.remove(waiter)
+                raise
         try:
             yield
         finally:
-            async with self._batch_changed:
-                self._in_batch -= 1
-                self._batch_changed.notify_all()
+            self._release_batch()
+
+    def _release_batch(self) -> None:
+        self._in_batch -= 1
+        self._wake_batch_waiters()
+
+    def _wake_batch_waiters(self) -> None:
+        while self._batch_waiters and self._in_batch < self._batch:
+            waiter = self._batch_waiters.popleft()
+            if not waiter.done():  # a cancelled waiter is skipped
+                self._in_batch += 1
+                waiter.set_result(None)
 
     @property
     def in_batch(self) -> int:

@@ -52,7 +52,6 @@ class VenueRuntime:
         series: Sequence[SeriesSpec],
         db: Database,
         writer: CandleWriter,
-        collector_settings: CollectorSettings | None = None,
     ) -> None:
         self.config = venue
         self.codec = get_codec(venue.kind, venue.name)
@@ -73,7 +72,12 @@ class VenueRuntime:
         live = [k for k, s in self.series.items() if s.live]
         self.collector = (
             Collector(
-                self.codec, venue.ws_url, live, writer.put, self._hole_backfill, collector_settings
+                self.codec,
+                venue.ws_url,
+                live,
+                writer.put,
+                self._hole_backfill,
+                CollectorSettings(idle_timeout_s=venue.idle_timeout.total_seconds()),
             )
             if live
             else None
