@@ -1,57 +1,268 @@
-"""`candled run`: the daemon in the foreground."""
+"""`candled run`: the daemon in the foreground.
+
+The `Daemon` owns the database, the writer, one runtime per venue and the
+health server, all under a `Supervisor`. Signals: SIGTERM/SIGINT stop intake,
+flush buffered candles and exit 0 within `shutdown_timeout` (a second signal
+exits at once); SIGHUP reloads the config and applies only the difference.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 from collections import defaultdict
+from datetime import UTC, datetime
+
+import asyncpg
 
 from daemon import logs, metrics
-from daemon.config import Config, SeriesSpec
+from daemon.config import Config, ConfigError, SeriesSpec, load_config
+from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth
+from daemon.sdnotify import Notifier
+from daemon.store.database import Database
 from daemon.store.provision import open_database
-from daemon.store.series import sync_configured
+from daemon.store.series import stored_bounds, sync_configured
 from daemon.store.writer import CandleStore, CandleWriter, WriteResult
+from daemon.supervisor import Supervisor
 from daemon.venue_runtime import VenueRuntime
 
 log = logs.get("candled")
 
 
-async def _report(writer: CandleWriter, every_s: float = 10.0) -> None:
-    """Log what reached the store, so an operator sees candles arriving."""
-    seen = WriteResult()
-    while True:
-        await asyncio.sleep(every_s)
-        metrics.writer_queue.set(writer.pending)
-        t = writer.totals
-        if t != seen:
-            log.info("candles stored", inserted=t.inserted - seen.inserted,
-                     updated=t.updated - seen.updated, total_inserted=t.inserted,
-                     queued=writer.pending)  # fmt: skip
-            seen = t
+def _by_venue(config: Config) -> dict[str, list[SeriesSpec]]:
+    grouped: dict[str, list[SeriesSpec]] = defaultdict(list)
+    for spec in config.series_specs().values():
+        grouped[spec.key.venue].append(spec)
+    return grouped
+
+
+class Daemon:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.started = time.monotonic()
+        self.loaded_at = datetime.now(UTC)
+        self.last_reload = "ok"
+        self.runtimes: dict[str, VenueRuntime] = {}
+        self._wakeup = asyncio.Event()  # a signal arrived
+        self._stopping = False
+        self._reload_requested = False
+        self._signals = 0
+        self._db: Database | None = None
+        self._writer: CandleWriter | None = None
+        self._supervisor: Supervisor | None = None
+        self.health = HealthServer(self._health_facts)
+
+    # --- signals ---------------------------------------------------------------
+
+    def _on_stop_signal(self) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second stop signal: exiting at once")
+            os._exit(1)
+        self._stopping = True
+        self._wakeup.set()
+
+    def _on_hup(self) -> None:
+        self._reload_requested = True
+        self._wakeup.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def run(self) -> int:
+        self._install_signals()
+        async with open_database(self.config) as db:
+            self._db = db
+            await self._sync_series()
+            writer = self._writer = CandleWriter(CandleStore(db.pool))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    sup = self._supervisor = Supervisor(tg)
+                    await self.health.start(*self.config.daemon.health_addr)
+                    sup.start("writer", writer.run)
+                    sup.start("reporter", self._report)
+                    sup.start("watchdog", self.notifier.watchdog)
+                    for venue in self.config.venues:
+                        self._start_venue(venue.name)
+                    self.notifier.ready(self._status_line())
+                    log.info("candled running", venues=len(self.runtimes),
+                             series=len(self.config.series_specs()),
+                             health=self.health.address)  # fmt: skip
+                    await self._serve()
+                    await self._shutdown(sup, writer)
+            finally:
+                await self.health.stop()
+        return 0
+
+    async def _serve(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._stopping:
+                return
+            if self._reload_requested:
+                self._reload_requested = False
+                await self.reload()
+
+    async def _shutdown(self, sup: Supervisor, writer: CandleWriter) -> None:
+        self.notifier.stopping()
+        bound = self.config.daemon.shutdown_timeout.total_seconds()
+        log.info("stopping: closing connections and flushing buffered candles", within_s=bound)
+        try:
+            async with asyncio.timeout(bound):
+                for name in [n for n in sup.components if n.startswith("venue:")]:
+                    await sup.stop(name)  # intake first, so the flush sees everything
+                await sup.stop("writer")
+                flushed = await writer.flush()
+                log.info("stopped", flushed=flushed.total, total_inserted=writer.totals.inserted)
+        except TimeoutError:
+            log.error("shutdown took longer than its bound; exiting with candles unflushed",
+                      unflushed=writer.pending)  # fmt: skip
+        await sup.stop_all()
+
+    def _start_venue(self, name: str) -> None:
+        assert self._db is not None and self._writer is not None and self._supervisor is not None
+        specs = _by_venue(self.config)[name]
+        runtime = VenueRuntime(self.config.venue(name), specs, self._db, self._writer)
+        self.runtimes[name] = runtime
+        self._supervisor.start(f"venue:{name}", runtime.run)
+
+    async def _stop_venue(self, name: str) -> None:
+        assert self._supervisor is not None
+        await self._supervisor.stop(f"venue:{name}")
+        self.runtimes.pop(name, None)
+
+    async def _sync_series(self) -> None:
+        assert self._db is not None
+        specs = self.config.series_specs()
+        async with self._db.pool.acquire() as conn:
+            await sync_configured(conn, {k: (s.profile, s.calendar) for k, s in specs.items()})
+
+    # --- reload ----------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """Re-read the config; keep the old one if the new one is invalid."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as e:
+            self.last_reload = str(e)
+            log.error("config reload failed; keeping the running config", error=str(e))
+            self.notifier.ready(self._status_line())
+            return
+        diff = self.config.diff(new)
+        old, self.config = self.config, new
+        if diff.database_changed:
+            log.warning("[database] changes take effect at the next restart")
+        if (
+            old.daemon.log_level != new.daemon.log_level
+            or old.daemon.log_format != new.daemon.log_format
+        ):
+            logs.configure(new.daemon.log_level, new.daemon.log_format)
+        if old.daemon.health_listen != new.daemon.health_listen:
+            await self.health.stop()
+            await self.health.start(*new.daemon.health_addr)
+        await self._sync_series()
+        for name in diff.venues_removed:
+            await self._stop_venue(name)
+        grouped = _by_venue(new)
+        for name in diff.venues_changed:
+            before, after = old.venue(name), new.venue(name)
+            if (before.kind, before.rest_url, before.ws_url) != (
+                after.kind,
+                after.rest_url,
+                after.ws_url,
+            ):
+                await self._stop_venue(name)
+                self._start_venue(name)
+            else:
+                self.runtimes[name].configure(after)
+        for name, runtime in self.runtimes.items():
+            if name not in diff.venues_added:
+                await runtime.set_series(grouped[name])
+        for name in diff.venues_added:
+            self._start_venue(name)
+        self.loaded_at = datetime.now(UTC)
+        self.last_reload = "ok"
+        log.info("config reloaded", venues_added=diff.venues_added,
+                 venues_removed=diff.venues_removed, venues_changed=diff.venues_changed,
+                 series_added=[str(k) for k in diff.series_added],
+                 series_removed=[str(k) for k in diff.series_removed])  # fmt: skip
+        self.notifier.ready(self._status_line())
+
+    # --- reporting -------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        totals = self._writer.totals if self._writer else WriteResult()
+        return (f"{len(self.runtimes)} venues, {len(self.config.series_specs())} series, "
+                f"{totals.inserted} candles stored")  # fmt: skip
+
+    async def _report(self, every_s: float = 10.0) -> None:
+        """Log what reached the store, so an operator sees candles arriving."""
+        assert self._writer is not None
+        writer, seen = self._writer, WriteResult()
+        while True:
+            await asyncio.sleep(every_s)
+            metrics.writer_queue.set(writer.pending)
+            t = writer.totals
+            if t != seen:
+                log.info("candles stored", inserted=t.inserted - seen.inserted,
+                         updated=t.updated - seen.updated, total_inserted=t.inserted,
+                         queued=writer.pending)  # fmt: skip
+                seen = t
+            self.notifier.status(self._status_line())
+
+    async def _health_facts(self) -> HealthFacts:
+        assert self._db is not None and self._supervisor is not None
+        db_ok, db_error, rows, bounds = True, None, [], {}
+        specs = self.config.series_specs()
+        try:
+            async with asyncio.timeout(3), self._db.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT venue, symbol, timeframe, status, missing_bars FROM series_status"
+                )
+                bounds = await stored_bounds(conn, specs)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            db_ok, db_error = False, repr(e)
+        audited = {(r["venue"], r["symbol"], r["timeframe"]): r for r in rows}
+        now = datetime.now(UTC)
+        series = []
+        for key in sorted(specs):
+            row = audited.get((key.venue, key.symbol, key.timeframe))
+            last = bounds[key][1] if key in bounds else None
+            lag = (now - key.tf.close_time(last)).total_seconds() if last else None
+            series.append(SeriesHealth(
+                key.venue, key.symbol, key.timeframe,
+                row["status"] if row else "MISSING", last, lag,
+                int(row["missing_bars"] or 0) if row else 0,
+            ))  # fmt: skip
+        venues = []
+        for name, rt in self.runtimes.items():
+            banned = rt.throttle.banned_until
+            component = self._supervisor.components.get(f"venue:{name}")
+            venues.append(VenueHealth(
+                name, rt.collector.connected if rt.collector else None, rt.throttle.tokens,
+                datetime.fromtimestamp(banned, UTC) if rt.throttle.banned else None,
+                component.state if component else "stopped",
+            ))  # fmt: skip
+        writer = self._writer
+        return HealthFacts(
+            uptime_s=time.monotonic() - self.started,
+            database_ok=db_ok, database_error=db_error,
+            timescaledb=self._db.info.timescaledb, license=self._db.info.license,
+            config_loaded_at=self.loaded_at, last_reload=self.last_reload,
+            venues=venues, series=series, crash_looping=self._supervisor.crash_looping(),
+            writer_failing=None if writer is None or not writer.failing else writer.failing,
+        )  # fmt: skip
 
 
 async def run_daemon(config: Config) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with open_database(config) as db:
-        specs = config.series_specs()
-        async with db.pool.acquire() as conn:
-            await sync_configured(conn, {k: (s.profile, s.calendar) for k, s in specs.items()})
-        by_venue: dict[str, list[SeriesSpec]] = defaultdict(list)
-        for spec in specs.values():
-            by_venue[spec.key.venue].append(spec)
-        writer = CandleWriter(CandleStore(db.pool))
-        runtimes = [VenueRuntime(v, by_venue[v.name], db, writer) for v in config.venues]
-        log.info("candled running", venues=len(runtimes), series=len(specs))
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(writer.run()), tg.create_task(_report(writer))]
-            tasks += [tg.create_task(rt.run()) for rt in runtimes]
-            await stop.wait()
-            log.info("stopping: flushing buffered candles")
-            for task in tasks:
-                task.cancel()
-        flushed = await writer.flush()
-        log.info("stopped", flushed=flushed.total, total_inserted=writer.totals.inserted)
-    return 0
+    return await Daemon(config).run()

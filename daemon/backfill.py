@@ -5,6 +5,7 @@ holes, repairs) takes this one path."""
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,10 @@ Sink = Callable[[Sequence[Candle]], Awaitable[None]]
 Clock = Callable[[], datetime]
 PAGES_PER_JOB = 10  # a long window is cut into jobs so that BATCH workers share it
 _PAGE_TRIES = 3  # a malformed page is asked for again this many times
+_KEPT_RESULTS = 1_000  # recent job results kept for inspection; the daemon runs for months
+# A job stops on these and reports them; the workers go on with the next job.
+_JOB_ERRORS = (FetchError, VenueError, CodecError, asyncpg.PostgresError, asyncpg.InterfaceError,
+               OSError)  # fmt: skip
 
 
 def utcnow() -> datetime:
@@ -78,9 +83,12 @@ class Backfiller:
         self._workers = workers
         self._clock = clock
         self._queue: asyncio.Queue[BackfillJob] = asyncio.Queue()
-        self._genesis: dict[SeriesKey, datetime | None] = {}
-        self._genesis_lock = asyncio.Lock()
-        self.results: list[JobResult] = []
+        self._genesis: dict[SeriesKey, datetime] = {}
+        # Per series, so that one venue's slow answer does not hold up another series.
+        self._genesis_locks: collections.defaultdict[SeriesKey, asyncio.Lock] = (
+            collections.defaultdict(asyncio.Lock)
+        )
+        self.results: collections.deque[JobResult] = collections.deque(maxlen=_KEPT_RESULTS)
 
     def submit(self, job: BackfillJob) -> None:
         """Queue a window; long ones are split so that workers share them."""
@@ -116,10 +124,17 @@ class Backfiller:
                 self._queue.task_done()
 
     async def genesis(self, series: SeriesKey) -> datetime | None:
-        """The series' first bar, asked of the venue once where it can answer."""
-        async with self._genesis_lock:
+        """The series' first bar, asked of the venue once where it can answer.
+
+        An unknown genesis (not listed yet, or a venue that cannot tell) is
+        not cached: the next job looks again.
+        """
+        async with self._genesis_locks[series]:
             if series not in self._genesis:
-                self._genesis[series] = await self._load_genesis(series)
+                found = await self._load_genesis(series)
+                if found is None:
+                    return None
+                self._genesis[series] = found
             return self._genesis[series]
 
     async def _load_genesis(self, series: SeriesKey) -> datetime | None:
@@ -134,6 +149,7 @@ class Backfiller:
         if not first:
             return None  # nothing listed yet; ask again next time
         evidence = {"method": "exact", "request": req.path, "params": dict(req.params),
+                    "first_bar": first[0].ts.isoformat(),
                     "asked_at": self._clock().isoformat()}  # fmt: skip
         async with self._pool.acquire() as conn:
             await set_genesis(conn, series, first[0].ts, evidence)
@@ -159,8 +175,10 @@ class Backfiller:
                 if len(got) < page:
                     break
                 cursor = tf.next(got[-1].ts)
-        except (FetchError, VenueError, CodecError) as e:
-            return JobResult(job, candles, requests, complete=False, error=str(e))
+        except _JOB_ERRORS as e:
+            return JobResult(
+                job, candles, requests, complete=False, error=f"{type(e).__name__}: {e}"
+            )
         return JobResult(job, candles, requests, complete=True)
 
     async def _page(

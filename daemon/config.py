@@ -67,6 +67,8 @@ class DaemonConfig:
     log_level: str = "info"
     log_format: str = "json"
     state_dir: Path = Path("var")
+    # SIGTERM: stop intake, flush, exit within this bound.
+    shutdown_timeout: timedelta = timedelta(seconds=10)
 
     @property
     def health_addr(self) -> tuple[str, int]:
@@ -352,6 +354,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         log_level=d.choice("log_level", LOG_LEVELS, "info"),
         log_format=d.choice("log_format", LOG_FORMATS, "json"),
         state_dir=Path(d.get("state_dir", str, "var")),
+        shutdown_timeout=d.convert("shutdown_timeout", parse_duration, "10s"),
     )
     try:
         daemon.health_addr  # noqa: B018 - validate now, not when the server binds

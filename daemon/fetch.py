@@ -48,6 +48,7 @@ class Fetcher:
         *,
         timeout_s: float = 30.0,
         max_time_s: float = 600.0,
+        retry_base_s: float = 1.0,
         on_ban: Callable[[float], Awaitable[None]] | None = None,
         on_response: Callable[[int], None] | None = None,
     ) -> None:
@@ -55,10 +56,21 @@ class Fetcher:
         self._codec = codec
         self.throttle = throttle
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
-        self._max_time_s = max_time_s
         self._on_ban = on_ban
         self._on_response = on_response
         self._session: aiohttp.ClientSession | None = None
+        # Retry-After is not a backoff matter: the throttle holds the retry (and
+        # every other request to the venue) until the venue allows it.
+        self._retrying = backoff.on_exception(
+            backoff.expo,
+            (RetryableStatus, aiohttp.ClientError, TimeoutError),
+            max_time=max_time_s,
+            jitter=backoff.full_jitter,
+            factor=retry_base_s,
+            max_value=60,
+            on_backoff=self._log_backoff,
+            logger=None,  # _log_backoff says it, with the venue's words
+        )(self._attempt)
 
     async def __aenter__(self) -> Fetcher:
         self._session = aiohttp.ClientSession(
@@ -73,32 +85,24 @@ class Fetcher:
     async def fetch(self, req: HttpRequest) -> Response:
         """Send `req` and return a non-retryable answer (2xx or a 4xx the caller
         should report); raise `FetchError` when retries run out."""
-        retrying = backoff.on_exception(
-            backoff.expo,
-            (RetryableStatus, aiohttp.ClientError, TimeoutError),
-            max_time=self._max_time_s,
-            jitter=backoff.full_jitter,
-            max_value=60,
-            on_backoff=self._log_backoff,
-        )(self._attempt)
         try:
-            return await retrying(req)
+            return await self._retrying(req)
         except (RetryableStatus, aiohttp.ClientError, TimeoutError) as e:
             raise FetchError(f"{req.path} failed after retries: {e!r}") from e
 
     async def _attempt(self, req: HttpRequest) -> Response:
         assert self._session is not None, "use Fetcher as an async context manager"
-        await self.throttle.acquire(req.weight)
+        sent_at = await self.throttle.acquire(req.weight)
         async with self._session.request(
             req.method, self._base + req.path, params=dict(req.params)
         ) as resp:
-            body = await resp.content.read(MAX_BODY + 1)
+            body = await _read_body(resp)
             status = resp.status
             facts = self._codec.rate_facts(status, resp.headers)
-        self.throttle.observe(facts)
+        self.throttle.observe(facts, req.weight, sent_at)
         if self._on_response is not None:
             self._on_response(status)
-        if len(body) > MAX_BODY:
+        if body is None:
             raise FetchError(f"{req.path}: response body larger than {MAX_BODY} bytes")
         if facts.banned and self._on_ban is not None:
             await self._on_ban(self.throttle.banned_until)
@@ -114,3 +118,14 @@ class Fetcher:
             wait_s=round(details.get("wait", 0.0), 2),
             error=repr(details.get("exception")),
         )
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes | None:
+    """The whole body, or None past MAX_BODY. (`content.read(n)` would return
+    only what has arrived so far: a truncated page.)"""
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)

@@ -113,14 +113,16 @@ class VenueThrottle:
             return 0.0
         return (weight - self._tokens) * self.period_s / self.capacity
 
-    async def acquire(self, weight: int) -> None:
-        """Wait until a request of `weight` may be sent, and spend its weight."""
+    async def acquire(self, weight: int) -> float:
+        """Wait until a request of `weight` may be sent, spend its weight, and
+        return the time (epoch seconds) it was let through."""
         weight = min(weight, self.capacity)
         # Sleep, then look again: a response may have moved the goalposts meanwhile.
         while (wait := self.delay(weight)) > 0:
             await self._sleep(wait)
         self._tokens -= weight
         self._window_used += weight
+        return self._clock()
 
     def observe(self, facts: RateFacts, weight: int = 0, sent_at: float | None = None) -> None:
         """Take in what the response to a request of `weight`, sent at

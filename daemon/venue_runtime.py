@@ -69,19 +69,41 @@ class VenueRuntime:
             on_response=lambda status: metrics.requests.labels(venue.name, str(status)).inc(),
         )
         self.backfiller = Backfiller(self.codec, self.fetcher, writer.put, db.pool)
-        live = [k for k, s in self.series.items() if s.live]
-        self.collector = (
-            Collector(
-                self.codec,
-                venue.ws_url,
-                live,
-                writer.put,
-                self._hole_backfill,
-                CollectorSettings(idle_timeout_s=venue.idle_timeout.total_seconds()),
-            )
-            if live
-            else None
-        )
+        self.collector: Collector | None = None
+        self._tg: asyncio.TaskGroup | None = None
+
+    def _live(self) -> list[SeriesKey]:
+        return [k for k, s in self.series.items() if s.live]
+
+    def _start_collector(self, tg: asyncio.TaskGroup) -> None:
+        settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds())
+        self.collector = Collector(
+            self.codec, self.config.ws_url, self._live(), self._writer.put, self._hole_backfill,
+            settings,
+        )  # fmt: skip
+        tg.create_task(self.collector.run())
+
+    def configure(self, venue: VenueConfig) -> None:
+        """Apply new limits (reload) to the running throttle and collector."""
+        self.config = venue
+        self.throttle.configure(venue.rate_capacity, venue.rate_period.total_seconds(), venue.batch)
+        if self.collector is not None:
+            self.collector.settings.idle_timeout_s = venue.idle_timeout.total_seconds()
+
+    async def set_series(self, specs: Sequence[SeriesSpec]) -> None:
+        """Apply a reload's series: new ones backfill (and stream), removed ones
+        stop streaming; untouched streams keep their connections."""
+        old_live = set(self._live())
+        self.series = {s.key: s for s in specs}
+        new_live = set(self._live())
+        added = [k for k in self.series if k not in old_live]
+        if self.collector is not None:
+            await self.collector.remove(sorted(old_live - new_live))
+            await self.collector.add(sorted(new_live - old_live))
+        elif new_live and self._tg is not None:
+            self._start_collector(self._tg)
+        # Subscribed first, then backfilled up to now: no bar falls between.
+        await self._catch_up(added, "lookback")
 
     async def _persist_ban(self, until: float) -> None:
         ends = datetime.fromtimestamp(until, UTC)
@@ -117,8 +139,9 @@ class VenueRuntime:
     async def run(self) -> None:
         await self._restore_ban()
         async with self.fetcher, asyncio.TaskGroup() as tg:
+            self._tg = tg
             tg.create_task(self.backfiller.run())
             # Live series catch up when their stream connects; the rest now.
             await self._catch_up([k for k, s in self.series.items() if not s.live], "lookback")
-            if self.collector is not None:
-                tg.create_task(self.collector.run())
+            if self._live():
+                self._start_collector(tg)

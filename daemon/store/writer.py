@@ -151,6 +151,7 @@ class CandleWriter:
         self.totals = WriteResult()
         self.batches = 0
         self.failures = 0  # failed batch writes (each retried)
+        self.failing: str | None = None  # the last error while writes fail
 
     @property
     def pending(self) -> int:
@@ -195,6 +196,7 @@ class CandleWriter:
             self._changed.notify_all()
 
     def _record(self, result: WriteResult) -> None:
+        self.failing = None
         self.totals += result
         self.batches += 1
         for name in ("inserted", "updated", "unchanged"):
@@ -211,6 +213,7 @@ class CandleWriter:
 
     async def _backoff(self, error: Exception, failures: int) -> None:
         self.failures += 1
+        self.failing = repr(error)
         delay = min(self.retry_cap_s, 0.1 * 2**failures)
         log.warning("candle write failed; retrying", error=repr(error),
                     retry_in_s=delay, pending=self.pending)  # fmt: skip

@@ -1,0 +1,143 @@
+"""The health endpoint (`/health`, JSON) and Prometheus metrics (`/metrics`).
+
+`assess` turns the facts the daemon gathers into DESIGN.md section 6's
+document; the server is a thin aiohttp edge around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from daemon import __version__, metrics
+
+
+@dataclass(frozen=True)
+class VenueHealth:
+    name: str
+    ws_connected: bool | None  # None: no live series on this venue
+    rate_tokens: float
+    banned_until: datetime | None
+    component: str  # the supervisor's state of its runtime
+
+
+@dataclass(frozen=True)
+class SeriesHealth:
+    venue: str
+    symbol: str
+    timeframe: str
+    status: str  # OK | DEGRADED | STALE | MISSING
+    last_ts: datetime | None
+    lag_s: float | None
+    missing_bars: int
+
+
+@dataclass(frozen=True)
+class HealthFacts:
+    uptime_s: float
+    database_ok: bool
+    database_error: str | None
+    timescaledb: str | None
+    license: str | None
+    config_loaded_at: datetime
+    last_reload: str  # "ok", or the error that kept the old config
+    venues: Sequence[VenueHealth]
+    series: Sequence[SeriesHealth]
+    crash_looping: Sequence[str]
+    writer_failing: str | None = None  # why writes are failing, if they are
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts is not None else None
+
+
+def assess(f: HealthFacts) -> dict[str, Any]:
+    """The /health document. `failing` only when the store is unreachable;
+    `degraded` when something needs attention but candles still flow."""
+    reasons: list[str] = []
+    if not f.database_ok:
+        reasons.append(f"database unreachable: {f.database_error}")
+    if f.writer_failing:
+        reasons.append(f"writes failing: {f.writer_failing}")
+    if f.last_reload != "ok":
+        reasons.append(f"last config reload failed: {f.last_reload}")
+    reasons += [f"component {name} is crash-looping" for name in f.crash_looping]
+    for v in f.venues:
+        if v.banned_until is not None:
+            reasons.append(f"venue {v.name} banned until {v.banned_until.isoformat()}")
+        if v.ws_connected is False:
+            reasons.append(f"venue {v.name} stream disconnected")
+    not_ok = [s for s in f.series if s.status != "OK"]
+    if not_ok:
+        reasons.append(f"{len(not_ok)} series not OK")
+    status = "failing" if not f.database_ok else ("degraded" if reasons else "ok")
+    return {
+        "status": status,
+        "reasons": reasons,
+        "version": __version__,
+        "uptime_s": round(f.uptime_s, 1),
+        "database": {
+            "ok": f.database_ok,
+            "timescaledb": f.timescaledb,
+            "license": f.license,
+            **({"error": f.database_error} if f.database_error else {}),
+        },
+        "config": {"loaded_at": _iso(f.config_loaded_at), "last_reload": f.last_reload},
+        "venues": [
+            {
+                "name": v.name,
+                "ws_connected": v.ws_connected,
+                "rate_tokens": int(v.rate_tokens),
+                "banned_until": _iso(v.banned_until),
+                "component": v.component,
+            }
+            for v in f.venues
+        ],
+        "series": [
+            {
+                "venue": s.venue,
+                "symbol": s.symbol,
+                "timeframe": s.timeframe,
+                "status": s.status,
+                "last_ts": _iso(s.last_ts),
+                "lag_s": None if s.lag_s is None else round(s.lag_s, 1),
+                "missing_bars": s.missing_bars,
+            }
+            for s in f.series
+        ],
+    }
+
+
+class HealthServer:
+    def __init__(self, gather: Callable[[], Awaitable[HealthFacts]]) -> None:
+        self._gather = gather
+        self._runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        app = web.Application()
+        app.add_routes([web.get("/health", self._health), web.get("/metrics", self._metrics)])
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        bound = self._runner.addresses[0]
+        self.address = (str(bound[0]), int(bound[1]))
+        return self.address
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        doc = assess(await self._gather())
+        return web.json_response(doc, status=503 if doc["status"] == "failing" else 200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(metrics.REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
