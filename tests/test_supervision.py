@@ -1,0 +1,130 @@
+"""Supervisor restarts, sd_notify datagrams, and the health document."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from daemon.health import HealthFacts, SeriesHealth, VenueHealth, assess
+from daemon.sdnotify import Notifier
+from daemon.supervisor import Supervisor
+
+
+async def test_crashing_component_restarts_and_others_keep_running() -> None:
+    runs = {"crashy": 0, "steady": 0}
+    steady_alive = asyncio.Event()
+
+    async def crashy() -> None:
+        runs["crashy"] += 1
+        raise RuntimeError("boom")
+
+    async def steady() -> None:
+        runs["steady"] += 1
+        steady_alive.set()
+        await asyncio.Event().wait()
+
+    async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+        sup = Supervisor(tg, backoff_base_s=0.01, backoff_cap_s=0.05, crash_loop_count=3)
+        sup.start("crashy", crashy)
+        sup.start("steady", steady)
+        while runs["crashy"] < 4:
+            await asyncio.sleep(0.01)
+        await steady_alive.wait()
+        assert sup.components["crashy"].restarts >= 3
+        assert sup.components["crashy"].last_error == "RuntimeError('boom')"
+        assert sup.crash_looping() == ["crashy"]
+        assert sup.components["steady"].state == "running" and runs["steady"] == 1
+        await sup.stop_all()
+    assert sup.components == {}
+
+
+async def test_component_that_returns_is_done_not_restarted() -> None:
+    calls = 0
+
+    async def once() -> None:
+        nonlocal calls
+        calls += 1
+
+    async with asyncio.TaskGroup() as tg:
+        sup = Supervisor(tg, backoff_base_s=0.01)
+        component = sup.start("once", once)
+    assert calls == 1 and component.state == "done"
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(5)
+    return sock
+
+
+def test_notifier_sends_ready_reloading_stopping(notify_socket: socket.socket) -> None:
+    n = Notifier({"NOTIFY_SOCKET": notify_socket.getsockname()})
+    assert n.ready("2 venues")
+    assert notify_socket.recv(4096) == b"READY=1\nSTATUS=2 venues"
+    assert n.reloading()
+    fields = notify_socket.recv(4096).decode().split("\n")
+    assert fields[0] == "RELOADING=1" and fields[1].startswith("MONOTONIC_USEC=")
+    assert int(fields[1].split("=")[1]) > 0
+    assert n.stopping()
+    assert notify_socket.recv(4096) == b"STOPPING=1"
+
+
+def test_notifier_abstract_namespace() -> None:
+    name = f"candled-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        assert Notifier({"NOTIFY_SOCKET": "@" + name}).status("hello")
+        assert sock.recv(100) == b"STATUS=hello"
+
+
+def test_notifier_without_systemd_is_a_noop() -> None:
+    n = Notifier({})
+    assert not n.enabled and not n.ready("x") and n.watchdog_interval_s is None
+
+
+async def test_watchdog_pings_at_half_the_interval(notify_socket: socket.socket) -> None:
+    env = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "200000",
+           "WATCHDOG_PID": str(os.getpid())}  # fmt: skip
+    n = Notifier(env)
+    assert n.watchdog_interval_s == pytest.approx(0.1)
+    assert Notifier({**env, "WATCHDOG_PID": "1"}).watchdog_interval_s is None
+    async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
+        task = tg.create_task(n.watchdog())
+        await asyncio.sleep(0.35)
+        task.cancel()
+    pings = n.sent.count("WATCHDOG=1")
+    assert 3 <= pings <= 5
+
+
+def facts(**overrides: object) -> HealthFacts:
+    base: dict[str, object] = dict(
+        uptime_s=12.0, database_ok=True, database_error=None, timescaledb="2.19.3",
+        license="apache", config_loaded_at=datetime(2026, 1, 1, tzinfo=UTC), last_reload="ok",
+        venues=[VenueHealth("binance", True, 5410, None, "running")],
+        series=[SeriesHealth("binance", "BTCUSDT", "1m", "OK", None, 41.2, 0)],
+        crash_looping=[],
+    )  # fmt: skip
+    base.update(overrides)
+    return HealthFacts(**base)  # type: ignore[arg-type]
+
+
+def test_health_ok_degraded_failing() -> None:
+    doc = assess(facts())
+    assert doc["status"] == "ok" and doc["reasons"] == []
+    assert doc["database"] == {"ok": True, "timescaledb": "2.19.3", "license": "apache"}
+    assert doc["venues"][0]["rate_tokens"] == 5410
+    assert doc["series"][0]["lag_s"] == 41.2
+    assert assess(facts(last_reload="series[0].profile: bad"))["status"] == "degraded"
+    assert assess(facts(crash_looping=["venue:binance"]))["status"] == "degraded"
+    stale = [SeriesHealth("binance", "BTCUSDT", "1m", "STALE", None, 900.0, 0)]
+    assert assess(facts(series=stale))["status"] == "degraded"
+    down = assess(facts(database_ok=False, database_error="ConnectionRefusedError()"))
+    assert down["status"] == "failing" and "database unreachable" in down["reasons"][0]
