@@ -36,3 +36,18 @@ writer_queue = Gauge(
 write_seconds = Histogram(
     "candled_write_batch_seconds", "Time to write one batch", registry=REGISTRY
 )
+gaps_found = Counter("candled_gaps_found", "Holes found by audits", ["venue"], registry=REGISTRY)
+gaps_repaired = Counter(
+    "candled_gaps_repaired", "Repair windows that returned data", ["venue"], registry=REGISTRY
+)
+gaps_confirmed_empty = Counter(
+    "candled_gaps_confirmed_empty", "Ranges confirmed empty by the venue", ["venue"],
+    registry=REGISTRY,
+)  # fmt: skip
+heal_cycle_seconds = Histogram(
+    "candled_heal_cycle_seconds", "Duration of one self-healing cycle", registry=REGISTRY
+)
+series_lag = Gauge(
+    "candled_series_lag_seconds", "Age of the newest stored bar beyond its expected close",
+    ["venue", "symbol", "timeframe"], registry=REGISTRY,
+)  # fmt: skip

@@ -30,7 +30,7 @@ def scenario(faults: dict[str, Any] | None = None, weight: int = 6000) -> dict[s
             {"symbol": "AAAUSDT", "listed": "-2h"},
             *({"symbol": s, "listed": "-30d"} for s in SYMBOLS[1:]),
         ],
-        "maintenance": [{"start": "-3h", "end": "-2h50m", "symbols": ["BBBUSDT"]}],
+        "maintenance": [{"start": "-3h", "end": "-170m", "symbols": ["BBBUSDT"]}],
         "faults": faults or {},
     }
 

@@ -1,0 +1,127 @@
+"""Local calendar overrides, which take precedence over pandas-market-calendars.
+
+The library has had holiday bugs (its issues 390, 400, 486), so an operator can
+correct it without waiting for a release. File format (TOML):
+
+    # One table per calendar, named exactly as in the series config ("XNYS",
+    # "CME_Equity", ...; "FOREX" for the built-in FOREX rule). "NYSE" and "XNYS"
+    # are different keys: use the name your series use.
+    [XNYS]
+    # Session (trading-day) dates with no session at all.
+    closed = [2025-01-09, "2018-12-05"]
+
+    # Session date -> close time, wall clock in the calendar's own timezone
+    # ("HH:MM" or a TOML local time). A date on which the library has no session
+    # gets one, from the calendar's regular open to this close: that is how a
+    # day the library wrongly closes is reopened.
+    [XNYS.early_closes]
+    2025-11-28 = "13:00"
+
+A session date is the exchange's trading day: for CME calendars the session
+dated D opens at 17:00 Chicago on D-1; for FOREX the trading day D runs from
+17:00 New York on D-1 to 17:00 on D. Dates are TOML dates or "YYYY-MM-DD"
+strings. Unknown calendars, unknown keys, bad values and a date that is both
+closed and an early close are errors that name the offending key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, time
+from pathlib import Path
+from typing import Any
+
+from daemon.calendars.library import FOREX, is_library_calendar
+
+_KEYS = ("closed", "early_closes")
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarOverride:
+    """Corrections for one calendar. Hashable: schedules are cached per override."""
+
+    closed: frozenset[date] = frozenset()
+    early_closes: frozenset[tuple[date, time]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Corrections per calendar name (as written in the series config)."""
+
+    calendars: Mapping[str, CalendarOverride] = field(default_factory=dict)
+
+    def get(self, calendar: str) -> CalendarOverride | None:
+        return self.calendars.get(calendar)
+
+
+def load_overrides(path: str | Path) -> Overrides:
+    """Read and validate an override file (the only I/O of the calendars)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return parse_overrides(data, source=str(path))
+
+
+def parse_overrides(data: Mapping[str, Any], *, source: str = "overrides") -> Overrides:
+    """Validate already-parsed TOML (e.g. a table embedded in another file)."""
+    calendars: dict[str, CalendarOverride] = {}
+    for name, table in data.items():
+        where = f"{source}: [{name}]"
+        if name != FOREX and not is_library_calendar(name):
+            raise ValueError(f"{where}: unknown calendar {name!r}")
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: expected a table")
+        calendars[name] = _parse_calendar(table, where)
+    return Overrides(calendars)
+
+
+def _parse_calendar(table: Mapping[str, Any], where: str) -> CalendarOverride:
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key; expected one of {', '.join(_KEYS)}")
+    closed_list = table.get("closed", [])
+    if not isinstance(closed_list, list):
+        raise ValueError(f"{where}.closed: expected a list of dates")
+    closed = frozenset(_date(v, f"{where}.closed[{i}]") for i, v in enumerate(closed_list))
+    early_table = table.get("early_closes", {})
+    if not isinstance(early_table, dict):
+        raise ValueError(f"{where}.early_closes: expected a table of date = time")
+    early: dict[date, time] = {}
+    for key, value in early_table.items():
+        key_where = f"{where}.early_closes.{key}"
+        day = _date(key, key_where)
+        if day in closed:
+            raise ValueError(f"{key_where}: date is also listed in closed")
+        early[day] = _time(value, key_where)
+    return CalendarOverride(closed, frozenset(early.items()))
+
+
+def _date(value: object, where: str) -> date:
+    # tomllib gives datetimes for date-times; those are not session dates.
+    if isinstance(value, date) and not hasattr(value, "hour"):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{where}: expected a date YYYY-MM-DD, got {value!r}")
+
+
+def _time(value: object, where: str) -> time:
+    if isinstance(value, time):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = time.fromisoformat(value)
+        except ValueError:
+            parsed = None
+    else:
+        parsed = None
+    if parsed is None or parsed.tzinfo is not None:
+        raise ValueError(f"{where}: expected a local time HH:MM, got {value!r}")
+    return parsed

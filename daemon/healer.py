@@ -1,0 +1,262 @@
+"""The self-healing cycle: audit every series against its market profile,
+repair holes newest first through the backfill path, keep statuses current.
+
+Audit: the expected bar grid (calendars) minus the present islands (SQL)
+gives the missing ranges, from the series' genesis or lookback start to the
+newest bar that should have closed. It is incremental: a series re-scans only
+from where its last audit ended (minus a safety margin) and re-checks the holes
+it recorded before; `full=True` scans everything.
+
+Repair: missing ranges become request windows (newest first, coalesced up to
+the venue's page size, at most `max_fills` per series). A window the venue
+answers with no data is retried with growing intervals and becomes
+confirmed-empty after K empty answers; confirmed-empty ranges are excluded
+from audits and never requested again, and never block older holes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from daemon import calendars, logs, metrics
+from daemon.backfill import BackfillJob, JobResult
+from daemon.config import SeriesSpec
+from daemon.domain import SeriesKey
+from daemon.gaps import (
+    EmptyRangePolicy,
+    Range,
+    RepairState,
+    count_bars,
+    merge_ranges,
+    missing_ranges,
+    plan_windows,
+    subtract_ranges,
+)
+from daemon.store import healing as store
+from daemon.store.series import ensure_series, stored_bounds
+
+log = logs.get("candled.healer")
+Clock = Callable[[], datetime]
+# Re-audit this far behind the last audit's end: late bars may still arrive.
+SAFETY_BARS = 10
+SAFETY_MIN = timedelta(minutes=10)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    key: SeriesKey
+    status: str  # OK | DEGRADED | STALE | MISSING
+    gaps: list[Range]
+    missing_bars: int
+    confirmed_empty_bars: int
+    expected_bars: int
+    genesis: datetime | None
+    first_ts: datetime | None
+    last_ts: datetime | None
+    rows_scanned: int
+
+
+@dataclass
+class RepairReport:
+    requests: int = 0
+    candles: int = 0
+    empty: int = 0
+    confirmed_empty: int = 0
+    errors: int = 0
+    per_series: dict[SeriesKey, int] = field(default_factory=dict)
+
+
+class Repairer:
+    """What the healer needs from a venue: its page size and the backfill path."""
+
+    page_size: int
+    run_job: Callable[[BackfillJob], Awaitable[JobResult]]
+
+    def __init__(self, page_size: int, run_job: Callable[[BackfillJob], Awaitable[JobResult]]):
+        self.page_size = page_size
+        self.run_job = run_job
+
+
+def classify(
+    *, has_data: bool, last_ts: datetime | None, last_expected: datetime | None,
+    missing_bars: int, key: SeriesKey,
+) -> str:  # fmt: skip
+    """MISSING > STALE > DEGRADED > OK."""
+    if not has_data or last_ts is None:
+        return "MISSING"
+    if last_expected is not None:
+        tf = key.tf
+        allowance = max(tf.nominal_seconds * 2, 300)
+        if (last_expected - last_ts).total_seconds() > allowance:
+            return "STALE"
+    return "DEGRADED" if missing_bars else "OK"
+
+
+class Healer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        specs: Mapping[SeriesKey, SeriesSpec],
+        *,
+        interval: timedelta,
+        confirm_after: int = 3,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._pool = pool
+        self.specs = dict(specs)
+        self.interval = interval
+        self.confirm_after = confirm_after
+        self._clock = clock
+
+    def policy(self) -> EmptyRangePolicy:
+        # Half the cycle interval first, then doubling: K empty answers take K
+        # cycles, and a venue that keeps answering empty is asked less often.
+        return EmptyRangePolicy(self.interval / 2, self.confirm_after)
+
+    def _keys(self, keys: Iterable[SeriesKey] | None) -> list[SeriesKey]:
+        if keys is None:
+            return sorted(self.specs)
+        unknown = [str(k) for k in keys if k not in self.specs]
+        if unknown:
+            raise ValueError(f"not configured: {', '.join(unknown)}")
+        return sorted(keys)
+
+    # --- audit -----------------------------------------------------------------
+
+    async def audit(
+        self, keys: Iterable[SeriesKey] | None = None, *, full: bool = False
+    ) -> list[AuditResult]:
+        results = []
+        for key in self._keys(keys):
+            async with self._pool.acquire() as conn:
+                results.append(await self._audit_one(conn, key, full))
+        return results
+
+    async def _audit_one(self, conn: asyncpg.Connection, key: SeriesKey, full: bool) -> AuditResult:
+        spec, tf, now = self.specs[key], key.tf, self._clock()
+        await ensure_series(conn, [key])  # a configured series may have no row yet
+        row = await store.series_row(conn, *_parts(key))
+        assert row is not None
+        last_expected = calendars.last_expected_bar(spec.profile, spec.calendar, tf, now)
+        hi = tf.next(last_expected) if last_expected is not None else tf.floor(now)
+        lo = tf.ceil(now - spec.lookback)
+        if row.genesis is not None:
+            lo = max(lo, tf.ceil(row.genesis))
+        lo = min(lo, hi)
+        empty = await store.empty_states(conn, row.id)
+        confirmed = [r for r, st in empty.items() if st.confirmed_empty]
+        scan_from = lo
+        if not full and row.audited_until is not None:
+            margin = max(SAFETY_MIN, timedelta(seconds=tf.nominal_seconds * SAFETY_BARS))
+            scan_from = min(hi, max(lo, tf.floor(row.audited_until - margin)))
+        expected = calendars.expected_ranges(spec.profile, spec.calendar, tf, lo, hi)
+        fresh = await store.islands(conn, row.id, tf, scan_from, hi)
+        rows_scanned = fresh.rows
+        gaps = missing_ranges(
+            subtract_ranges(expected, [(lo, scan_from)]), fresh.runs, tf,
+            genesis=row.genesis, confirmed_empty=confirmed,
+        )  # fmt: skip
+        # Holes recorded before the re-scanned part: check whether they filled.
+        for start, end in await store.recorded_gaps(conn, row.id):
+            start, end = max(start, lo), min(end, scan_from)
+            if start >= end:
+                continue
+            inside = await store.islands(conn, row.id, tf, start, end)
+            rows_scanned += inside.rows
+            gaps += missing_ranges([(start, end)], inside.runs, tf, genesis=row.genesis,
+                                   confirmed_empty=confirmed)  # fmt: skip
+        gaps = merge_ranges(gaps)
+        bounds = (await stored_bounds(conn, [key])).get(key)
+        first_ts, last_ts = bounds if bounds else (None, None)
+        missing = count_bars(gaps, tf)
+        confirmed_bars = count_bars(
+            [(max(s, lo), min(e, hi)) for s, e in confirmed if s < hi and e > lo], tf
+        )
+        status = classify(has_data=bounds is not None, last_ts=last_ts,
+                          last_expected=last_expected, missing_bars=missing, key=key)  # fmt: skip
+        expected_bars = count_bars(expected, tf)
+        await store.save_audit(
+            conn, row.id, status=status, first_ts=first_ts, last_ts=last_ts,
+            gaps=[(s, e, tf.count_bars(s, e)) for s, e in gaps], missing_bars=missing,
+            confirmed_empty_bars=confirmed_bars, expected_bars=expected_bars,
+            audited_at=now, audited_until=hi,
+        )  # fmt: skip
+        metrics.gaps_found.labels(key.venue).inc(len(gaps))
+        return AuditResult(key, status, gaps, missing, confirmed_bars, expected_bars,
+                           row.genesis, first_ts, last_ts, rows_scanned)  # fmt: skip
+
+    # --- repair ----------------------------------------------------------------
+
+    async def repair(
+        self,
+        repairers: Mapping[str, Repairer],
+        audits: Sequence[AuditResult],
+        *,
+        max_fills: int,
+        on_request: Callable[[], None] | None = None,
+    ) -> RepairReport:
+        """Request the planned windows of every audited series with holes."""
+        report = RepairReport()
+        policy = self.policy()
+        for audit in audits:
+            repairer = repairers.get(audit.key.venue)
+            if not audit.gaps or repairer is None:
+                continue
+            async with self._pool.acquire() as conn:
+                row = await store.series_row(conn, *_parts(audit.key))
+                states = await store.empty_states(conn, row.id) if row else {}
+            if row is None:
+                continue
+            now = self._clock()
+            waiting = [r for r, st in states.items() if not policy.is_due(st, now)]
+            windows = plan_windows(audit.gaps, audit.key.tf, repairer.page_size, max_fills,
+                                   skip=waiting)  # fmt: skip
+            for w in windows:
+                job = BackfillJob(audit.key, w.start, w.end, "repair")
+                result = await repairer.run_job(job)
+                report.requests += result.requests
+                if on_request is not None:
+                    on_request()
+                await self._record(row.id, (w.start, w.end), result, states, policy, report)
+            report.per_series[audit.key] = len(windows)
+        return report
+
+    async def _record(
+        self, series_id: int, window: Range, result: JobResult,
+        states: Mapping[Range, RepairState], policy: EmptyRangePolicy, report: RepairReport,
+    ) -> None:  # fmt: skip
+        now = self._clock()
+        async with self._pool.acquire() as conn:
+            if not result.complete:
+                # Errors and timeouts say nothing about what the venue has.
+                report.errors += 1
+                await store.record_attempt(conn, series_id, window, result.candles, "error",
+                                           result.error, now)  # fmt: skip
+                return
+            outcome = "filled" if result.candles else "empty"
+            await store.record_attempt(conn, series_id, window, result.candles, outcome, None, now)
+            state = policy.record(states.get(window, RepairState()), result.candles, now)
+            await store.save_empty_state(conn, series_id, window, state, now)
+        report.candles += result.candles
+        if result.candles:
+            metrics.gaps_repaired.labels(result.job.series.venue).inc()
+        else:
+            report.empty += 1
+            if state.confirmed_empty:
+                report.confirmed_empty += 1
+                metrics.gaps_confirmed_empty.labels(result.job.series.venue).inc()
+                log.info("range confirmed empty", series=str(result.job.series),
+                         start=window[0].isoformat(), end=window[1].isoformat(),
+                         empty_answers=state.empty_answers)  # fmt: skip
+
+
+def _parts(key: SeriesKey) -> tuple[str, str, str]:
+    return key.venue, key.symbol, key.timeframe

@@ -1,0 +1,171 @@
+"""Healing state in the store: audit results, gaps, repair attempts and the
+empty-range tracker. The healer decides; this module only reads and writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from daemon.domain import Timeframe
+from daemon.gaps import Range, RepairState
+
+
+def _bar_index_sql(tf: Timeframe) -> str:
+    """A SQL expression numbering consecutive bars of `tf` consecutively."""
+    if tf.is_monthly:
+        # Only "1M" is a supported monthly timeframe.
+        return (
+            "(extract(year from ts AT TIME ZONE 'UTC') * 12"
+            " + extract(month from ts AT TIME ZONE 'UTC'))::bigint"
+        )
+    return f"(extract(epoch from ts)::bigint / {tf.seconds})"
+
+
+@dataclass(frozen=True)
+class Islands:
+    runs: list[tuple[datetime, datetime]]  # (first, last) open times, both inclusive
+    rows: int  # bars scanned
+
+
+async def islands(
+    conn: asyncpg.Connection, series_id: int, tf: Timeframe, start: datetime, end: datetime
+) -> Islands:
+    """Runs of consecutive present bars with start <= ts < end, computed in SQL
+    (gaps and islands: bar index minus row number is constant along a run)."""
+    rows = await conn.fetch(
+        f"""SELECT min(ts) AS first_ts, max(ts) AS last_ts, count(*) AS n
+            FROM (SELECT ts, {_bar_index_sql(tf)} - row_number() OVER (ORDER BY ts) AS grp
+                  FROM candle_data
+                  WHERE series_id = $1 AND ts >= $2 AND ts < $3) bars
+            GROUP BY grp ORDER BY first_ts""",
+        series_id,
+        start,
+        end,
+    )
+    return Islands([(r["first_ts"], r["last_ts"]) for r in rows], sum(r["n"] for r in rows))
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    id: int
+    genesis: datetime | None
+    audited_until: datetime | None
+
+
+async def series_row(
+    conn: asyncpg.Connection, venue: str, symbol: str, tf: str
+) -> SeriesRow | None:
+    r = await conn.fetchrow(
+        """SELECT s.id, s.genesis_ts, st.audited_until
+           FROM series s LEFT JOIN series_state st ON st.series_id = s.id
+           WHERE s.venue = $1 AND s.symbol = $2 AND s.timeframe = $3""",
+        venue, symbol, tf,
+    )  # fmt: skip
+    return None if r is None else SeriesRow(r["id"], r["genesis_ts"], r["audited_until"])
+
+
+async def recorded_gaps(conn: asyncpg.Connection, series_id: int) -> list[Range]:
+    rows = await conn.fetch(
+        "SELECT start_ts, end_ts FROM series_gaps WHERE series_id = $1 ORDER BY start_ts",
+        series_id,
+    )
+    return [(r["start_ts"], r["end_ts"]) for r in rows]
+
+
+async def save_audit(
+    conn: asyncpg.Connection,
+    series_id: int,
+    *,
+    status: str,
+    first_ts: datetime | None,
+    last_ts: datetime | None,
+    gaps: Sequence[tuple[datetime, datetime, int]],
+    missing_bars: int,
+    confirmed_empty_bars: int,
+    expected_bars: int,
+    audited_at: datetime,
+    audited_until: datetime,
+) -> None:
+    async with conn.transaction():
+        await conn.execute("DELETE FROM series_gaps WHERE series_id = $1", series_id)
+        await conn.executemany(
+            "INSERT INTO series_gaps (series_id, start_ts, end_ts, bars) VALUES ($1, $2, $3, $4)",
+            [(series_id, s, e, n) for s, e, n in gaps],
+        )
+        await conn.execute(
+            """INSERT INTO series_state (series_id, status, first_ts, last_ts, missing_bars,
+                   confirmed_empty_bars, expected_bars, last_audit_at, audited_until)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (series_id) DO UPDATE SET
+                   status = EXCLUDED.status, first_ts = EXCLUDED.first_ts,
+                   last_ts = EXCLUDED.last_ts, missing_bars = EXCLUDED.missing_bars,
+                   confirmed_empty_bars = EXCLUDED.confirmed_empty_bars,
+                   expected_bars = EXCLUDED.expected_bars,
+                   last_audit_at = EXCLUDED.last_audit_at,
+                   audited_until = EXCLUDED.audited_until""",
+            series_id, status, first_ts, last_ts, missing_bars, confirmed_empty_bars,
+            expected_bars, audited_at, audited_until,
+        )  # fmt: skip
+
+
+async def empty_states(conn: asyncpg.Connection, series_id: int) -> dict[Range, RepairState]:
+    rows = await conn.fetch(
+        """SELECT start_ts, end_ts, empty_answers, next_attempt_at, confirmed_at
+           FROM empty_ranges WHERE series_id = $1""",
+        series_id,
+    )
+    return {
+        (r["start_ts"], r["end_ts"]): RepairState(
+            r["empty_answers"], r["next_attempt_at"], r["confirmed_at"] is not None
+        )
+        for r in rows
+    }
+
+
+async def save_empty_state(
+    conn: asyncpg.Connection, series_id: int, window: Range, state: RepairState, now: datetime
+) -> None:
+    if state.empty_answers == 0:
+        await conn.execute(
+            "DELETE FROM empty_ranges WHERE series_id = $1 AND start_ts = $2 AND end_ts = $3",
+            series_id, *window,
+        )  # fmt: skip
+        return
+    await conn.execute(
+        """INSERT INTO empty_ranges (series_id, start_ts, end_ts, empty_answers, first_empty_at,
+               last_empty_at, next_attempt_at, confirmed_at)
+           VALUES ($1, $2, $3, $4, $5::timestamptz, $5, $6, CASE WHEN $7::boolean THEN $5 END)
+           ON CONFLICT (series_id, start_ts, end_ts) DO UPDATE SET
+               empty_answers = EXCLUDED.empty_answers, last_empty_at = EXCLUDED.last_empty_at,
+               next_attempt_at = EXCLUDED.next_attempt_at,
+               confirmed_at = coalesce(empty_ranges.confirmed_at, EXCLUDED.confirmed_at)""",
+        series_id, window[0], window[1], state.empty_answers, now, state.next_attempt_at,
+        state.confirmed_empty,
+    )  # fmt: skip
+
+
+async def record_attempt(
+    conn: asyncpg.Connection, series_id: int, window: Range, candles: int, outcome: str,
+    detail: str | None, now: datetime,
+) -> None:  # fmt: skip
+    await conn.execute(
+        """INSERT INTO repair_attempts (series_id, start_ts, end_ts, attempted_at, candles,
+               outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        series_id, window[0], window[1], now, candles, outcome, detail,
+    )  # fmt: skip
+
+
+async def reset_genesis(conn: asyncpg.Connection, series_id: int) -> None:
+    """Forget a series' genesis and the empty ranges concluded from it."""
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE series SET genesis_ts = NULL, genesis_evidence = NULL WHERE id = $1",
+            series_id,
+        )
+        await conn.execute("DELETE FROM empty_ranges WHERE series_id = $1", series_id)
+        await conn.execute(
+            "UPDATE series_state SET audited_until = NULL WHERE series_id = $1", series_id
+        )

@@ -1,0 +1,167 @@
+"""Self-healing end to end: the simulated exchange, a real TimescaleDB, the
+backfill path, and the healer's audit and repair."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from daemon import calendars
+from daemon.backfill import Backfiller, BackfillJob
+from daemon.config import SeriesSpec
+from daemon.domain import Candle, DataProfile, SeriesKey
+from daemon.fetch import Fetcher
+from daemon.healer import Healer, Repairer
+from daemon.sim.scenario import parse_scenario
+from daemon.sim.server import SimExchange
+from daemon.store.database import Database
+from daemon.store.migrations import migrate
+from daemon.store.series import sync_configured
+from daemon.store.writer import CandleStore
+from daemon.throttle import VenueThrottle
+from daemon.venues import get_codec
+
+NOW = datetime.now(UTC)
+CRYPTO = SeriesKey("binance", "AAAUSDT", "1m")
+EARLY_GAP = SeriesKey("binance", "CCCUSDT", "1m")  # the venue lacks part of its history
+EQUITY = SeriesKey("binance", "EQQUSD", "1m")
+
+
+def specs() -> dict[SeriesKey, SeriesSpec]:
+    day = timedelta(days=1)
+    return {
+        CRYPTO: SeriesSpec(CRYPTO, DataProfile.CRYPTO, "", True, day),
+        EARLY_GAP: SeriesSpec(EARLY_GAP, DataProfile.CRYPTO, "", True, day),
+        EQUITY: SeriesSpec(EQUITY, DataProfile.EQUITY, "XNYS", True, timedelta(days=4)),
+    }
+
+
+@dataclass
+class Rig:
+    sim: SimExchange
+    db: Database
+    backfiller: Backfiller
+    healer: Healer
+
+    @property
+    def repairers(self) -> dict[str, Repairer]:
+        return {
+            "binance": Repairer(self.backfiller.codec.limits.page_size, self.backfiller.run_job)
+        }
+
+
+@pytest.fixture
+async def rig(tsdb_dsn: str) -> AsyncIterator[Rig]:
+    scenario: dict[str, Any] = {
+        "seed": 5,
+        "symbols": [{"symbol": k.symbol, "listed": "-30d"} for k in (CRYPTO, EARLY_GAP, EQUITY)],
+        # 40 minutes early in the lookback that the venue never had.
+        "maintenance": [{"start": "-20h", "end": "-1160m", "symbols": [EARLY_GAP.symbol]}],
+    }
+    sim = SimExchange(parse_scenario(scenario, NOW))
+    _, port = await sim.start("127.0.0.1", 0)
+    db = await Database.connect(tsdb_dsn)
+    async with db.pool.acquire() as conn:
+        await migrate(conn)
+        await sync_configured(conn, {k: (s.profile, s.calendar) for k, s in specs().items()})
+    store = CandleStore(db.pool)
+    codec = get_codec("binance")
+    throttle = VenueThrottle(6000, 60, 5)
+    async with Fetcher(f"http://127.0.0.1:{port}", codec, throttle) as fetcher:
+        backfiller = Backfiller(codec, fetcher, store.write, db.pool)
+        healer = Healer(db.pool, specs(), interval=timedelta(seconds=2), confirm_after=3)
+        yield Rig(sim, db, backfiller, healer)
+    await db.close()
+    await sim.stop()
+
+
+async def backfill_everything(rig: Rig) -> None:
+    now = datetime.now(UTC)
+    for key, spec in specs().items():
+        result = await rig.backfiller.run_job(
+            BackfillJob(key, now - spec.lookback, now, "lookback")
+        )
+        assert result.complete, result.error
+
+
+async def stored(conn: asyncpg.Connection, key: SeriesKey) -> dict[datetime, tuple[float, ...]]:
+    rows = await conn.fetch(
+        """SELECT ts, open, high, low, close, volume FROM candles
+           WHERE venue=$1 AND symbol=$2 AND timeframe=$3""",
+        key.venue, key.symbol, key.timeframe,
+    )  # fmt: skip
+    return {r["ts"]: tuple(r)[1:] for r in rows}
+
+
+def values(c: Candle) -> tuple[float, ...]:
+    return (c.open, c.high, c.low, c.close, c.volume)
+
+
+async def test_audit_finds_deleted_bars_and_repair_restores_truth(rig: Rig) -> None:
+    await backfill_everything(rig)
+    rnd = random.Random(3)
+    async with rig.db.pool.acquire() as conn:
+        deleted: dict[SeriesKey, list[datetime]] = {}
+        for key in (CRYPTO, EQUITY):
+            present = sorted(await stored(conn, key))
+            if key == EQUITY:  # only bars the calendar expects count as holes
+                ranges = calendars.expected_ranges(DataProfile.EQUITY, "XNYS", key.tf,
+                                                   present[0], present[-1])  # fmt: skip
+                present = [t for t in present if any(s <= t < e for s, e in ranges)]
+            deleted[key] = rnd.sample(present[:-5], 40)
+            await conn.execute(
+                """DELETE FROM candle_data WHERE ts = ANY($2::timestamptz[]) AND series_id =
+                   (SELECT id FROM series WHERE venue='binance' AND symbol=$1 AND timeframe='1m')""",
+                key.symbol, deleted[key],
+            )  # fmt: skip
+    audits = {a.key: a for a in await rig.healer.audit(full=True)}
+    for key in (CRYPTO, EQUITY):
+        assert audits[key].status == "DEGRADED"
+        assert audits[key].missing_bars == 40
+        assert sorted(t for s, e in audits[key].gaps for t in key.tf.bars(s, e)) == sorted(
+            deleted[key]
+        )
+    report = await rig.healer.repair(rig.repairers, list(audits.values()), max_fills=100)
+    assert report.candles >= 80 and report.errors == 0
+    after = {a.key: a for a in await rig.healer.audit()}
+    assert after[CRYPTO].status == "OK" and after[EQUITY].status == "OK"
+    async with rig.db.pool.acquire() as conn:
+        for key in (CRYPTO, EQUITY):
+            got = await stored(conn, key)
+            for ts in deleted[key]:
+                assert got[ts] == values(rig.sim.truth.bar(key, ts))
+        status = await conn.fetch("SELECT symbol, status, missing_bars FROM series_status")
+    by_symbol = {r["symbol"]: (r["status"], r["missing_bars"]) for r in status}
+    assert by_symbol[CRYPTO.symbol] == ("OK", 0) and by_symbol[EQUITY.symbol] == ("OK", 0)
+
+
+async def test_range_the_venue_lacks_is_confirmed_empty_after_k_cycles(rig: Rig) -> None:
+    await backfill_everything(rig)
+    requests_per_cycle = []
+    for _cycle in range(4):
+        before = sum(rig.sim.counters.requests_by_status.values())
+        audits = await rig.healer.audit([EARLY_GAP])
+        await rig.healer.repair(rig.repairers, audits, max_fills=10)
+        requests_per_cycle.append(sum(rig.sim.counters.requests_by_status.values()) - before)
+        await asyncio.sleep(rig.healer.interval.total_seconds())
+    # Three empty answers (one per cycle), then the range is never asked again.
+    assert requests_per_cycle[:3] == [1, 1, 1] and requests_per_cycle[3] == 0
+    [audit] = await rig.healer.audit([EARLY_GAP])
+    assert audit.status == "OK" and audit.missing_bars == 0
+    window = EARLY_GAP.tf.bars(NOW - timedelta(hours=21), NOW - timedelta(hours=19))
+    lacking = sum(1 for ts in window if not rig.sim.truth.exists(EARLY_GAP, ts))
+    assert lacking >= 39 and audit.confirmed_empty_bars == lacking
+    async with rig.db.pool.acquire() as conn:
+        outcomes = await conn.fetch("SELECT outcome, candles FROM repair_attempts ORDER BY id")
+        confirmed = await conn.fetchval(
+            "SELECT count(*) FROM empty_ranges WHERE confirmed_at IS NOT NULL"
+        )
+    assert [tuple(r) for r in outcomes] == [("empty", 0)] * 3
+    assert confirmed == 1
