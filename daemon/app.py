@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 import asyncpg
 
 from daemon import logs, metrics
+from daemon.calendars import load_overrides
 from daemon.config import Config, ConfigError, SeriesSpec, load_config
+from daemon.healer import Healer, Repairer
 from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth
 from daemon.sdnotify import Notifier
 from daemon.store.database import Database
@@ -90,6 +92,7 @@ class Daemon:
                     sup.start("writer", writer.run)
                     sup.start("reporter", self._report)
                     sup.start("watchdog", self.notifier.watchdog)
+                    sup.start("healer", self._heal_loop)
                     for venue in self.config.venues:
                         self._start_venue(venue.name)
                     self.notifier.ready(self._status_line())
@@ -145,6 +148,52 @@ class Daemon:
         specs = self.config.series_specs()
         async with self._db.pool.acquire() as conn:
             await sync_configured(conn, {k: (s.profile, s.calendar) for k, s in specs.items()})
+
+    # --- self-healing ----------------------------------------------------------
+
+    def _healer(self) -> Healer:
+        h = self.config.healing
+        overrides = load_overrides(h.calendar_overrides) if h.calendar_overrides else None
+        assert self._db is not None
+        return Healer(self._db.pool, self.config.series_specs(), interval=h.interval,
+                      confirm_after=h.confirm_empty_after, overrides=overrides)  # fmt: skip
+
+    async def _heal_loop(self) -> None:
+        """First the orchestrated backfill, then every interval: audit, repair,
+        statuses. The config is read at each cycle, so a reload takes effect."""
+        assert self._writer is not None
+        for rt in list(self.runtimes.values()):
+            await rt.backfill_queued.wait()
+            await rt.backfiller.join()
+        await self._writer.drain()
+        log.info("orchestrated backfill done; self-healing starts")
+        while True:
+            await self.heal_cycle()
+            await asyncio.sleep(self.config.healing.interval.total_seconds())
+
+    async def heal_cycle(self) -> None:
+        assert self._writer is not None
+        started = time.monotonic()
+        healer = self._healer()
+        audits = await healer.audit()
+        repairers = {
+            name: Repairer(rt.codec.limits.page_size, rt.backfiller.run_job)
+            for name, rt in self.runtimes.items()
+        }
+        report = await healer.repair(repairers, audits, max_fills=self.config.healing.max_fills)
+        if report.requests:
+            await self._writer.drain()  # repaired bars must be stored before the re-audit
+            repaired = {a.key: a for a in await healer.audit([a.key for a in audits if a.gaps])}
+            audits = [repaired.get(a.key, a) for a in audits]
+        seconds = time.monotonic() - started
+        metrics.heal_cycle_seconds.observe(seconds)
+        by_status: dict[str, int] = defaultdict(int)
+        for a in audits:
+            by_status[a.status] += 1
+        log.info("heal cycle done", seconds=round(seconds, 2), statuses=dict(by_status),
+                 missing_bars=sum(a.missing_bars for a in audits), requests=report.requests,
+                 candles=report.candles, confirmed_empty=report.confirmed_empty,
+                 errors=report.errors)  # fmt: skip
 
     # --- reload ----------------------------------------------------------------
 

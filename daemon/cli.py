@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from daemon import logs
-from daemon.config import EX_CONFIG, Config, ConfigError, load_config
+from daemon import logs, oneshot
+from daemon.config import EX_CONFIG, Config, ConfigError, load_config, parse_duration
+from daemon.domain import SeriesKey
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,10 +32,45 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "check-config", parents=[common], help="validate the config (exit 0, or 78 naming the key)"
     )
+    series = argparse.ArgumentParser(add_help=False)
+    series.add_argument(
+        "--series", nargs="+", type=_series, metavar="V:S:TF", help="only these series"
+    )
+    audit = sub.add_parser(
+        "audit", parents=[common, series], help="audit now; exit 1 if any series is not OK"
+    )
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.add_argument("--full", action="store_true", help="re-scan everything, not only new bars")
+    repair = sub.add_parser("repair", parents=[common, series], help="targeted repair now")
+    repair.add_argument("--max-fills", type=int, metavar="N", help="requests per series")
+    repair.add_argument(
+        "--reset-genesis", action="store_true", help="forget the genesis of the series first"
+    )
+    backfill = sub.add_parser("backfill", parents=[common, series], help="orchestrated backfill")
+    backfill.add_argument("--since", type=_duration, metavar="DURATION", help="e.g. 200d")
+    export = sub.add_parser(
+        "export-returns", parents=[common, series], help="aligned returns matrix (CSV or Parquet)"
+    )
+    export.add_argument("--since", type=_duration, required=True, metavar="DURATION")
+    export.add_argument("--out", type=Path, required=True, metavar="FILE")
     sim = sub.add_parser("sim", parents=[common], help="run the built-in simulated exchange")
     sim.add_argument("--listen", default="127.0.0.1:9100", metavar="HOST:PORT")
     sim.add_argument("--scenario", type=Path, metavar="FILE", help="TOML scenario with faults")
     return p
+
+
+def _series(text: str) -> SeriesKey:
+    try:
+        return SeriesKey.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -65,9 +102,33 @@ async def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _audit(args: argparse.Namespace) -> int:
+    return await oneshot.audit(_load(args), args.series, as_json=args.json, full=args.full)
+
+
+async def _repair(args: argparse.Namespace) -> int:
+    return await oneshot.repair(
+        _load(args), args.series, max_fills=args.max_fills, reset=args.reset_genesis
+    )
+
+
+async def _backfill(args: argparse.Namespace) -> int:
+    return await oneshot.backfill(_load(args), args.series, args.since)
+
+
+async def _export(args: argparse.Namespace) -> int:
+    if not args.series:
+        raise SystemExit("candled: export-returns needs --series")
+    return await oneshot.export_returns(_load(args), args.series, args.since, args.out)
+
+
 _ASYNC: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "run": _run,
     "migrate": _migrate,
+    "audit": _audit,
+    "repair": _repair,
+    "backfill": _backfill,
+    "export-returns": _export,
     "sim": _sim,
 }
 

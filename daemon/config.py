@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from daemon.calendars import load_overrides, validate_calendar
 from daemon.domain import DataProfile, SeriesKey, Timeframe
 from daemon.venues import known_kinds
 
@@ -85,6 +86,10 @@ class HealingConfig:
     interval: timedelta = timedelta(minutes=15)
     lookback: timedelta = timedelta(days=200)
     max_fills: int = 10
+    # Empty answers after which a range is confirmed empty and never asked again.
+    confirm_empty_after: int = 3
+    # Local calendar corrections (closed days, early closes); "" for none.
+    calendar_overrides: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,19 @@ def _array_of_tables(root: _Table, name: str) -> list[_Table]:
     return [_Table(item, f"{name}[{i}]") for i, item in enumerate(items)]
 
 
+def _overrides_path(t: _Table) -> Path | None:
+    text = t.get("calendar_overrides", str, "")
+    if not text:
+        return None
+    try:
+        load_overrides(text)
+    except OSError as e:
+        raise ConfigError(t.key("calendar_overrides"), f"cannot read {text}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(t.key("calendar_overrides"), str(e)) from None
+    return Path(text)
+
+
 def _parse_venue(t: _Table, kinds: tuple[str, ...]) -> VenueConfig:
     v = VenueConfig(
         name=t.get("name", str),
@@ -341,6 +359,10 @@ def _parse_series(t: _Table, venues: Mapping[str, VenueConfig]) -> SeriesConfig:
         live=t.get("live", bool, True),
         lookback=lookback,
     )
+    try:
+        validate_calendar(s.profile, s.calendar)
+    except ValueError as e:
+        raise ConfigError(t.key("calendar"), str(e)) from None
     t.done()
     return s
 
@@ -371,6 +393,8 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         interval=h.convert("interval", parse_duration, "15m"),
         lookback=h.convert("lookback", parse_duration, "200d"),
         max_fills=h.positive("max_fills", 10),
+        confirm_empty_after=h.positive("confirm_empty_after", 3),
+        calendar_overrides=_overrides_path(h),
     )
     h.done()
 

@@ -108,9 +108,11 @@ class Healer:
         *,
         interval: timedelta,
         confirm_after: int = 3,
+        overrides: calendars.Overrides | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self._pool = pool
+        self.overrides = overrides
         self.specs = dict(specs)
         self.interval = interval
         self.confirm_after = confirm_after
@@ -145,7 +147,9 @@ class Healer:
         await ensure_series(conn, [key])  # a configured series may have no row yet
         row = await store.series_row(conn, *_parts(key))
         assert row is not None
-        last_expected = calendars.last_expected_bar(spec.profile, spec.calendar, tf, now)
+        last_expected = calendars.last_expected_bar(
+            spec.profile, spec.calendar, tf, now, overrides=self.overrides
+        )
         hi = tf.next(last_expected) if last_expected is not None else tf.floor(now)
         lo = tf.ceil(now - spec.lookback)
         if row.genesis is not None:
@@ -157,7 +161,9 @@ class Healer:
         if not full and row.audited_until is not None:
             margin = max(SAFETY_MIN, timedelta(seconds=tf.nominal_seconds * SAFETY_BARS))
             scan_from = min(hi, max(lo, tf.floor(row.audited_until - margin)))
-        expected = calendars.expected_ranges(spec.profile, spec.calendar, tf, lo, hi)
+        expected = calendars.expected_ranges(
+            spec.profile, spec.calendar, tf, lo, hi, overrides=self.overrides
+        )
         fresh = await store.islands(conn, row.id, tf, scan_from, hi)
         rows_scanned = fresh.rows
         gaps = missing_ranges(
@@ -201,7 +207,7 @@ class Healer:
         audits: Sequence[AuditResult],
         *,
         max_fills: int,
-        on_request: Callable[[], None] | None = None,
+        on_request: Callable[[], object] | None = None,
     ) -> RepairReport:
         """Request the planned windows of every audited series with holes."""
         report = RepairReport()

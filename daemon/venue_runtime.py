@@ -29,19 +29,23 @@ def catch_up_jobs(
     lookback_start: datetime,
     now: datetime,
     reason: str,
+    covered_until: datetime | None = None,
 ) -> list[BackfillJob]:
     """Windows that bring a series to `now` from `lookback_start`: the part
-    before the oldest stored bar and the part after the newest. Holes in
-    between are the healer's to find."""
-    if bounds is None:
-        return [BackfillJob(key, lookback_start, now, reason)]
-    first, last = bounds
+    before the oldest stored bar and the part after the newest, skipping what
+    earlier jobs already cover (`covered_until`). Holes in between are the
+    healer's to find."""
+    start = lookback_start
     jobs = []
-    if lookback_start < first:
-        jobs.append(BackfillJob(key, lookback_start, first, reason))
-    after = key.tf.next(last)
-    if after < now:
-        jobs.append(BackfillJob(key, after, now, reason))
+    if bounds is not None:
+        first, last = bounds
+        if lookback_start < first:
+            jobs.append(BackfillJob(key, lookback_start, first, reason))
+        start = key.tf.next(last)
+    if covered_until is not None:
+        start = max(start, covered_until)
+    if start < now:
+        jobs.append(BackfillJob(key, start, now, reason))
     return jobs
 
 
@@ -71,6 +75,8 @@ class VenueRuntime:
         self.backfiller = Backfiller(self.codec, self.fetcher, writer.put, db.pool)
         self.collector: Collector | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self._covered_until: dict[SeriesKey, datetime] = {}
+        self.backfill_queued = asyncio.Event()  # the startup backfill is queued
 
     def _live(self) -> list[SeriesKey]:
         return [k for k, s in self.series.items() if s.live]
@@ -112,7 +118,7 @@ class VenueRuntime:
         async with self._db.pool.acquire() as conn:
             await set_banned_until(conn, self.config.name, ends)
 
-    async def _restore_ban(self) -> None:
+    async def restore_ban(self) -> None:
         async with self._db.pool.acquire() as conn:
             until = await get_banned_until(conn, self.config.name)
         if until is not None and until > utcnow():
@@ -126,8 +132,11 @@ class VenueRuntime:
         now = utcnow()
         for key in keys:
             start = key.tf.floor(now - self.series[key].lookback)
-            for job in catch_up_jobs(key, bounds.get(key), start, now, reason):
+            # Queued jobs may not have written yet: trust them, don't ask twice.
+            covered = self._covered_until.get(key)
+            for job in catch_up_jobs(key, bounds.get(key), start, now, reason, covered):
                 self.backfiller.submit(job)
+            self._covered_until[key] = now
 
     async def _hole_backfill(self, keys: Sequence[SeriesKey]) -> None:
         """After a (re)connect: fetch what closed while no stream was open."""
@@ -137,11 +146,13 @@ class VenueRuntime:
             log.error("could not plan the reconnect backfill", error=repr(e))
 
     async def run(self) -> None:
-        await self._restore_ban()
+        await self.restore_ban()
         async with self.fetcher, asyncio.TaskGroup() as tg:
             self._tg = tg
             tg.create_task(self.backfiller.run())
-            # Live series catch up when their stream connects; the rest now.
-            await self._catch_up([k for k, s in self.series.items() if not s.live], "lookback")
+            # The orchestrated backfill of every series; a stream's first
+            # connect then only asks for what closed since.
+            await self._catch_up(list(self.series), "lookback")
+            self.backfill_queued.set()
             if self._live():
                 self._start_collector(tg)

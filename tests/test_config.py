@@ -160,6 +160,15 @@ def replace_line(old: str, new: str, nth: int = 0) -> str:
             "venues[0].rest_url: required key is missing",
         ),
         ("[daemon\n", "invalid TOML"),
+        (
+            replace_line('profile = "CRYPTO"\ncalendar = ""', 'profile = "EQUITY"\ncalendar = "NOPE"'),
+            "series[0].calendar: unknown calendar 'NOPE'",
+        ),
+        (replace_line('calendar = ""', 'calendar = "XNYS"'), "series[0].calendar: calendar 'XNYS': CRYPTO series"),
+        (
+            replace_line("max_fills = 10", 'max_fills = 10\ncalendar_overrides = "/nonexistent.toml"'),
+            "healing.calendar_overrides: cannot read /nonexistent.toml",
+        ),
     ],
 )
 def test_errors_name_the_key_path(tmp_path: Path, text: str, message: str) -> None:

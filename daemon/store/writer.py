@@ -152,10 +152,19 @@ class CandleWriter:
         self.batches = 0
         self.failures = 0  # failed batch writes (each retried)
         self.failing: str | None = None  # the last error while writes fail
+        # Candles accepted by put() and confirmed written, for drain().
+        self._accepted = 0
+        self._written = 0
 
     @property
     def pending(self) -> int:
         return len(self._buffer)
+
+    async def drain(self) -> None:
+        """Wait until everything put so far is written (the writer must be running)."""
+        target = self._accepted
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._written >= target)
 
     async def put(self, candles: Sequence[Candle]) -> None:
         """Queue candles for writing; waits while the buffer is full."""
@@ -166,6 +175,7 @@ class CandleWriter:
                 if not self._buffer:
                     self._oldest = time.monotonic()
                 self._buffer.extend(chunk)
+                self._accepted += len(chunk)
                 self._changed.notify_all()
 
     def _has_room(self, n: int) -> Callable[[], bool]:
@@ -195,12 +205,15 @@ class CandleWriter:
                 self._oldest = time.monotonic()
             self._changed.notify_all()
 
-    def _record(self, result: WriteResult) -> None:
+    async def _record(self, result: WriteResult, candles: int) -> None:
         self.failing = None
         self.totals += result
         self.batches += 1
         for name in ("inserted", "updated", "unchanged"):
             metrics.candles_written.labels(name).inc(getattr(result, name))
+        async with self._changed:
+            self._written += candles
+            self._changed.notify_all()  # wake drain()
 
     async def _execute(self, prepared: PreparedBatch) -> WriteResult | Exception:
         # Errors come back as values: a raising child would tear down the TaskGroup.
@@ -208,7 +221,7 @@ class CandleWriter:
             result = await self._store.execute(prepared)
         except _DB_ERRORS as e:
             return e
-        self._record(result)
+        await self._record(result, len(prepared.candles))
         return result
 
     async def _backoff(self, error: Exception, failures: int) -> None:
@@ -271,7 +284,7 @@ class CandleWriter:
             batch = self._buffer[: self.batch_size]
             written = await self._store.write(batch)
             del self._buffer[: len(batch)]
-            self._record(written)
+            await self._record(written, len(batch))
             result += written
         self._oldest = None
         return result

@@ -1,0 +1,188 @@
+"""One-pass commands: `candled audit`, `repair`, `backfill`.
+
+They work while a daemon runs: everything they share with it (series, gaps,
+empty ranges, genesis, bans) is in the database, and writes are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tqdm import tqdm
+
+from daemon.app import _by_venue
+from daemon.backfill import BackfillJob
+from daemon.calendars import load_overrides
+from daemon.config import Config
+from daemon.domain import SeriesKey
+from daemon.healer import AuditResult, Healer, Repairer
+from daemon.returns import load_returns, write_frame
+from daemon.store.database import Database
+from daemon.store.healing import reset_genesis, series_row
+from daemon.store.provision import open_database
+from daemon.store.series import sync_configured
+from daemon.store.writer import CandleStore, CandleWriter
+from daemon.venue_runtime import VenueRuntime
+
+
+def _healer(config: Config, db: Database) -> Healer:
+    h = config.healing
+    overrides = load_overrides(h.calendar_overrides) if h.calendar_overrides else None
+    return Healer(db.pool, config.series_specs(), interval=h.interval,
+                  confirm_after=h.confirm_empty_after, overrides=overrides)  # fmt: skip
+
+
+def _selected(config: Config, series: Sequence[SeriesKey] | None) -> list[SeriesKey]:
+    specs = config.series_specs()
+    if not series:
+        return sorted(specs)
+    unknown = [str(k) for k in series if k not in specs]
+    if unknown:
+        raise SystemExit(f"candled: not in the config: {', '.join(unknown)}")
+    return list(series)
+
+
+@asynccontextmanager
+async def _database(config: Config) -> AsyncIterator[Database]:
+    async with open_database(config) as db:
+        async with db.pool.acquire() as conn:
+            specs = config.series_specs()
+            await sync_configured(conn, {k: (s.profile, s.calendar) for k, s in specs.items()})
+        yield db
+
+
+@asynccontextmanager
+async def _venues(config: Config, db: Database) -> AsyncIterator[dict[str, VenueRuntime]]:
+    """The HTTP side of every venue (throttle, fetcher, backfill), with a
+    running writer; no streams."""
+    writer = CandleWriter(CandleStore(db.pool))
+    grouped = _by_venue(config)
+    runtimes = {v.name: VenueRuntime(v, grouped[v.name], db, writer) for v in config.venues}
+    async with asyncio.TaskGroup() as tg:
+        writer_task = tg.create_task(writer.run())
+        for rt in runtimes.values():
+            await rt.restore_ban()
+            await rt.fetcher.__aenter__()
+        try:
+            yield runtimes
+            await writer.drain()
+        finally:
+            for rt in runtimes.values():
+                await rt.fetcher.__aexit__(None, None, None)
+            writer_task.cancel()
+    await writer.flush()
+
+
+def _fmt(ts: datetime | None) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def print_audit(results: Sequence[AuditResult], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([
+            {"series": str(a.key), "status": a.status, "missing_bars": a.missing_bars,
+             "confirmed_empty_bars": a.confirmed_empty_bars, "expected_bars": a.expected_bars,
+             "genesis": a.genesis.isoformat() if a.genesis else None,
+             "first_ts": a.first_ts.isoformat() if a.first_ts else None,
+             "last_ts": a.last_ts.isoformat() if a.last_ts else None,
+             "gaps": [[s.isoformat(), e.isoformat()] for s, e in a.gaps[:100]]}
+            for a in results
+        ], indent=2))  # fmt: skip
+        return
+    header = ("series", "status", "missing", "confirmed-empty", "genesis", "last bar")
+    rows = [(str(a.key), a.status, str(a.missing_bars), str(a.confirmed_empty_bars),
+             _fmt(a.genesis), _fmt(a.last_ts)) for a in results]  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+async def audit(
+    config: Config, series: Sequence[SeriesKey] | None, *, as_json: bool, full: bool
+) -> int:
+    async with _database(config) as db:
+        results = await _healer(config, db).audit(_selected(config, series), full=full)
+    print_audit(results, as_json)
+    return 0 if all(a.status == "OK" for a in results) else 1
+
+
+async def repair(
+    config: Config, series: Sequence[SeriesKey] | None, *, max_fills: int | None,
+    reset: bool,
+) -> int:  # fmt: skip
+    keys = _selected(config, series)
+    async with _database(config) as db:
+        if reset:
+            async with db.pool.acquire() as conn:
+                for key in keys:
+                    row = await series_row(conn, key.venue, key.symbol, key.timeframe)
+                    if row is not None:
+                        await reset_genesis(conn, row.id)
+            print(f"genesis cleared for {len(keys)} series")
+        healer = _healer(config, db)
+        audits = await healer.audit(keys)
+        async with _venues(config, db) as runtimes:
+            repairers = {n: Repairer(rt.codec.limits.page_size, rt.backfiller.run_job)
+                         for n, rt in runtimes.items()}  # fmt: skip
+            fills = max_fills or config.healing.max_fills
+            holes = [a for a in audits if a.gaps]
+            with tqdm(total=sum(min(fills, len(a.gaps)) for a in holes), unit="req",
+                      desc="repair", disable=None) as bar:  # fmt: skip
+                report = await healer.repair(
+                    repairers, holes, max_fills=fills, on_request=lambda: bar.update(1)
+                )
+        results = await healer.audit(keys)
+    print(f"repair: {report.requests} requests, {report.candles} candles, "
+          f"{report.empty} empty answers ({report.confirmed_empty} confirmed empty), "
+          f"{report.errors} errors")  # fmt: skip
+    print_audit(results, as_json=False)
+    return 0 if all(a.status == "OK" for a in results) else 1
+
+
+async def backfill(config: Config, series: Sequence[SeriesKey], since: timedelta | None) -> int:
+    keys = _selected(config, series)
+    specs = config.series_specs()
+    now = datetime.now(UTC)
+    async with _database(config) as db, _venues(config, db) as runtimes:
+        pieces = 0
+        for key in keys:
+            bf = runtimes[key.venue].backfiller
+            before = bf.queued
+            bf.submit(BackfillJob(key, now - (since or specs[key].lookback), now, "backfill"))
+            pieces += bf.queued - before
+        async with asyncio.TaskGroup() as tg:
+            workers = [tg.create_task(rt.backfiller.run()) for rt in runtimes.values()]
+            with tqdm(total=pieces, unit="job", desc="backfill", disable=None) as bar:
+                while (
+                    done := sum(len(rt.backfiller.results) for rt in runtimes.values())
+                ) < pieces:
+                    bar.update(done - bar.n)
+                    await asyncio.sleep(0.2)
+                bar.update(done - bar.n)
+            for w in workers:
+                w.cancel()
+        results = [r for rt in runtimes.values() for r in rt.backfiller.results]
+    failed = [r for r in results if not r.complete]
+    print(f"backfill: {sum(r.candles for r in results)} candles in "
+          f"{sum(r.requests for r in results)} requests; {len(failed)} jobs failed")  # fmt: skip
+    for r in failed[:10]:
+        print(f"  {r.job.series} [{r.job.start:%Y-%m-%d %H:%M}, {r.job.end:%H:%M}): {r.error}")
+    return 1 if failed else 0
+
+
+async def export_returns(
+    config: Config, series: Sequence[SeriesKey], since: timedelta, out: Path
+) -> int:
+    h = config.healing
+    overrides = load_overrides(h.calendar_overrides) if h.calendar_overrides else None
+    now = datetime.now(UTC)
+    async with _database(config) as db:
+        frame = await load_returns(db.pool, series, now - since, now, overrides=overrides)
+    write_frame(frame, out)
+    print(f"{out}: {len(frame)} bars x {len(frame.columns)} series")
+    return 0
