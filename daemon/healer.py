@@ -44,6 +44,7 @@ Clock = Callable[[], datetime]
 # Re-audit this far behind the last audit's end: late bars may still arrive.
 SAFETY_BARS = 10
 SAFETY_MIN = timedelta(minutes=10)
+SETTLE = timedelta(seconds=30)
 
 
 def utcnow() -> datetime:
@@ -150,7 +151,12 @@ class Healer:
         last_expected = calendars.last_expected_bar(
             spec.profile, spec.calendar, tf, now, overrides=self.overrides
         )
-        hi = tf.next(last_expected) if last_expected is not None else tf.floor(now)
+        # Bars that closed moments ago may still be on their way to the store:
+        # judge them at the next audit.
+        settled = calendars.last_expected_bar(
+            spec.profile, spec.calendar, tf, now - SETTLE, overrides=self.overrides
+        )
+        hi = tf.next(settled) if settled is not None else tf.floor(now - SETTLE)
         lo = tf.ceil(now - spec.lookback)
         if row.genesis is not None:
             lo = max(lo, tf.ceil(row.genesis))

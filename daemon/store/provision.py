@@ -24,13 +24,18 @@ async def embedded_dsn(config: Config) -> AsyncIterator[str]:
         yield config.database.dsn
         return
     cluster = PostgresCluster(config.daemon.state_dir.resolve() / "pgdata", port=EMBEDDED_PORT)
+    # A running daemon owns the server; a command run beside it (audit,
+    # repair) adopts it and must leave it running.
+    owned = not cluster.is_running()
     await asyncio.to_thread(cluster.start)
-    log.info("embedded database started", database=cluster.description, dsn=cluster.dsn)
+    log.info("embedded database " + ("started" if owned else "in use"),
+             database=cluster.description, dsn=cluster.dsn)  # fmt: skip
     try:
         yield cluster.dsn
     finally:
-        await asyncio.to_thread(cluster.stop)
-        log.info("embedded database stopped")
+        if owned:
+            await asyncio.to_thread(cluster.stop)
+            log.info("embedded database stopped")
 
 
 @asynccontextmanager

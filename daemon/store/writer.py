@@ -218,7 +218,8 @@ class CandleWriter:
     async def _execute(self, prepared: PreparedBatch) -> WriteResult | Exception:
         # Errors come back as values: a raising child would tear down the TaskGroup.
         try:
-            result = await self._store.execute(prepared)
+            with metrics.write_seconds.time():
+                result = await self._store.execute(prepared)
         except _DB_ERRORS as e:
             return e
         await self._record(result, len(prepared.candles))
