@@ -1,21 +1,37 @@
 """WebSocket collector: live closed candles from a venue's streams.
 
 One connection carries up to the venue's streams-per-connection limit
-(more series are sharded over more connections). Each connection reconnects
+(more series are sharded over more connections). Streams are named in the
+connect URL up to a length budget and subscribed by message beyond it, paced
+under the venue's limit on incoming messages. Each connection reconnects
 forever with capped, fully jittered backoff; spots idle connections (no data
 frame for `idle_timeout`, or `max_idle_packets` non-data frames in a row);
-rotates before the venue's maximum connection age by opening the new
-connection before closing the old one. After every connect `on_connect` is
-called so the caller can backfill the hole since the newest stored candle.
+and rotates before the venue's maximum connection age, make-before-break:
+
+1. open the successor and read it until it is subscribed and delivers data
+   (from then on it carries every new event);
+2. close the old connection, forwarding what it delivers until the venue's
+   close frame: the venue sends that after everything it had queued, so the
+   old connection takes nothing with it that the successor lacks.
+
+Bars in the overlap may be forwarded twice; the store's upsert makes that a
+no-op. After every connect `on_connect` is called so the caller can backfill
+the hole since the newest stored candle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import functools
+import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -28,6 +44,13 @@ log = logs.get("candled.collector")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
 OnConnect = Callable[[Sequence[SeriesKey]], Awaitable[None]]
 MAX_MESSAGE = 1 << 20  # bytes; a kline frame is ~600
+STREAMS_PER_MESSAGE = 200  # streams named in one subscribe message (~5 kB)
+_LINK_ERRORS = (OSError, TimeoutError, websockets.WebSocketException)
+# A venue that does not answer our close frame is cut off after this long.
+_CLOSE_TIMEOUT_S = 2.0
+# What a frame was: ours (data), a method reply, a live stream no longer
+# ours, or noise (malformed, other events), which counts towards idleness.
+_FrameKind = Literal["data", "reply", "foreign", "noise"]
 
 
 class IdleConnection(Exception):
@@ -44,15 +67,59 @@ class CollectorSettings:
     # Rotate this long before the venue's maximum connection age.
     rotate_margin_s: float = 300.0
     max_age_s: float | None = None  # None: the codec's limit
+    # Stream names beyond this URL length are subscribed by message instead:
+    # servers refuse request lines much over 8 kB.
+    max_url_length: int = 4096
 
 
-@dataclass
+class _Link:
+    """One open connection: its socket, and method messages paced under the
+    venue's incoming-message limit, with the replies still awaited."""
+
+    def __init__(self, ws: ClientConnection, codec: VenueCodec) -> None:
+        self.ws = ws
+        self.opened = time.monotonic()
+        self.data_seen = False
+        self.pending: set[int] = set()  # ids of method messages not answered yet
+        self._codec = codec
+        # Pings and pongs count against the limit too: leave them one a second.
+        self._interval = 1.0 / max(1.0, codec.limits.max_ws_messages_per_s - 1)
+        self._last_sent = -self._interval
+        self._ids = itertools.count(1)
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """Subscribed to everything asked for, and data is flowing."""
+        return self.data_seen and not self.pending
+
+    async def send_method(self, message: Callable[[int], str]) -> int:
+        async with self._send_lock:
+            wait = self._last_sent + self._interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            request_id = next(self._ids)
+            self.pending.add(request_id)
+            await self.ws.send(message(request_id))
+            self._last_sent = time.monotonic()
+            return request_id
+
+    async def subscribe(self, series: Sequence[SeriesKey], subscribe: bool = True) -> None:
+        build = self._codec.subscribe_message if subscribe else self._codec.unsubscribe_message
+        for i in range(0, len(series), STREAMS_PER_MESSAGE):
+            chunk = series[i : i + STREAMS_PER_MESSAGE]
+            await self.send_method(functools.partial(build, chunk))
+
+
+@dataclass(eq=False)
 class Shard:
     series: list[SeriesKey]
     connected: bool = False
     connects: int = 0
     healthy: bool = False  # delivered data since the last connect: resets the backoff
-    streams: set[str] = field(default_factory=set)
+    streams: dict[str, SeriesKey] = field(default_factory=dict)  # stream name -> series
+    link: _Link | None = None
+    task: asyncio.Task[None] | None = None
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rnd: random.Random) -> float:
@@ -75,19 +142,80 @@ class Collector:
         self._sink = sink
         self._on_connect = on_connect
         self.settings = settings or CollectorSettings()
-        per = codec.limits.streams_per_connection
-        ordered = sorted(set(series))
-        self.shards = [Shard(ordered[i : i + per]) for i in range(0, len(ordered), per)]
+        self.shards: list[Shard] = []
         self._rnd = random.Random()
+        self._tg: asyncio.TaskGroup | None = None
+        self.reconnects: collections.Counter[str] = collections.Counter()  # by reason
+        self.malformed = 0  # frames that did not parse
+        self._place(sorted(set(series)))
 
     @property
     def connected(self) -> bool:
         return bool(self.shards) and all(s.connected for s in self.shards)
 
     async def run(self) -> None:
+        """Keep every shard connected until cancelled."""
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             for shard in self.shards:
-                tg.create_task(self._keep_connected(shard))
+                self._start(shard)
+            try:
+                await asyncio.Future()  # shards come and go with add() and remove()
+            finally:
+                self._tg = None
+
+    def _start(self, shard: Shard) -> None:
+        assert self._tg is not None
+        shard.task = self._tg.create_task(self._keep_connected(shard))
+
+    def _place(self, keys: Sequence[SeriesKey]) -> dict[Shard, list[SeriesKey]]:
+        """Put new series on shards with room, opening shards as needed."""
+        per = self.codec.limits.streams_per_connection
+        placed: dict[Shard, list[SeriesKey]] = collections.defaultdict(list)
+        known = {k for s in self.shards for k in s.series}
+        for key in keys:
+            if key in known:
+                continue
+            known.add(key)
+            shard = next((s for s in self.shards if len(s.series) < per), None)
+            if shard is None:
+                shard = Shard([])
+                self.shards.append(shard)
+            shard.series.append(key)
+            shard.streams[self.codec.stream_name(key)] = key
+            placed[shard].append(key)
+        return placed
+
+    async def add(self, keys: Sequence[SeriesKey]) -> None:
+        """Stream `keys` too: subscribed on open connections, or on new shards."""
+        for shard, added in self._place(keys).items():
+            if shard.task is None and self._tg is not None:
+                self._start(shard)  # a new shard connects with its streams
+            elif shard.link is not None:
+                await self._resubscribe(shard.link, added, subscribe=True)
+
+    async def remove(self, keys: Sequence[SeriesKey]) -> None:
+        """Stop streaming `keys`; a shard left without streams is closed."""
+        gone = set(keys)
+        for shard in list(self.shards):
+            removed = [k for k in shard.series if k in gone]
+            if not removed:
+                continue
+            shard.series = [k for k in shard.series if k not in gone]
+            for key in removed:
+                shard.streams.pop(self.codec.stream_name(key), None)
+            if not shard.series:
+                self.shards.remove(shard)
+                if shard.task is not None:
+                    shard.task.cancel()
+            elif shard.link is not None:
+                await self._resubscribe(shard.link, removed, subscribe=False)
+
+    async def _resubscribe(self, link: _Link, keys: Sequence[SeriesKey], subscribe: bool) -> None:
+        try:
+            await link.subscribe(keys, subscribe)
+        except _LINK_ERRORS as e:  # the reconnect subscribes whatever the shard holds then
+            log.warning("stream (un)subscribe failed", venue=self.codec.venue, error=repr(e))
 
     async def _keep_connected(self, shard: Shard) -> None:
         attempt = 0
@@ -96,11 +224,13 @@ class Collector:
                 await self._connected_loop(shard)
             except IdleConnection as e:
                 reason, error = "idle", str(e)
-            except (OSError, TimeoutError, websockets.WebSocketException) as e:
+            except _LINK_ERRORS as e:
                 reason, error = "error", repr(e)
             if shard.healthy:
                 attempt = 0
             shard.connected = shard.healthy = False
+            shard.link = None
+            self.reconnects[reason] += 1
             metrics.reconnects.labels(self.codec.venue, reason).inc()
             delay = backoff_delay(
                 attempt, self.settings.backoff_base_s, self.settings.backoff_cap_s, self._rnd
@@ -113,72 +243,146 @@ class Collector:
             )  # fmt: skip
             await asyncio.sleep(delay)
 
-    async def _connected_loop(self, shard: Shard) -> None:
-        ws = await self._connect(shard)
-        try:
-            while True:
-                await self._read(ws, shard)  # returns when it is time to rotate
-                new = await self._connect(shard)  # make before break
-                await ws.close()
-                ws = new
-                metrics.reconnects.labels(self.codec.venue, "rotate").inc()
-        finally:
-            await ws.close()
-
-    async def _connect(self, shard: Shard) -> ClientConnection:
-        url = self.ws_url + self.codec.stream_path(shard.series)
-        ws = await websockets.connect(
-            url, open_timeout=self.settings.open_timeout_s, max_size=MAX_MESSAGE
-        )
-        shard.connected = True
-        shard.connects += 1
-        shard.streams = {self.codec.stream_name(s) for s in shard.series}
-        log.info("stream connected", venue=self.codec.venue, streams=len(shard.series))
-        if self._on_connect is not None:
-            try:
-                await self._on_connect(shard.series)
-            except BaseException:
-                await ws.close()
-                raise
-        return ws
-
-    async def _read(self, ws: ClientConnection, shard: Shard) -> None:
-        """Forward closed candles until rotation is due; raise when idle or broken."""
+    def _lifetime_s(self) -> float:
         s = self.settings
         max_age = s.max_age_s or self.codec.limits.max_connection_age_s
-        rotate_at = time.monotonic() + max(1.0, max_age - min(s.rotate_margin_s, max_age / 2))
+        return max(1.0, max_age - min(s.rotate_margin_s, max_age / 2))
+
+    async def _connected_loop(self, shard: Shard) -> None:
+        link = await self._open(shard)
+        try:
+            while True:
+                await self._pump(link, shard, until=link.opened + self._lifetime_s())
+                link = await self._rotate(link, shard)
+        finally:
+            await self._close(link, shard, forward=False)
+
+    async def _open(self, shard: Shard) -> _Link:
+        """Connect, subscribe the shard's streams, and tell `on_connect`."""
+        wanted = list(shard.series)
+        in_url, length = 0, len(self.ws_url + self.codec.stream_path([]))
+        for key in wanted:
+            length += len(self.codec.stream_name(key)) + 1
+            if length > self.settings.max_url_length:
+                break
+            in_url += 1
+        ws = await websockets.connect(
+            self.ws_url + self.codec.stream_path(wanted[:in_url]),
+            open_timeout=self.settings.open_timeout_s,
+            close_timeout=_CLOSE_TIMEOUT_S,
+            max_size=MAX_MESSAGE,
+        )
+        link = _Link(ws, self.codec)
+        try:
+            shard.link = link
+            # add()/remove() calls that came while connecting went to no link.
+            current = set(shard.series)
+            asked = set(wanted)
+            await link.subscribe(wanted[in_url:] + [k for k in shard.series if k not in asked])
+            await link.subscribe([k for k in wanted if k not in current], subscribe=False)
+            shard.connected = True
+            shard.connects += 1
+            log.info("stream connected", venue=self.codec.venue, streams=len(shard.series),
+                     by_message=len(wanted) - in_url)  # fmt: skip
+            if self._on_connect is not None:
+                await self._on_connect(list(shard.series))
+        except BaseException:
+            await self._close(link, shard, forward=False)
+            raise
+        return link
+
+    async def _rotate(self, old: _Link, shard: Shard) -> _Link:
+        """Make before break: see the module docstring."""
+        new = await self._open(shard)
+        try:
+            await self._pump(new, shard, until_ready=True)
+            await self._close(old, shard, forward=True)
+        except BaseException:
+            await self._close(new, shard, forward=False)
+            raise
+        self.reconnects["rotate"] += 1
+        metrics.reconnects.labels(self.codec.venue, "rotate").inc()
+        return new
+
+    async def _close(self, link: _Link, shard: Shard, *, forward: bool) -> None:
+        """Close `link`, reading what it delivers until the venue's close frame
+        (forwarded, or dropped). Reading is what lets the closing handshake
+        finish: unread frames pause websockets' reading, and close() would
+        then wait out close_timeout (websockets issue 1555)."""
+
+        async def hang_up() -> None:
+            with contextlib.suppress(*_LINK_ERRORS):
+                await link.ws.close()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(hang_up())
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    message = await link.ws.recv()
+                    if forward:
+                        await self._handle(link, shard, message)
+
+    async def _pump(
+        self,
+        link: _Link,
+        shard: Shard,
+        *,
+        until: float | None = None,
+        until_ready: bool = False,
+    ) -> None:
+        """Forward closed candles from `link` until `until` (monotonic) or, with
+        `until_ready`, until the link is ready; raise when it is idle or broken."""
+        s = self.settings
         last_data = time.monotonic()
         non_data = 0
-        while True:
+        while not (until_ready and link.ready):
             now = time.monotonic()
-            if now >= rotate_at:
+            if until is not None and now >= until:
                 return
             idle_left = last_data + s.idle_timeout_s - now
             if idle_left <= 0:
-                raise IdleConnection(f"no data frame for {s.idle_timeout_s:.0f}s")
+                raise IdleConnection(f"no data frame for {s.idle_timeout_s:g}s")
             try:
-                async with asyncio.timeout(min(idle_left, rotate_at - now)):
-                    message = await ws.recv()
+                async with asyncio.timeout(
+                    idle_left if until is None else min(idle_left, until - now)
+                ):
+                    message = await link.ws.recv()
             except TimeoutError:
                 continue  # the loop head decides: idle or rotate
-            result = self.codec.parse_frame(
-                message if isinstance(message, str) else message.decode("utf-8", "replace")
-            )
-            if result.malformed:
-                metrics.malformed.labels(self.codec.venue, "ws").inc()
-            if not result.is_data:
+            kind = await self._handle(link, shard, message)
+            if kind == "data":
+                # After the sink: a slow store must not pass for a silent venue.
+                last_data, non_data = time.monotonic(), 0
+            elif kind == "noise":
                 non_data += 1
                 if non_data >= s.max_idle_packets:
                     raise IdleConnection(f"{non_data} frames in a row without data")
-                continue
-            if result.stream not in shard.streams:
-                metrics.malformed.labels(self.codec.venue, "unknown_stream").inc()
-                continue
-            last_data, non_data = time.monotonic(), 0
-            shard.healthy = True
-            if result.candles:
-                metrics.live_candles.labels(self.codec.venue).inc(len(result.candles))
-                await self._sink(result.candles)
+
+    async def _handle(self, link: _Link, shard: Shard, message: str | bytes) -> _FrameKind:
+        """Parse one frame: forward its closed candles, note replies and malformed frames."""
+        result = self.codec.parse_frame(
+            message if isinstance(message, str) else message.decode("utf-8", "replace")
+        )
+        if result.reply_id is not None:
+            link.pending.discard(result.reply_id)
+            if result.error is not None:
+                log.error("venue refused a stream request", venue=self.codec.venue,
+                          error=result.error)  # fmt: skip
+            return "reply"
+        if result.malformed:
+            self.malformed += 1
+            metrics.malformed.labels(self.codec.venue, "ws").inc()
+        if not result.is_data:
+            return "noise"
+        if result.stream not in shard.streams:
+            # A stream being unsubscribed: alive, but no longer ours to forward.
+            metrics.malformed.labels(self.codec.venue, "unknown_stream").inc()
+            return "foreign"
+        link.data_seen = shard.healthy = True
+        if result.candles:
+            metrics.live_candles.labels(self.codec.venue).inc(len(result.candles))
+            await self._sink(result.candles)
+        return "data"
 
 
 @dataclass(frozen=True)
@@ -197,12 +401,14 @@ async def collect(
     settings: CollectorSettings | None = None,
 ) -> CollectResult:
     """Collect closed candles for a bounded time. When `total_timeout` expires
-    the candles gathered so far are returned, marked partial, instead of an error."""
-    gathered: list[Candle] = []
+    the candles gathered so far are returned, marked partial, instead of an error.
+    Each bar appears once, in arrival order."""
+    gathered: dict[tuple[SeriesKey, datetime], Candle] = {}
     enough = asyncio.Event()
 
     async def sink(candles: Sequence[Candle]) -> None:
-        gathered.extend(candles)
+        for candle in candles:
+            gathered.setdefault((candle.series, candle.ts), candle)
         if max_candles is not None and len(gathered) >= max_candles:
             enough.set()
 
@@ -213,5 +419,5 @@ async def collect(
             await enough.wait()
             task.cancel()
     except TimeoutError:
-        return CollectResult(gathered, partial=True)
-    return CollectResult(gathered[:max_candles], partial=False)
+        return CollectResult(list(gathered.values()), partial=True)
+    return CollectResult(list(gathered.values())[:max_candles], partial=False)

@@ -99,7 +99,7 @@ class Fetcher:
             body = await _read_body(resp)
             status = resp.status
             facts = self._codec.rate_facts(status, resp.headers)
-        self.throttle.observe(facts, req.weight, sent_at)
+        self.throttle.observe(facts, sent_at)
         if self._on_response is not None:
             self._on_response(status)
         if body is None:

@@ -28,6 +28,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 # A little slack after a window boundary or a Retry-After, for clock skew.
 _SKEW_S = 0.25
+_TOKEN_EPS = 1e-6
 
 
 class VenueThrottle:
@@ -53,6 +54,7 @@ class VenueThrottle:
         self.banned_until = banned_until or 0.0  # 418
         self._window_end = 0.0
         self._window_used = 0  # weight spent in the current window, by the larger count
+        self._window_accepted = 0  # the most the venue reported and still accepted in it
         self._learned_budget: int | None = None  # the venue's budget per window, from a 429
         self._batch = batch
         self._in_batch = 0
@@ -96,7 +98,7 @@ class VenueThrottle:
     def _roll_window(self, now: float) -> None:
         if now >= self._window_end:
             self._window_end = (now // self.window_s + 1) * self.window_s
-            self._window_used = 0
+            self._window_used = self._window_accepted = 0
 
     def delay(self, weight: int) -> float:
         """Seconds until a request of `weight` may go (0: now)."""
@@ -109,7 +111,9 @@ class VenueThrottle:
         if self._window_used and self._window_used + weight > self.window_budget:
             return self._window_end - now + _SKEW_S
         self._refill()
-        if self._tokens >= weight:
+        # With a tolerance: float rounding after sleeping exactly the computed time
+        # could leave a deficit too small for the (epoch-sized) clock to ever fill.
+        if self._tokens >= weight - _TOKEN_EPS:
             return 0.0
         return (weight - self._tokens) * self.period_s / self.capacity
 
@@ -124,9 +128,9 @@ class VenueThrottle:
         self._window_used += weight
         return self._clock()
 
-    def observe(self, facts: RateFacts, weight: int = 0, sent_at: float | None = None) -> None:
-        """Take in what the response to a request of `weight`, sent at
-        `sent_at` (epoch seconds), said about the venue's accounting."""
+    def observe(self, facts: RateFacts, sent_at: float | None = None) -> None:
+        """Take in what the response to a request sent at `sent_at` (epoch
+        seconds) said about the venue's accounting."""
         now = self._clock()
         self._roll_window(now)
         window_start = self._window_end - self.window_s
@@ -134,6 +138,8 @@ class VenueThrottle:
         current = sent_at is None or sent_at >= window_start
         if facts.used_weight is not None and current:
             self._window_used = max(self._window_used, facts.used_weight)
+            if not (facts.rate_limited or facts.banned):
+                self._window_accepted = max(self._window_accepted, facts.used_weight)
         if facts.banned:
             self.bans += 1
             self.banned_until = max(self.banned_until, now + (facts.retry_after_s or 120.0))
@@ -143,12 +149,13 @@ class VenueThrottle:
             self._refilled_at = now
             wait = facts.retry_after_s if facts.retry_after_s is not None else self.window_s
             self.blocked_until = max(self.blocked_until, now + wait)
-            if facts.used_weight is not None and current:
-                # The venue refused at `used_weight`, this request included: what
-                # it had counted before is within its budget, and all we may use.
-                budget = max(weight, facts.used_weight - weight)
-                if self._learned_budget is None or budget < self._learned_budget:
-                    self._learned_budget = budget
+            # The venue refused more than it had accepted in this window: what it
+            # accepted is its budget. (Its count includes refused requests, so the
+            # 429's own count says less.) Nothing accepted: the budget was spent
+            # by someone else, and there is nothing to learn.
+            accepted = self._window_accepted
+            if current and accepted:
+                self._learned_budget = min(self._learned_budget or accepted, accepted)
 
     @asynccontextmanager
     async def batch_slot(self) -> AsyncIterator[None]:

@@ -12,6 +12,7 @@ from daemon.venues import RateFacts
 
 WINDOW_START = 1_700_000_040.0  # a multiple of 60: a venue minute starts here
 SKEW = 0.25  # the throttle's slack after a window end, Retry-After or ban
+pytestmark = pytest.mark.timeout(30)
 
 
 class FakeTime:
@@ -80,7 +81,7 @@ async def test_venue_count_ahead_of_ours_blocks_until_the_window_ends() -> None:
     time = FakeTime(WINDOW_START + 10)
     t = throttle(time, capacity=6000, period_s=60)
     sent_at = await t.acquire(2)
-    t.observe(facts(used=5999), weight=2, sent_at=sent_at)  # another process used the rest
+    t.observe(facts(used=5999), sent_at=sent_at)  # another process used the rest
     assert t.tokens > 5000  # the bucket alone would let us go on
     assert t.delay(2) == pytest.approx(50 + SKEW)
     await t.acquire(2)
@@ -89,8 +90,8 @@ async def test_venue_count_ahead_of_ours_blocks_until_the_window_ends() -> None:
     # A count behind ours does not lower ours; a count from an earlier window is ignored.
     for _ in range(4):
         await t.acquire(1000)
-    t.observe(facts(used=10), weight=2, sent_at=time.t)
-    t.observe(facts(used=6000), weight=2, sent_at=WINDOW_START + 59)
+    t.observe(facts(used=10), sent_at=time.t)
+    t.observe(facts(used=6000), sent_at=WINDOW_START + 59)
     assert t.delay(1000) == 0  # 4002 + 1000 <= 6000
     await t.acquire(1000)
     assert t.delay(1000) == pytest.approx(120 - 60.25 + SKEW)  # 5002 + 1000 > 6000
@@ -100,12 +101,17 @@ async def test_429_empties_the_bucket_until_retry_after() -> None:
     time = FakeTime(WINDOW_START + 10)
     t = throttle(time, capacity=600, period_s=60)
     sent_at = await t.acquire(2)
-    t.observe(facts(retry_after=7, status=429), weight=2, sent_at=sent_at)
+    t.observe(facts(retry_after=7, status=429), sent_at=sent_at)
     assert t.rate_limited == 1 and t.tokens == pytest.approx(0)
     assert t.delay(2) == pytest.approx(7 + SKEW)
     await t.acquire(2)
     assert time.t == pytest.approx(WINDOW_START + 17 + SKEW)
     assert t.window_budget == 600  # no used-weight header: nothing learned
+
+    # Refused before anything of ours was accepted in the window: someone else
+    # spent the budget, which says nothing about its size.
+    t.observe(facts(used=900, retry_after=1, status=429), sent_at=time.t)
+    assert t.window_budget == 600
 
 
 async def test_429_teaches_the_venue_budget_so_it_is_not_exceeded_again() -> None:
@@ -113,9 +119,9 @@ async def test_429_teaches_the_venue_budget_so_it_is_not_exceeded_again() -> Non
     t = throttle(time, capacity=600, period_s=60)  # we think 600 a minute ...
     for used in (2, 4, 6):
         sent_at = await t.acquire(2)
-        t.observe(facts(used=used), weight=2, sent_at=sent_at)
+        t.observe(facts(used=used), sent_at=sent_at)
     sent_at = await t.acquire(2)
-    t.observe(facts(used=8, retry_after=10, status=429), weight=2, sent_at=sent_at)  # ... it is 6
+    t.observe(facts(used=8, retry_after=10, status=429), sent_at=sent_at)  # ... it is 6
     assert t.window_budget == 6
     # Three requests of 2 in the next window (the first waits for it), then wait for the one after.
     for _ in range(3):
@@ -127,7 +133,7 @@ async def test_429_teaches_the_venue_budget_so_it_is_not_exceeded_again() -> Non
 async def test_418_ban_blocks_every_request_until_it_ends() -> None:
     time = FakeTime(WINDOW_START)
     t = throttle(time, capacity=6000, period_s=60)
-    t.observe(facts(used=12, retry_after=120, status=418), weight=2, sent_at=time.t)
+    t.observe(facts(used=12, retry_after=120, status=418), sent_at=time.t)
     assert t.banned and t.bans == 1 and t.banned_until == WINDOW_START + 120
     await t.acquire(2)
     assert time.t >= WINDOW_START + 120 and not t.banned
@@ -217,7 +223,8 @@ async def test_configure_changes_limits_and_wakes_batch_waiters() -> None:
     assert t.delay(10) == pytest.approx(0.5)
     assert t.window_budget == 20 * 60
 
-    t.observe(facts(used=30, retry_after=1, status=429), weight=10, sent_at=time.t)
+    t.observe(facts(used=20), sent_at=time.t)
+    t.observe(facts(used=30, retry_after=1, status=429), sent_at=time.t)
     assert t.window_budget == 20
     t.configure(capacity=20, period_s=1, batch=1)  # the operator's word replaces what was learned
     assert t.window_budget == 20 * 60

@@ -1,0 +1,240 @@
+"""Backfill workers against the simulated exchange and a real TimescaleDB:
+what reaches the store, genesis, maintenance gaps and the BATCH bound."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from daemon.backfill import Backfiller, BackfillJob
+from daemon.domain import Candle, SeriesKey
+from daemon.fetch import Fetcher, Response
+from daemon.sim import SimExchange, parse_scenario
+from daemon.store.database import Database
+from daemon.store.migrations import migrate
+from daemon.store.series import get_genesis
+from daemon.store.writer import CandleStore
+from daemon.throttle import VenueThrottle
+from daemon.venues import HttpRequest, VenueLimits
+from daemon.venues.base import to_ms
+from daemon.venues.binance import LIMITS, BinanceCodec
+
+pytestmark = pytest.mark.timeout(60)
+NEW_1M = SeriesKey("binance", "NEWUSDT", "1m")  # listed 2 hours ago
+NEW_1S = SeriesKey("binance", "NEWUSDT", "1s")
+OLD_1M = SeriesKey("binance", "OLDUSDT", "1m")
+MAINT_1M = SeriesKey("binance", "MNTUSDT", "1m")  # no data from 30 to 20 minutes ago
+
+
+class SmallPages(BinanceCodec):
+    """Binance with short pages, so that a test window spans many of them."""
+
+    def __init__(self, page_size: int) -> None:
+        super().__init__()
+        self._limits = dataclasses.replace(LIMITS, page_size=page_size)
+
+    @property
+    def limits(self) -> VenueLimits:
+        return self._limits
+
+
+class RecordingFetcher(Fetcher):
+    """Notes every request's parameters and how many were in flight at once."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.params: list[dict[str, str]] = []
+        self.in_flight = self.peak = 0
+
+    async def fetch(self, req: HttpRequest) -> Response:
+        self.params.append(dict(req.params))
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            return await super().fetch(req)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[tuple[SimExchange, str]]:
+    scenario = parse_scenario(
+        {
+            "seed": 11,
+            "symbols": [
+                {"symbol": "NEWUSDT", "listed": "-2h"},
+                {"symbol": "OLDUSDT", "listed": "-30d"},
+                {"symbol": "MNTUSDT", "listed": "-30d"},
+                {"symbol": "SOONUSDT", "listed": "+1h"},
+            ],
+            "maintenance": [{"start": "-30m", "end": "-20m", "symbols": ["MNTUSDT"]}],
+            # Slow enough that the workers would pile up without the BATCH bound.
+            "faults": {"slow_responses": {"every": 1, "delay": "20ms"}},
+        },
+        datetime.now(UTC),
+    )
+    exchange = SimExchange(scenario)
+    host, port = await exchange.start("127.0.0.1", 0)
+    yield exchange, f"http://{host}:{port}"
+    await exchange.stop()
+
+
+@pytest.fixture
+async def db(tsdb_dsn: str) -> AsyncIterator[Database]:
+    database = await Database.connect(tsdb_dsn)
+    async with database.pool.acquire() as conn:
+        await migrate(conn)
+    yield database
+    await database.close()
+
+
+def backfiller(
+    url: str, db: Database, codec: BinanceCodec | None = None, batch: int = 5, workers: int = 8
+) -> tuple[Backfiller, RecordingFetcher]:
+    codec = codec or BinanceCodec()
+    fetcher = RecordingFetcher(url, codec, VenueThrottle(6000, 60, batch), retry_base_s=0.05)
+    store = CandleStore(db.pool)
+
+    async def sink(candles: Sequence[Candle]) -> None:
+        await store.write(candles)
+
+    return Backfiller(codec, fetcher, sink, db.pool, workers=workers), fetcher
+
+
+async def run_jobs(backfiller: Backfiller, *jobs: BackfillJob) -> None:
+    async with backfiller.fetcher, asyncio.timeout(30), asyncio.TaskGroup() as tg:
+        workers = tg.create_task(backfiller.run())
+        for job in jobs:
+            backfiller.submit(job)
+        await backfiller.join()
+        workers.cancel()
+
+
+async def stored(db: Database, series: SeriesKey) -> list[Candle]:
+    rows = await db.pool.fetch(
+        """SELECT ts, open, high, low, close, volume FROM candles
+           WHERE venue = $1 AND symbol = $2 AND timeframe = $3 ORDER BY ts""",
+        series.venue, series.symbol, series.timeframe,
+    )  # fmt: skip
+    return [Candle(series, r["ts"], *(r[k] for k in ("open", "high", "low", "close", "volume")))
+            for r in rows]  # fmt: skip
+
+
+def lookback(series: SeriesKey, days: float = 1) -> BackfillJob:
+    end = series.tf.floor(datetime.now(UTC))  # aligned: every bar before it has closed
+    return BackfillJob(series, end - timedelta(days=days), end, "lookback")
+
+
+async def test_lookback_stores_truth_from_genesis_and_asks_genesis_once(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    exchange, url = sim
+    jobs = [lookback(NEW_1M), lookback(NEW_1S)]
+    b, fetcher = backfiller(url, db)
+    await run_jobs(b, *jobs)
+
+    assert all(r.complete for r in b.results), b.results
+    for job in jobs:
+        genesis = exchange.truth.genesis(job.series)
+        assert genesis is not None
+        truth = exchange.truth.candles(job.series, job.start, job.end, job.end)
+        assert truth[0].ts == genesis
+        assert await stored(db, job.series) == truth  # value for value, no duplicates
+
+        row = await db.pool.fetchrow(
+            "SELECT genesis_ts, genesis_evidence FROM series WHERE symbol = $1 AND timeframe = $2",
+            job.series.symbol, job.series.timeframe,
+        )  # fmt: skip
+        assert row["genesis_ts"] == genesis
+        evidence = json.loads(row["genesis_evidence"])
+        assert evidence["method"] == "exact"
+        assert evidence["params"]["startTime"] == "0"
+
+        asked = [p for p in fetcher.params if p["interval"] == job.series.timeframe]
+        assert [p["startTime"] for p in asked].count("0") == 1  # the genesis probe, once
+        pages = [p for p in asked if p["startTime"] != "0"]
+        assert all(int(p["startTime"]) >= to_ms(genesis) for p in pages)
+        # Nothing was asked for the empty part of the day: one request per page of bars.
+        assert len(pages) == -(-len(truth) // LIMITS.page_size)
+
+    # A restart: genesis comes from the store, and nothing before it is asked for.
+    again, fetcher = backfiller(url, db)
+    await run_jobs(again, *jobs)
+    assert all(p["startTime"] != "0" for p in fetcher.params)
+    for job in jobs:
+        genesis_ms = to_ms(exchange.truth.genesis(job.series) or job.end)
+        assert all(int(p["startTime"]) >= genesis_ms for p in fetcher.params
+                   if p["interval"] == job.series.timeframe)  # fmt: skip
+        async with db.pool.acquire() as conn:
+            assert await get_genesis(conn, job.series) == exchange.truth.genesis(job.series)
+        truth = exchange.truth.candles(job.series, job.start, job.end, job.end)
+        assert await stored(db, job.series) == truth
+
+
+async def test_maintenance_window_is_skipped_and_paging_goes_on_past_it(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    exchange, url = sim
+    job = lookback(MAINT_1M, days=1 / 24)  # the last hour, with the 10-minute gap in it
+    b, fetcher = backfiller(url, db, codec=SmallPages(4))  # pages start inside the gap
+    await run_jobs(b, job)
+
+    assert [r.complete for r in b.results] == [True] * len(b.results)
+    candles = await stored(db, MAINT_1M)
+    assert candles == exchange.truth.candles(MAINT_1M, job.start, job.end, job.end)
+    stamps = [c.ts for c in candles]
+    gap_start = min(t for t in MAINT_1M.tf.bars(job.start, job.end) if t not in stamps)
+    gap = [t for t in MAINT_1M.tf.bars(job.start, job.end) if t not in stamps]
+    assert len(gap) == 9  # bars wholly inside the 10 minutes: nothing stored there
+    assert gap == [gap_start + timedelta(minutes=i) for i in range(9)]
+    assert stamps[-1] == MAINT_1M.tf.add(job.end, -1)  # and the paging reached the end
+    assert len(fetcher.params) > len(candles) // 4  # it did page, 4 bars at a time
+
+
+async def test_batch_bounds_concurrent_requests(sim: tuple[SimExchange, str], db: Database) -> None:
+    exchange, url = sim
+    job = lookback(OLD_1M, days=0.25)  # 360 bars, 8 pieces of 10 pages of 5
+    b, fetcher = backfiller(url, db, codec=SmallPages(5), batch=2, workers=8)
+    await run_jobs(b, job)
+
+    assert fetcher.peak == 2  # the bound held, and was used
+    assert len(b.results) == 8 and all(r.complete for r in b.results)
+    assert await stored(db, OLD_1M) == exchange.truth.candles(OLD_1M, job.start, job.end, job.end)
+
+
+async def test_unknown_symbol_fails_its_job_only(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    exchange, url = sim
+    bad = SeriesKey("binance", "NOPEUSDT", "1m")
+    good = lookback(OLD_1M, days=1 / 24)
+    b, fetcher = backfiller(url, db)
+    await run_jobs(b, lookback(bad), good)
+
+    by_series = {r.job.series: r for r in b.results}
+    assert not by_series[bad].complete
+    assert "Invalid symbol" in (by_series[bad].error or "")
+    assert [p["symbol"] for p in fetcher.params].count("NOPEUSDT") == 1  # no retry
+    assert by_series[OLD_1M].complete
+    truth = exchange.truth.candles(OLD_1M, good.start, good.end, good.end)
+    assert await stored(db, OLD_1M) == truth
+
+
+async def test_a_genesis_not_known_yet_is_asked_again(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    soon = SeriesKey("binance", "SOONUSDT", "1m")  # listed in an hour
+    b, fetcher = backfiller(url=sim[1], db=db)
+    await run_jobs(b, lookback(soon, days=1 / 24))
+    await run_jobs(b, lookback(soon, days=1 / 24))
+
+    assert all(r.complete and r.candles == 0 for r in b.results)
+    assert [p["startTime"] for p in fetcher.params].count("0") == 2  # once per job
+    async with db.pool.acquire() as conn:
+        assert await get_genesis(conn, soon) is None

@@ -1,0 +1,214 @@
+"""The HTTP fetcher against the simulated exchange over real sockets: retries,
+Retry-After, bans and the venue's budget, as the sim's counters see them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+
+from daemon.domain import SeriesKey
+from daemon.fetch import Fetcher, FetchError
+from daemon.sim import SimExchange, parse_scenario
+from daemon.throttle import VenueThrottle
+from daemon.venues import HttpRequest, RateFacts, VenueError, get_codec
+
+pytestmark = pytest.mark.timeout(30)
+CODEC = get_codec("binance")
+BTC_1M = SeriesKey("binance", "BTCUSDT", "1m")
+BTC_1S = SeriesKey("binance", "BTCUSDT", "1s")
+
+
+class SimClock:
+    """Wall-clock time shifted so that the venue minute is at `second` now:
+    tests that need a minute boundary get one within seconds. The sim and the
+    throttle share it, as a venue and a client share real time."""
+
+    def __init__(self, second: float = 0.0) -> None:
+        self.offset_s = (second - time.time() % 60) if second else 0.0
+
+    def epoch(self) -> float:
+        return time.time() + self.offset_s
+
+    def utc(self) -> datetime:
+        return datetime.fromtimestamp(self.epoch(), UTC)
+
+
+StartSim = Callable[..., Awaitable[tuple[SimExchange, str]]]
+
+
+@pytest.fixture
+async def start_sim() -> AsyncIterator[StartSim]:
+    sims: list[SimExchange] = []
+
+    async def start(clock: SimClock, **scenario: Any) -> tuple[SimExchange, str]:
+        data = {"seed": 3, "symbols": [{"symbol": "BTCUSDT", "listed": "-3h"}], **scenario}
+        sim = SimExchange(parse_scenario(data, clock.utc()), clock=clock.utc)
+        sims.append(sim)
+        host, port = await sim.start("127.0.0.1", 0)
+        return sim, f"http://{host}:{port}"
+
+    yield start
+    for sim in sims:
+        await sim.stop()
+
+
+class RecordingThrottle(VenueThrottle):
+    """Notes when each request was let through and what each answer said."""
+
+    def __init__(self, clock: SimClock, capacity: int = 6000, **kw: Any) -> None:
+        super().__init__(capacity, 60.0, 5, clock=clock.epoch, **kw)
+        self.sent: list[float] = []
+        self.answers: list[tuple[float, RateFacts]] = []
+        self._now = clock.epoch
+
+    async def acquire(self, weight: int) -> float:
+        sent_at = await super().acquire(weight)
+        self.sent.append(sent_at)
+        return sent_at
+
+    def observe(self, facts: RateFacts, sent_at: float | None = None) -> None:
+        self.answers.append((self._now(), facts))
+        super().observe(facts, sent_at)
+
+
+def klines(series: SeriesKey = BTC_1M, limit: int = 5) -> HttpRequest:
+    end = series.tf.floor(datetime.now(UTC))
+    return CODEC.history_request(series, series.tf.add(end, -limit), end, limit)
+
+
+def fetcher(url: str, throttle: VenueThrottle, **kw: Any) -> Fetcher:
+    return Fetcher(url, CODEC, throttle, retry_base_s=0.05, **kw)
+
+
+async def test_a_full_page_arrives_whole(start_sim: StartSim) -> None:
+    clock = SimClock()
+    sim, url = await start_sim(clock)
+    req = klines(BTC_1S, limit=1000)  # ~150 kB: more than one read's worth
+    async with fetcher(url, VenueThrottle(6000, 60, 5)) as f:
+        resp = await f.fetch(req)
+    candles = CODEC.parse_history(BTC_1S, resp.status, resp.body, datetime.now(UTC))
+    start = datetime.fromtimestamp(int(req.params["startTime"]) / 1000, UTC)
+    assert len(candles) == 1000
+    end = start + timedelta(seconds=1000)
+    assert candles == sim.truth.candles(BTC_1S, start, end, datetime.now(UTC))
+
+
+async def test_5xx_burst_is_retried_until_it_succeeds(start_sim: StartSim) -> None:
+    clock = SimClock()
+    sim, url = await start_sim(
+        clock, faults={"http_errors": {"every": 4, "burst": 3, "status": 502}}
+    )
+    statuses: list[int] = []
+    async with fetcher(url, VenueThrottle(6000, 60, 5), on_response=statuses.append) as f:
+        answers = [await f.fetch(klines()) for _ in range(4)]
+    assert [a.status for a in answers] == [200] * 4
+    assert statuses == [200, 200, 200, 502, 502, 502, 200]  # the fourth fetch, retried
+    assert sim.counters.http_errors_injected == 3
+    assert CODEC.parse_history(BTC_1M, 200, answers[3].body, datetime.now(UTC))
+
+
+async def test_connection_resets_and_timeouts_are_retried(start_sim: StartSim) -> None:
+    clock = SimClock()
+    sim, url = await start_sim(
+        clock,
+        faults={
+            "connection_resets": {"every": 2},
+            "slow_responses": {"every": 2, "delay": "3s"},
+        },
+    )
+    began = time.monotonic()
+    async with fetcher(url, VenueThrottle(6000, 60, 5), timeout_s=0.5) as f:
+        answers = [await f.fetch(klines()) for _ in range(4)]
+    assert [a.status for a in answers] == [200] * 4
+    assert sim.counters.connection_resets >= 1 and sim.counters.slow_responses >= 1
+    assert time.monotonic() - began < 3  # gave up on the slow answer, did not wait for it
+
+
+async def test_retries_give_up_after_max_time(start_sim: StartSim) -> None:
+    sim, url = await start_sim(SimClock(), faults={"http_errors": {"every": 1}})
+    async with fetcher(url, VenueThrottle(6000, 60, 5), max_time_s=0.5) as f:
+        with pytest.raises(FetchError, match="503"):
+            await f.fetch(klines())
+    assert sim.counters.http_errors_injected >= 2
+
+
+async def test_unknown_symbol_is_answered_without_retry(start_sim: StartSim) -> None:
+    sim, url = await start_sim(SimClock())
+    bad = SeriesKey("binance", "NOPEUSDT", "1m")
+    async with fetcher(url, VenueThrottle(6000, 60, 5)) as f:
+        resp = await f.fetch(klines(bad))
+    assert resp.status == 400
+    with pytest.raises(VenueError, match="Invalid symbol"):
+        CODEC.parse_history(bad, resp.status, resp.body, datetime.now(UTC))
+    assert sim.counters.requests_by_status == {400: 1}
+
+
+async def test_429_retry_waits_for_retry_after_and_the_budget_holds_after(
+    start_sim: StartSim,
+) -> None:
+    clock = SimClock(second=57.0)  # the venue minute ends in 3 s
+    sim, url = await start_sim(clock, rest={"weight_per_minute": 6})  # 3 requests a minute
+    throttle = RecordingThrottle(clock, capacity=600)  # we believe in 600
+    statuses: list[int] = []
+    async with fetcher(url, throttle, on_response=statuses.append) as f:
+        for _ in range(6):
+            assert (await f.fetch(klines())).status == 200
+
+    assert statuses == [200, 200, 200, 429, 200, 200, 200]
+    answered_429, facts = throttle.answers[3]
+    assert facts.rate_limited and facts.retry_after_s
+    assert throttle.sent[4] >= answered_429 + facts.retry_after_s  # the retry waited
+    # Three requests into the new minute, the throttle holds the next one back
+    # until the minute after: the venue's budget, learned from the 429.
+    assert throttle.window_budget == 6
+    assert throttle.delay(2) > 50
+    c = sim.counters
+    assert (c.sent_429, c.sent_418, c.requests_during_ban) == (1, 0, 0)
+
+
+async def test_418_ban_is_reported_and_nothing_is_sent_until_it_ends(
+    start_sim: StartSim,
+) -> None:
+    clock = SimClock(second=55.0)
+    sim, url = await start_sim(clock, rest={"weight_per_minute": 4, "ban": "2s"})
+    # Another client on our IP spends the budget and is told to wait (429):
+    # the venue bans the next request, which is ours.
+    async with aiohttp.ClientSession() as other:
+        req = klines()
+        for expected in (200, 200, 429):
+            async with other.get(url + req.path, params=dict(req.params)) as r:
+                assert r.status == expected
+
+    throttle = RecordingThrottle(clock)
+    bans: list[float] = []
+
+    async def on_ban(until: float) -> None:
+        bans.append(until)
+
+    statuses: list[int] = []
+    async with fetcher(url, throttle, on_ban=on_ban, on_response=statuses.append) as f:
+        assert (await f.fetch(klines())).status == 200
+
+    banned_at, facts = throttle.answers[0]
+    assert facts.banned and facts.retry_after_s == 2
+    assert bans == [pytest.approx(banned_at + 2, abs=0.05)]
+    assert throttle.sent[1] >= bans[0]  # the retry waited for the ban to end
+    assert statuses[0] == 418 and statuses[-1] == 200
+    c = sim.counters
+    assert c.sent_418 == 1 and c.requests_during_ban == 0
+
+
+async def test_a_ban_persisted_before_a_restart_holds_every_request(start_sim: StartSim) -> None:
+    clock = SimClock()
+    sim, url = await start_sim(clock)
+    until = clock.epoch() + 1.5
+    throttle = RecordingThrottle(clock, banned_until=until)
+    async with fetcher(url, throttle) as f:
+        assert (await f.fetch(klines())).status == 200
+    assert throttle.sent == [pytest.approx(until + 0.25, abs=0.1)]
+    assert sim.counters.requests_by_status == {200: 1} and sim.counters.requests_during_ban == 0
