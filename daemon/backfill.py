@@ -5,6 +5,7 @@ holes, repairs) takes this one path."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ log = logs.get("candled.backfill")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
 Clock = Callable[[], datetime]
 PAGES_PER_JOB = 10  # a long window is cut into jobs so that BATCH workers share it
+_PRIORITY = {"live-gap": 0, "reconnect": 0, "repair": 1}  # anything else (lookback) after
 _PAGE_TRIES = 3  # a malformed page is asked for again this many times
 _KEPT_RESULTS = 1_000  # recent job results kept for inspection; the daemon runs for months
 # A job stops on these and reports them; the workers go on with the next job.
@@ -38,7 +40,7 @@ class BackfillJob:
     series: SeriesKey
     start: datetime
     end: datetime
-    reason: str  # lookback | reconnect | repair
+    reason: str  # lookback | backfill | reconnect | live-gap | repair
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,10 @@ class Backfiller:
         self._pool = pool
         self._workers = workers
         self._clock = clock
-        self._queue: asyncio.Queue[BackfillJob] = asyncio.Queue()
+        # Fresh holes (a lost closing frame, a reconnect) jump ahead of deep
+        # history: (priority, submission order, job).
+        self._queue: asyncio.PriorityQueue[tuple[int, int, BackfillJob]] = asyncio.PriorityQueue()
+        self._submitted = itertools.count()
         self._genesis: dict[SeriesKey, datetime] = {}
         # Per series, so that one venue's slow answer does not hold up another series.
         self._genesis_locks: collections.defaultdict[SeriesKey, asyncio.Lock] = (
@@ -95,7 +100,8 @@ class Backfiller:
         if job.end <= job.start:
             return
         for piece in split_window(job, self.codec.limits.page_size):
-            self._queue.put_nowait(piece)
+            priority = _PRIORITY.get(piece.reason, len(_PRIORITY))
+            self._queue.put_nowait((priority, next(self._submitted), piece))
 
     @property
     def queued(self) -> int:
@@ -114,7 +120,7 @@ class Backfiller:
 
     async def _worker(self) -> None:
         while True:
-            job = await self._queue.get()
+            _, _, job = await self._queue.get()
             try:
                 result = await self.run_job(job)
                 self.results.append(result)

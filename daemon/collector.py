@@ -43,6 +43,7 @@ from daemon.venues import VenueCodec
 log = logs.get("candled.collector")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
 OnConnect = Callable[[Sequence[SeriesKey]], Awaitable[None]]
+OnGap = Callable[[SeriesKey, datetime, datetime], None]  # series, first missing, next present
 MAX_MESSAGE = 1 << 20  # bytes; a kline frame is ~600
 STREAMS_PER_MESSAGE = 200  # streams named in one subscribe message (~5 kB)
 _LINK_ERRORS = (OSError, TimeoutError, websockets.WebSocketException)
@@ -136,8 +137,11 @@ class Collector:
         sink: Sink,
         on_connect: OnConnect | None = None,
         settings: CollectorSettings | None = None,
+        on_gap: OnGap | None = None,
     ) -> None:
         self.codec = codec
+        self._on_gap = on_gap
+        self._last_closed: dict[SeriesKey, datetime] = {}
         self.ws_url = ws_url
         self._sink = sink
         self._on_connect = on_connect
@@ -381,8 +385,20 @@ class Collector:
         link.data_seen = shard.healthy = True
         if result.candles:
             metrics.live_candles.labels(self.codec.venue).inc(len(result.candles))
+            self._check_sequence(result.candles)
             await self._sink(result.candles)
         return "data"
+
+    def _check_sequence(self, candles: Sequence[Candle]) -> None:
+        """Report bars skipped between two closed bars of a stream (a lost
+        closing frame), so the caller can fetch them at once."""
+        for c in candles:
+            prev = self._last_closed.get(c.series)
+            if prev is not None and c.ts > (expected := c.series.tf.next(prev)):
+                if self._on_gap is not None:
+                    self._on_gap(c.series, expected, c.ts)
+            if prev is None or c.ts > prev:
+                self._last_closed[c.series] = c.ts
 
 
 @dataclass(frozen=True)

@@ -321,7 +321,9 @@ def _overrides_path(t: _Table) -> Path | None:
     try:
         load_overrides(text)
     except OSError as e:
-        raise ConfigError(t.key("calendar_overrides"), f"cannot read {text}: {e.strerror}") from None
+        raise ConfigError(
+            t.key("calendar_overrides"), f"cannot read {text}: {e.strerror}"
+        ) from None
     except ValueError as e:
         raise ConfigError(t.key("calendar_overrides"), str(e)) from None
     return Path(text)

@@ -85,7 +85,7 @@ class VenueRuntime:
         settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds())
         self.collector = Collector(
             self.codec, self.config.ws_url, self._live(), self._writer.put, self._hole_backfill,
-            settings,
+            settings, on_gap=self._live_gap,
         )  # fmt: skip
         tg.create_task(self.collector.run())
 
@@ -137,6 +137,12 @@ class VenueRuntime:
             for job in catch_up_jobs(key, bounds.get(key), start, now, reason, covered):
                 self.backfiller.submit(job)
             self._covered_until[key] = now
+
+    def _live_gap(self, key: SeriesKey, start: datetime, end: datetime) -> None:
+        """A closing frame went missing on a live stream: fetch the bars now."""
+        log.info("live stream skipped bars; fetching them", series=str(key),
+                 start=start.isoformat(), end=end.isoformat())  # fmt: skip
+        self.backfiller.submit(BackfillJob(key, start, end, "live-gap"))
 
     async def _hole_backfill(self, keys: Sequence[SeriesKey]) -> None:
         """After a (re)connect: fetch what closed while no stream was open."""

@@ -52,7 +52,9 @@ state_dir = "{tmp / "state"}"
 
 
 @asynccontextmanager
-async def running_daemon(config: Path, dsn: str, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+async def running_daemon(
+    config: Path, dsn: str, log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """Start `python -m daemon run`; on exit, make sure it is gone."""
     env = {**os.environ, "CANDLED_DATABASE_URL": dsn}
     with log.open("wb") as out:

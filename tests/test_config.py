@@ -161,12 +161,19 @@ def replace_line(old: str, new: str, nth: int = 0) -> str:
         ),
         ("[daemon\n", "invalid TOML"),
         (
-            replace_line('profile = "CRYPTO"\ncalendar = ""', 'profile = "EQUITY"\ncalendar = "NOPE"'),
+            replace_line(
+                'profile = "CRYPTO"\ncalendar = ""', 'profile = "EQUITY"\ncalendar = "NOPE"'
+            ),
             "series[0].calendar: unknown calendar 'NOPE'",
         ),
-        (replace_line('calendar = ""', 'calendar = "XNYS"'), "series[0].calendar: calendar 'XNYS': CRYPTO series"),
         (
-            replace_line("max_fills = 10", 'max_fills = 10\ncalendar_overrides = "/nonexistent.toml"'),
+            replace_line('calendar = ""', 'calendar = "XNYS"'),
+            "series[0].calendar: calendar 'XNYS': CRYPTO series",
+        ),
+        (
+            replace_line(
+                "max_fills = 10", 'max_fills = 10\ncalendar_overrides = "/nonexistent.toml"'
+            ),
             "healing.calendar_overrides: cannot read /nonexistent.toml",
         ),
     ],

@@ -207,6 +207,10 @@ def test_limiter_429_then_escalating_418() -> None:
     over = limiter.admit("ip", 2, t)
     assert (over.status, over.used_weight, over.retry_after_s) == (429, 6, 59)
     assert limiter.admit("other", 2, t).status == 200  # budgets are per IP
+    # Sent before the client could have read the 429: 429 again, no ban.
+    in_flight = limiter.admit("ip", 2, t + timedelta(seconds=0.5))
+    assert (in_flight.status, in_flight.in_flight) == (429, True)
+    t += timedelta(seconds=2)
     ban = limiter.admit("ip", 2, t)
     assert (ban.status, ban.retry_after_s, ban.during_ban) == (418, 10, False)
     during = limiter.admit("ip", 2, t + timedelta(seconds=9))
@@ -215,10 +219,11 @@ def test_limiter_429_then_escalating_418() -> None:
     t = NOW + timedelta(minutes=1)
     assert limiter.admit("ip", 4, t).status == 200
     assert limiter.admit("ip", 2, t).status == 429
+    t += timedelta(seconds=2)
     assert limiter.admit("ip", 2, t).retry_after_s == 20  # second ban: doubled
     t += timedelta(minutes=1)
     limiter.admit("ip", 6, t)
-    assert limiter.admit("ip", 1, t).retry_after_s == 25  # capped
+    assert limiter.admit("ip", 1, t + timedelta(seconds=2)).retry_after_s == 25  # capped
 
 
 # --- REST over a real socket -------------------------------------------------
@@ -232,15 +237,19 @@ async def start_sim() -> AsyncIterator[SimFactory]:
     sims: list[SimExchange] = []
 
     async def start(
-        scenario: dict[str, Any] | None = None, frozen_at: datetime | None = None
+        scenario: dict[str, Any] | None = None,
+        frozen_at: datetime | None = None,
+        clock: list[datetime] | None = None,
     ) -> tuple[SimExchange, str]:
-        """A sim whose clock stands still at `frozen_at`, or runs in real time."""
+        """A sim whose clock stands still at `frozen_at` (or reads `clock[0]`,
+        which the test moves), or runs in real time."""
         listed: object = LISTED if frozen_at else "-3h"
         data = {"seed": 7, "symbols": [{"symbol": "BTCUSDT", "listed": listed}], **(scenario or {})}
         if frozen_at is None:
             sim = SimExchange(parse_scenario(data, datetime.now(UTC)))
         else:
-            sim = SimExchange(parse_scenario(data, frozen_at), clock=lambda: frozen_at)
+            cell = clock or [frozen_at]
+            sim = SimExchange(parse_scenario(data, frozen_at), clock=lambda: cell[0])
         sims.append(sim)
         host, port = await sim.start("127.0.0.1", 0)
         return sim, f"{host}:{port}"
@@ -370,10 +379,13 @@ async def test_errors_look_like_binance(start_sim: SimFactory) -> None:
 async def test_over_budget_429_then_418_for_a_client_that_keeps_going(
     start_sim: SimFactory,
 ) -> None:
-    sim, address = await start_sim({"rest": {"weight_per_minute": 10}}, frozen_at=NOW)
-    answers = [
-        await get(address, "/api/v3/klines", symbol="BTCUSDT", interval="1m") for _ in range(8)
-    ]
+    now = [NOW]
+    sim, address = await start_sim({"rest": {"weight_per_minute": 10}}, frozen_at=NOW, clock=now)
+    answers = []
+    for i in range(8):
+        if i == 6:  # the client saw the 429 and went on anyway
+            now[0] += timedelta(seconds=2)
+        answers.append(await get(address, "/api/v3/klines", symbol="BTCUSDT", interval="1m"))
     statuses = [status for status, _, _ in answers]
     assert statuses == [200] * 5 + [429, 418, 418]
 

@@ -33,7 +33,9 @@ def test_unit_declares_notify_watchdog_reload_and_restart() -> None:
     assert s["Restart"] == ["on-failure"]
     assert s["WatchdogSec"] and s["StateDirectory"] == ["candled"]
     assert any("candled run" in v for v in s["ExecStart"])
-    assert not any(re.search(r"(?i)(api_?key|secret|token)\s*=", v) for vs in s.values() for v in vs)
+    assert not any(
+        re.search(r"(?i)(api_?key|secret|token)\s*=", v) for vs in s.values() for v in vs
+    )
 
 
 @needs_systemd_analyze

@@ -12,6 +12,7 @@ class SimCounters:
     weight_used: int = 0  # request weight charged, over all clients and minutes
     requests_during_ban: int = 0
     sent_429: int = 0
+    sent_429_in_flight: int = 0  # of those, to requests already on their way
     sent_418: int = 0
     http_errors_injected: int = 0
     connection_resets: int = 0

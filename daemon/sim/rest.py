@@ -185,6 +185,7 @@ class RestApi:
     def _rate_limited(self, decision: Decision) -> web.Response:
         if decision.status == 429:
             self._counters.sent_429 += 1
+            self._counters.sent_429_in_flight += decision.in_flight
             msg = "Too many requests; please use WebSocket Streams for live updates."
         else:
             self._counters.sent_418 += 1
