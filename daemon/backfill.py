@@ -5,8 +5,8 @@ holes, repairs) takes this one path."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import collections
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime

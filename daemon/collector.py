@@ -394,9 +394,9 @@ class Collector:
         closing frame), so the caller can fetch them at once."""
         for c in candles:
             prev = self._last_closed.get(c.series)
-            if prev is not None and c.ts > (expected := c.series.tf.next(prev)):
-                if self._on_gap is not None:
-                    self._on_gap(c.series, expected, c.ts)
+            expected = c.series.tf.next(prev) if prev is not None else c.ts
+            if c.ts > expected and self._on_gap is not None:
+                self._on_gap(c.series, expected, c.ts)
             if prev is None or c.ts > prev:
                 self._last_closed[c.series] = c.ts
 

@@ -12,7 +12,9 @@ from daemon.backfill import Backfiller, BackfillJob, utcnow
 from daemon.collector import Collector, CollectorSettings
 from daemon.config import SeriesSpec, VenueConfig
 from daemon.domain import SeriesKey
+from daemon.domain.timeframe import EPOCH
 from daemon.fetch import Fetcher
+from daemon.intake import Intake
 from daemon.store.database import Database
 from daemon.store.series import stored_bounds
 from daemon.store.venues import get_banned_until, set_banned_until
@@ -72,7 +74,9 @@ class VenueRuntime:
             on_ban=self._persist_ban,
             on_response=lambda status: metrics.requests.labels(venue.name, str(status)).inc(),
         )
-        self.backfiller = Backfiller(self.codec, self.fetcher, writer.put, db.pool)
+        self._rest_intake = Intake(writer.put, db.pool, lambda: self.series.keys(), "rest")
+        self._ws_intake = Intake(writer.put, db.pool, self._live_set, "ws")
+        self.backfiller = Backfiller(self.codec, self.fetcher, self._rest_intake, db.pool)
         self.collector: Collector | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._covered_until: dict[SeriesKey, datetime] = {}
@@ -81,10 +85,13 @@ class VenueRuntime:
     def _live(self) -> list[SeriesKey]:
         return [k for k, s in self.series.items() if s.live]
 
+    def _live_set(self) -> set[SeriesKey]:
+        return {k for k, s in self.series.items() if s.live}
+
     def _start_collector(self, tg: asyncio.TaskGroup) -> None:
         settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds())
         self.collector = Collector(
-            self.codec, self.config.ws_url, self._live(), self._writer.put, self._hole_backfill,
+            self.codec, self.config.ws_url, self._live(), self._ws_intake, self._hole_backfill,
             settings, on_gap=self._live_gap,
         )  # fmt: skip
         tg.create_task(self.collector.run())
@@ -136,10 +143,20 @@ class VenueRuntime:
             covered = self._covered_until.get(key)
             for job in catch_up_jobs(key, bounds.get(key), start, now, reason, covered):
                 self.backfiller.submit(job)
-            self._covered_until[key] = now
+            # Bars that opened before this one had closed when the jobs were
+            # queued; the bar in progress is not covered (its close may come
+            # neither live nor in the answer).
+            self._covered_until[key] = max(covered or EPOCH, key.tf.floor(now))
 
     def _live_gap(self, key: SeriesKey, start: datetime, end: datetime) -> None:
-        """A closing frame went missing on a live stream: fetch the bars now."""
+        """A closing frame went missing on a live stream: fetch the bars now,
+        except those a reconnect's catch-up already asked for."""
+        covered = self._covered_until.get(key)
+        if covered is not None:
+            start = max(start, covered)
+        self._covered_until[key] = max(covered or EPOCH, end)
+        if start >= end:
+            return
         log.info("live stream skipped bars; fetching them", series=str(key),
                  start=start.isoformat(), end=end.isoformat())  # fmt: skip
         self.backfiller.submit(BackfillJob(key, start, end, "live-gap"))

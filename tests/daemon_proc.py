@@ -70,8 +70,8 @@ async def running_daemon(
                 await proc.wait()
 
 
-async def stop(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> int:
-    """SIGTERM, then the exit code (a hang past `timeout` fails the test)."""
+async def stop(proc: asyncio.subprocess.Process, within: float = 30.0) -> int:
+    """SIGTERM, then the exit code (a hang past `within` seconds fails the test)."""
     proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         return await proc.wait()

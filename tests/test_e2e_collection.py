@@ -131,12 +131,12 @@ async def test_store_equals_truth_under_faults(tsdb_dsn: str, tmp_path: Path) ->
         "ws_idle": {"after": "3s", "duration": "30s", "pings": True},
         "lost_closing_frames": {"every": 7},
     }
-    # Our bucket thinks the venue allows 2000 a minute; it allows 800, less
+    # Our bucket thinks the venue allows 2000 a minute; it allows 1000, less
     # than the backfill needs. The first 429 must teach the throttle the real
     # budget; the run lasts into a second venue minute so that the backfill
     # and the holes the faults punch can all be fetched within budget.
     sim, started, stopped = await run_against(
-        scenario(faults, weight=800), tmp_path, tsdb_dsn, rate_capacity=2000, idle_timeout="5s",
+        scenario(faults, weight=1000), tmp_path, tsdb_dsn, rate_capacity=2000, idle_timeout="5s",
         run_s=120,
     )  # fmt: skip
     # A hole punched in the last seconds (idle periods last up to 8 s here)

@@ -1,0 +1,59 @@
+"""The gate between sources and the writer: sane candles of configured series
+go on; the rest are quarantined with their reason and counted."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+
+from daemon import logs, metrics
+from daemon.domain import Candle, SeriesKey
+from daemon.store.quarantine import quarantine
+from daemon.validate import problem
+
+log = logs.get("candled.intake")
+
+
+class Intake:
+    def __init__(
+        self,
+        put: Callable[[Sequence[Candle]], Awaitable[None]],
+        pool: asyncpg.Pool,
+        series: Callable[[], Collection[SeriesKey]],
+        source: str,  # "rest" | "ws"
+    ) -> None:
+        self._put = put
+        self._pool = pool
+        self._series = series
+        self.source = source
+        self.rejected = 0
+
+    async def __call__(self, candles: Sequence[Candle]) -> None:
+        now = datetime.now(UTC)
+        wanted = self._series()
+        good: list[Candle] = []
+        bad: list[tuple[Candle, str]] = []
+        for c in candles:
+            reason = problem(c, now) if c.series in wanted else "not a configured series"
+            if reason is None:
+                good.append(c)
+            else:
+                bad.append((c, reason))
+        if bad:
+            await self._reject(bad)
+        if good:
+            await self._put(good)
+
+    async def _reject(self, bad: Sequence[tuple[Candle, str]]) -> None:
+        self.rejected += len(bad)
+        for c, reason in bad:
+            metrics.candles_rejected.labels(c.series.venue, reason).inc()
+        log.warning("candles quarantined", source=self.source, count=len(bad),
+                    first=str(bad[0][0].series), reason=bad[0][1])  # fmt: skip
+        try:
+            await quarantine(self._pool, bad, self.source)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            # The candles are invalid either way; losing the evidence is logged.
+            log.error("could not record quarantined candles", error=repr(e), count=len(bad))

@@ -1,0 +1,35 @@
+"""Candle sanity checks (pure): what may reach the store.
+
+A candle that fails is quarantined with its reason, never stored and never
+dropped silently. The venue stays the source of truth for *whether* a bar
+exists (bars outside the calendar are kept); these checks are about values.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+from daemon.domain import Candle
+
+# Venue and host clocks differ a little; a bar may close this far "ahead".
+CLOCK_SKEW = timedelta(seconds=5)
+
+
+def problem(candle: Candle, now: datetime, skew: timedelta = CLOCK_SKEW) -> str | None:
+    """Why `candle` must not be stored, or None when it is sane."""
+    prices = (candle.open, candle.high, candle.low, candle.close)
+    if not all(math.isfinite(p) and p > 0 for p in prices):
+        return "price not finite and positive"
+    if not (math.isfinite(candle.volume) and candle.volume >= 0):
+        return "volume not finite and non-negative"
+    if candle.high < max(candle.open, candle.close):
+        return "high below open or close"
+    if candle.low > min(candle.open, candle.close):
+        return "low above open or close"
+    tf = candle.series.tf
+    if not tf.is_aligned(candle.ts):
+        return f"ts not aligned to {candle.series.timeframe}"
+    if tf.close_time(candle.ts) > now + skew:
+        return "bar closes in the future"
+    return None

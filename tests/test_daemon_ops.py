@@ -1,0 +1,144 @@
+"""Operations, end to end with a real process: sd_notify READY/RELOADING/
+STOPPING over a real socket, /health and /metrics over HTTP, SIGHUP reloads
+(invalid: keep running; valid: apply only the difference), SIGTERM exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from daemon.sim.scenario import parse_scenario
+from daemon.sim.server import SimExchange
+from tests.daemon_proc import running_daemon, series_toml, stop, venue_toml, write_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NotifyListener:
+    """A NOTIFY_SOCKET as systemd provides it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    async def wait_for(self, field: str, within: float = 60) -> str:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(within):
+            while True:
+                msg = (await loop.sock_recv(self.sock, 4096)).decode()
+                self.messages.append(msg)
+                if field in msg.split("\n"):
+                    return msg
+
+
+async def health(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:
+    async with session.get(f"http://127.0.0.1:{port}/health") as r:
+        return r.status, await r.json()
+
+
+async def wait_until(check, within: float = 60):  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(within):
+        while not (result := await check()):
+            await asyncio.sleep(0.5)
+        return result
+
+
+@pytest.mark.timeout(240)
+async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> None:
+    sim = SimExchange(parse_scenario({"seed": 3, "symbols": [
+        {"symbol": s, "listed": "-1d"} for s in ("AAAUSDT", "BBBUSDT", "CCCUSDT")
+    ]}, datetime.now(UTC)))  # fmt: skip
+    _, sim_port = await sim.start("127.0.0.1", 0)
+    hport = free_port()
+    venue = venue_toml("binance", sim_port)
+
+    def config(symbols: list[str], extra: str = "") -> Path:
+        body = venue + series_toml("binance", symbols, ["1s"], lookback='"10m"') + extra
+        return write_config(tmp_path, body, health_port=hport)
+
+    path = config(["AAAUSDT", "BBBUSDT"])
+    notify = NotifyListener(tmp_path / "notify")
+    os.environ["NOTIFY_SOCKET"] = str(notify.path)
+    try:
+        async with running_daemon(path, tsdb_dsn, tmp_path / "daemon.log") as proc, \
+                aiohttp.ClientSession() as session:  # fmt: skip
+            ready = await notify.wait_for("READY=1")
+            assert any(f.startswith("STATUS=") for f in ready.split("\n"))
+            # READY only after the database is reachable and migrated.
+            conn = await asyncpg.connect(tsdb_dsn)
+            assert await conn.fetchval("SELECT count(*) FROM schema_migrations") >= 3
+
+            async def connected() -> dict[str, object] | None:
+                status, doc = await health(session, hport)
+                venues = doc["venues"]
+                assert isinstance(venues, list)
+                return doc if status == 200 and venues[0]["ws_connected"] else None
+
+            doc = await wait_until(connected)
+            assert doc["database"]["ok"] is True  # type: ignore[index]
+            assert doc["database"]["license"] in ("apache", "timescale")  # type: ignore[index]
+            assert doc["config"]["last_reload"] == "ok"  # type: ignore[index]
+            async with session.get(f"http://127.0.0.1:{hport}/metrics") as r:
+                assert "candled_candles_written_total" in await r.text()
+
+            # An invalid config: keep running on the old one, say why.
+            path.write_text(path.read_text().replace('timeframes = ["1s"]', 'timeframes = ["7s"]'))
+            connections = sim.counters.ws_connections
+            proc.send_signal(signal.SIGHUP)
+            await notify.wait_for("RELOADING=1")
+            await notify.wait_for("READY=1")
+            status, doc = await health(session, hport)
+            assert status == 200 and doc["status"] == "degraded"
+            assert "series[0].timeframes[0]" in doc["config"]["last_reload"]  # type: ignore[index]
+            assert proc.returncode is None
+
+            # A valid one: CCC added, BBB removed, AAA untouched on its connection.
+            config(["AAAUSDT", "CCCUSDT"])
+            proc.send_signal(signal.SIGHUP)
+            reloading = await notify.wait_for("RELOADING=1")
+            assert any(f.startswith("MONOTONIC_USEC=") for f in reloading.split("\n"))
+            await notify.wait_for("READY=1")
+            status, doc = await health(session, hport)
+            assert doc["config"]["last_reload"] == "ok"  # type: ignore[index]
+            assert {s["symbol"] for s in doc["series"]} == {"AAAUSDT", "CCCUSDT"}  # type: ignore[attr-defined,index]
+
+            async def ccc_live() -> bool:
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM candles WHERE symbol = 'CCCUSDT' AND ts > now() - interval '5 seconds'"
+                )
+                return bool(n)
+
+            await wait_until(ccc_live)
+            assert sim.counters.ws_connections == connections, "reload reconnected the stream"
+            bbb_before = await conn.fetchval("SELECT max(ts) FROM candles WHERE symbol = 'BBBUSDT'")
+            await asyncio.sleep(3)
+            assert (
+                await conn.fetchval("SELECT max(ts) FROM candles WHERE symbol = 'BBBUSDT'")
+                == bbb_before
+            )
+            await conn.close()
+
+            assert await stop(proc, within=30) == 0
+            assert any("STOPPING=1" in m for m in notify.messages) or await notify.wait_for(
+                "STOPPING=1", within=5
+            )
+        log = (tmp_path / "daemon.log").read_text()
+        assert '"event": "stopped"' in log
+    finally:
+        os.environ.pop("NOTIFY_SOCKET", None)
+        await sim.stop()
