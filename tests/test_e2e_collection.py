@@ -126,9 +126,10 @@ async def test_store_equals_truth_under_faults(tsdb_dsn: str, tmp_path: Path) ->
     faults = {
         "http_errors": {"every": 15, "burst": 3, "status": 503},
         "ws_drop": {"every": "10s"},
-        # Idle 3 s into each connection, for up to 30 s; the daemon's 5 s idle
-        # timeout must notice before the 10 s drop does.
-        "ws_idle": {"after": "3s", "duration": "30s", "pings": True},
+        # Each connection goes silent (pings only) 6 s after it opens, for up
+        # to 30 s, and is dropped at 10 s: the drop ends the silence before the
+        # 5 s idle timeout would (idle detection alone: test_collector.py).
+        "ws_idle": {"after": "6s", "duration": "30s", "pings": True},
         "lost_closing_frames": {"every": 7},
     }
     # Our bucket thinks the venue allows 2000 a minute; it allows 1000, less
