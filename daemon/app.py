@@ -55,6 +55,7 @@ class Daemon:
         self._db: Database | None = None
         self._writer: CandleWriter | None = None
         self._supervisor: Supervisor | None = None
+        self._healer_obj: Healer | None = None
         self.health = HealthServer(self._health_facts)
 
     # --- signals ---------------------------------------------------------------
@@ -152,11 +153,16 @@ class Daemon:
     # --- self-healing ----------------------------------------------------------
 
     def _healer(self) -> Healer:
+        """The healer, brought up to date with the (possibly reloaded) config."""
         h = self.config.healing
         overrides = load_overrides(h.calendar_overrides) if h.calendar_overrides else None
         assert self._db is not None
-        return Healer(self._db.pool, self.config.series_specs(), interval=h.interval,
-                      confirm_after=h.confirm_empty_after, overrides=overrides)  # fmt: skip
+        if self._healer_obj is None:
+            self._healer_obj = Healer(self._db.pool, {}, interval=h.interval)
+        healer = self._healer_obj
+        healer.specs, healer.interval = self.config.series_specs(), h.interval
+        healer.confirm_after, healer.overrides = h.confirm_empty_after, overrides
+        return healer
 
     async def _heal_loop(self) -> None:
         """First the orchestrated backfill, then every interval: audit, repair,

@@ -114,6 +114,7 @@ class Healer:
     ) -> None:
         self._pool = pool
         self.overrides = overrides
+        self._alarmed: set[tuple[SeriesKey, datetime]] = set()  # ranges already reported
         self.specs = dict(specs)
         self.interval = interval
         self.confirm_after = confirm_after
@@ -176,6 +177,7 @@ class Healer:
             subtract_ranges(expected, [(lo, scan_from)]), fresh.runs, tf,
             genesis=row.genesis, confirmed_empty=confirmed,
         )  # fmt: skip
+        self._alarm_outside_calendar(key, fresh.runs, expected)
         # Holes recorded before the re-scanned part: check whether they filled.
         for start, end in await store.recorded_gaps(conn, row.id):
             start, end = max(start, lo), min(end, scan_from)
@@ -204,6 +206,25 @@ class Healer:
         metrics.gaps_found.labels(key.venue).inc(len(gaps))
         return AuditResult(key, status, gaps, missing, confirmed_bars, expected_bars,
                            row.genesis, first_ts, last_ts, rows_scanned)  # fmt: skip
+
+    def _alarm_outside_calendar(
+        self, key: SeriesKey, runs: Sequence[tuple[datetime, datetime]], expected: list[Range]
+    ) -> None:
+        """Bars where the calendar says the market is closed are kept (the venue
+        is the source of truth) but reported once per range: the calendar may
+        lack a session, and an override would fix it."""
+        tf = key.tf
+        present = [(tf.ceil(first), tf.next(last)) for first, last in runs]
+        for start, end in subtract_ranges(present, expected):
+            if (key, start) in self._alarmed:
+                continue
+            self._alarmed.add((key, start))
+            bars = tf.count_bars(start, end)
+            metrics.bars_outside_calendar.labels(key.venue).inc(bars)
+            log.warning("bars where the calendar says the market is closed; kept. If the venue "
+                        "is right, add the session to [healing].calendar_overrides",
+                        series=str(key), start=start.isoformat(), end=end.isoformat(),
+                        bars=bars, calendar=self.specs[key].calendar or "default")  # fmt: skip
 
     # --- repair ----------------------------------------------------------------
 

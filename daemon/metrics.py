@@ -51,3 +51,7 @@ series_lag = Gauge(
     "candled_series_lag_seconds", "Age of the newest stored bar beyond its expected close",
     ["venue", "symbol", "timeframe"], registry=REGISTRY,
 )  # fmt: skip
+bars_outside_calendar = Counter(
+    "candled_bars_outside_calendar", "Bars received where the calendar says the market is closed",
+    ["venue"], registry=REGISTRY,
+)  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from daemon import calendars
+from daemon import calendars, metrics
 from daemon.backfill import Backfiller, BackfillJob
 from daemon.config import SeriesSpec
 from daemon.domain import Candle, DataProfile, SeriesKey
@@ -121,7 +121,10 @@ async def test_audit_finds_deleted_bars_and_repair_restores_truth(rig: Rig) -> N
                    (SELECT id FROM series WHERE venue='binance' AND symbol=$1 AND timeframe='1m')""",
                 key.symbol, deleted[key],
             )  # fmt: skip
+    outside_before = metrics.bars_outside_calendar.labels("binance")._value.get()
     audits = {a.key: a for a in await rig.healer.audit(full=True)}
+    # The sim publishes equity bars around the clock: kept, and reported.
+    assert metrics.bars_outside_calendar.labels("binance")._value.get() > outside_before
     for key in (CRYPTO, EQUITY):
         assert audits[key].status == "DEGRADED"
         assert audits[key].missing_bars == 40
