@@ -26,6 +26,7 @@ from daemon.sdnotify import Notifier
 from daemon.store.database import Database
 from daemon.store.provision import open_database
 from daemon.store.series import stored_bounds, sync_configured
+from daemon.store.spool import Spool
 from daemon.store.writer import CandleStore, CandleWriter, WriteResult
 from daemon.supervisor import Supervisor
 from daemon.venue_runtime import VenueRuntime
@@ -56,6 +57,7 @@ class Daemon:
         self._writer: CandleWriter | None = None
         self._supervisor: Supervisor | None = None
         self._healer_obj: Healer | None = None
+        self._spool: Spool | None = None
         self.health = HealthServer(self._health_facts)
 
     # --- signals ---------------------------------------------------------------
@@ -85,7 +87,11 @@ class Daemon:
         async with open_database(self.config) as db:
             self._db = db
             await self._sync_series()
-            writer = self._writer = CandleWriter(CandleStore(db.pool))
+            spool = self._spool = Spool(self.config.daemon.state_dir / "spool")
+            writer = self._writer = CandleWriter(CandleStore(db.pool), spool=spool)
+            if spool.pending_candles:
+                log.warning("replaying candles spooled during an earlier outage",
+                            candles=spool.pending_candles)  # fmt: skip
             try:
                 async with asyncio.TaskGroup() as tg:
                     sup = self._supervisor = Supervisor(tg)
@@ -104,6 +110,7 @@ class Daemon:
                     await self._shutdown(sup, writer)
             finally:
                 await self.health.stop()
+                spool.close()
         return 0
 
     async def _serve(self) -> None:
@@ -315,7 +322,8 @@ class Daemon:
             timescaledb=self._db.info.timescaledb, license=self._db.info.license,
             config_loaded_at=self.loaded_at, last_reload=self.last_reload,
             venues=venues, series=series, crash_looping=self._supervisor.crash_looping(),
-            writer_failing=None if writer is None or not writer.failing else writer.failing,
+            writer_failing=None if writer is None else writer.failing,
+            spooled_candles=self._spool.pending_candles if self._spool else 0,
         )  # fmt: skip
 
 

@@ -50,6 +50,7 @@ class HealthFacts:
     series: Sequence[SeriesHealth]
     crash_looping: Sequence[str]
     writer_failing: str | None = None  # why writes are failing, if they are
+    spooled_candles: int = 0  # waiting on disk for the database
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -64,6 +65,8 @@ def assess(f: HealthFacts) -> dict[str, Any]:
         reasons.append(f"database unreachable: {f.database_error}")
     if f.writer_failing:
         reasons.append(f"writes failing: {f.writer_failing}")
+    if f.spooled_candles:
+        reasons.append(f"{f.spooled_candles} candles spooled on disk, waiting for the database")
     if f.last_reload != "ok":
         reasons.append(f"last config reload failed: {f.last_reload}")
     reasons += [f"component {name} is crash-looping" for name in f.crash_looping]

@@ -55,3 +55,7 @@ bars_outside_calendar = Counter(
     "candled_bars_outside_calendar", "Bars received where the calendar says the market is closed",
     ["venue"], registry=REGISTRY,
 )  # fmt: skip
+spooled_candles = Counter(
+    "candled_spooled_candles", "Candles spilled to the disk spool during database outages",
+    registry=REGISTRY,
+)  # fmt: skip

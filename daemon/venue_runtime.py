@@ -41,7 +41,8 @@ def catch_up_jobs(
     jobs = []
     if bounds is not None:
         first, last = bounds
-        if lookback_start < first:
+        # Only a (re)started backfill reaches back; a reconnect needs the recent hole.
+        if lookback_start < first and reason == "lookback":
             jobs.append(BackfillJob(key, lookback_start, first, reason))
         start = key.tf.next(last)
     if covered_until is not None:
@@ -142,6 +143,8 @@ class VenueRuntime:
             # Queued jobs may not have written yet: trust them, don't ask twice.
             covered = self._covered_until.get(key)
             for job in catch_up_jobs(key, bounds.get(key), start, now, reason, covered):
+                log.debug("catch-up", series=str(key), reason=reason, start=job.start.isoformat(),
+                          end=job.end.isoformat(), stored=str(bounds.get(key)))  # fmt: skip
                 self.backfiller.submit(job)
             # Bars that opened before this one had closed when the jobs were
             # queued; the bar in progress is not covered (its close may come

@@ -19,6 +19,7 @@ import asyncpg
 from daemon import logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.store.series import ensure_series
+from daemon.store.spool import Spool
 
 log = logs.get("candled.writer")
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -137,6 +138,7 @@ class CandleWriter:
         max_age: float = 0.25,
         capacity: int = 100_000,
         retry_cap_s: float = 30.0,
+        spool: Spool | None = None,
     ) -> None:
         if capacity < batch_size:
             raise ValueError("capacity must be at least batch_size")
@@ -145,6 +147,8 @@ class CandleWriter:
         self.max_age = max_age
         self.capacity = capacity
         self.retry_cap_s = retry_cap_s
+        self._spool = spool  # overflow while the database is down
+        self.spooled = 0
         self._buffer: list[Candle] = []
         self._oldest: float | None = None
         self._changed = asyncio.Condition()
@@ -167,19 +171,47 @@ class CandleWriter:
             await self._changed.wait_for(lambda: self._written >= target)
 
     async def put(self, candles: Sequence[Candle]) -> None:
-        """Queue candles for writing; waits while the buffer is full."""
+        """Queue candles for writing. While the buffer is full this waits, or,
+        when the database is failing and there is a spool, spills to disk."""
         async with self._changed:
             for start in range(0, len(candles), self.batch_size):
                 chunk = candles[start : start + self.batch_size]
-                await self._changed.wait_for(self._has_room(len(chunk)))
+                await self._changed.wait_for(self._has_room_or_spill(len(chunk)))
+                if len(self._buffer) + len(chunk) > self.capacity:
+                    await self._spill(chunk)
+                    continue
                 if not self._buffer:
                     self._oldest = time.monotonic()
                 self._buffer.extend(chunk)
                 self._accepted += len(chunk)
                 self._changed.notify_all()
 
-    def _has_room(self, n: int) -> Callable[[], bool]:
-        return lambda: len(self._buffer) + n <= self.capacity
+    def _has_room_or_spill(self, n: int) -> Callable[[], bool]:
+        return lambda: len(self._buffer) + n <= self.capacity or self._can_spill
+
+    @property
+    def _can_spill(self) -> bool:
+        return self._spool is not None and self.failing is not None
+
+    async def _spill(self, candles: Sequence[Candle]) -> None:
+        assert self._spool is not None
+        await asyncio.to_thread(self._spool.append, candles)
+        self.spooled += len(candles)
+        metrics.spooled_candles.inc(len(candles))
+
+    async def _replay_spool(self) -> None:
+        """Write back one spooled batch (oldest first) once the database is back."""
+        assert self._spool is not None
+        replay = self._spool.replay()
+        item = await asyncio.to_thread(next, replay, None)
+        if item is None:
+            return
+        position, batch = item
+        result = await self._store.write(batch)
+        await asyncio.to_thread(self._spool.ack, position)
+        await self._record(result, 0)  # spilled candles were never counted as accepted
+        log.info("spooled candles written", candles=len(batch),
+                 left=self._spool.pending_candles)  # fmt: skip
 
     async def _take(self) -> list[Candle]:
         """Wait for a full batch, or for the oldest candle to reach max_age."""
@@ -227,7 +259,9 @@ class CandleWriter:
 
     async def _backoff(self, error: Exception, failures: int) -> None:
         self.failures += 1
-        self.failing = repr(error)
+        async with self._changed:
+            self.failing = repr(error)
+            self._changed.notify_all()  # producers waiting for room may spill now
         delay = min(self.retry_cap_s, 0.1 * 2**failures)
         log.warning("candle write failed; retrying", error=repr(error),
                     retry_in_s=delay, pending=self.pending)  # fmt: skip
@@ -245,6 +279,16 @@ class CandleWriter:
         try:
             async with asyncio.TaskGroup() as tg:
                 while True:
+                    # Spooled (older) candles go first; this also probes a
+                    # failing database when no new candles arrive.
+                    if self._spool is not None and self._spool.pending_batches:
+                        try:
+                            await self._replay_spool()
+                            failures = 0
+                        except _DB_ERRORS as e:
+                            failures += 1
+                            await self._backoff(e, failures)
+                        continue
                     taken = await self._take()
                     try:
                         prepared = await self._store.prepare(taken)
@@ -279,11 +323,19 @@ class CandleWriter:
             await self._give_back(*unwritten)
 
     async def flush(self) -> WriteResult:
-        """Write everything buffered now (after `run` has stopped)."""
+        """Write everything buffered now (after `run` has stopped). With the
+        database down and a spool, what is left goes to disk instead."""
         result = WriteResult()
         while self._buffer:
             batch = self._buffer[: self.batch_size]
-            written = await self._store.write(batch)
+            try:
+                written = await self._store.write(batch)
+            except _DB_ERRORS:
+                if self._spool is None:
+                    raise
+                await self._spill(self._buffer)
+                self._buffer.clear()
+                break
             del self._buffer[: len(batch)]
             await self._record(written, len(batch))
             result += written
