@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 import socket
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -141,4 +141,42 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
         assert '"event": "stopped"' in log
     finally:
         os.environ.pop("NOTIFY_SOCKET", None)
+        await sim.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_restart_during_a_ban_sends_nothing_until_it_ends(
+    tsdb_dsn: str, tmp_path: Path
+) -> None:
+    sim = SimExchange(parse_scenario({"symbols": [{"symbol": "AAAUSDT", "listed": "-1h"}]},
+                                     datetime.now(UTC)))  # fmt: skip
+    _, sim_port = await sim.start("127.0.0.1", 0)
+    conn = await asyncpg.connect(tsdb_dsn)
+    try:
+        from daemon.store.migrations import migrate
+
+        await migrate(conn)
+        # An earlier run was banned (418) until 8 s from now.
+        ban_ends = await conn.fetchval(
+            "INSERT INTO venue_state (venue, banned_until) VALUES ('binance', now() + interval '8 seconds')"
+            " RETURNING banned_until"
+        )
+        body = venue_toml("binance", sim_port) + series_toml(
+            "binance", ["AAAUSDT"], ["1m"], lookback='"1h"', live="false"
+        )
+        config = write_config(tmp_path, body, health_port=free_port())
+        async with running_daemon(config, tsdb_dsn, tmp_path / "daemon.log") as proc:
+
+            def requests() -> int:
+                return sum(sim.counters.requests_by_status.values())
+
+            while datetime.now(UTC) < ban_ends - timedelta(seconds=1):
+                assert requests() == 0, "a request went out during the ban"
+                await asyncio.sleep(0.2)
+            await wait_until(lambda: asyncio.sleep(0, requests() > 0), within=30)
+            assert await stop(proc) == 0
+        assert "venue ban still in force" in (tmp_path / "daemon.log").read_text()
+        assert sim.counters.requests_during_ban == 0 and sim.counters.sent_418 == 0
+    finally:
+        await conn.close()
         await sim.stop()

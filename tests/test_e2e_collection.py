@@ -4,6 +4,7 @@ TimescaleDB. The store must equal the simulator's truth, value for value."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -14,13 +15,14 @@ import asyncpg
 import pytest
 
 from daemon.domain import SeriesKey, Timeframe
+from daemon.sim.counters import SimCounters
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
 from tests.daemon_proc import REPO, running_daemon, series_toml, stop, venue_toml, write_config
 
 SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT", "EEEUSDT"]
 TIMEFRAMES = ["1s", "1m"]
-LOOKBACK = timedelta(days=1)
+LOOKBACK = {"1s": timedelta(days=1), "1m": timedelta(days=1)}
 RUN_S = 60
 
 
@@ -46,14 +48,22 @@ async def run_against(
     idle_timeout: str | None = None,
     run_s: float = RUN_S,
     heal_pass: bool = False,
-) -> tuple[SimExchange, datetime, datetime]:
+    lookback: dict[str, timedelta] = LOOKBACK,
+    align_to_minute: bool = False,
+) -> tuple[SimExchange, SimCounters, datetime, datetime]:
     sim = SimExchange(parse_scenario(sim_scenario, datetime.now(UTC)))
     _, port = await sim.start("127.0.0.1", 0)
     try:
         body = venue_toml("binance", port, rate_capacity=rate_capacity)
         if idle_timeout:
             body += f'idle_timeout = "{idle_timeout}"\n'
-        body += series_toml("binance", SYMBOLS, TIMEFRAMES, lookback='"1d"')
+        for tf, depth in lookback.items():
+            body += series_toml("binance", SYMBOLS, [tf], lookback=f'"{depth.days}d"'
+                                if depth.days else f'"{depth.seconds // 3600}h"')  # fmt: skip
+        if align_to_minute:
+            # Start early in a venue minute, so the first window holds the burst.
+            while datetime.now(UTC).second >= 40:
+                await asyncio.sleep(0.5)
         config = write_config(tmp_path, body)
         started = datetime.now(UTC)
         async with running_daemon(config, dsn, tmp_path / "daemon.log") as proc:
@@ -61,9 +71,11 @@ async def run_against(
             assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
             stopped = datetime.now(UTC)
             assert await stop(proc) == 0
+        # What the daemon did, before a heal pass adds requests of its own.
+        daemon_counters = copy.deepcopy(sim.counters)
         if heal_pass:
             await repair_pass(config, dsn, tmp_path)
-        return sim, started, stopped
+        return sim, daemon_counters, started, stopped
     finally:
         await sim.stop()
 
@@ -82,7 +94,12 @@ async def repair_pass(config: Path, dsn: str, tmp_path: Path) -> None:
 
 
 async def assert_store_equals_truth(
-    sim: SimExchange, dsn: str, started: datetime, stopped: datetime, settle_s: float = 3.0
+    sim: SimExchange,
+    dsn: str,
+    started: datetime,
+    stopped: datetime,
+    settle_s: float = 3.0,
+    lookback: dict[str, timedelta] = LOOKBACK,
 ) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -101,7 +118,7 @@ async def assert_store_equals_truth(
                 assert genesis is not None
                 # The daemon computed its lookback start a moment after `started`;
                 # the last bars may still be on their way when it was stopped.
-                lo = max(genesis, tf.ceil(started - LOOKBACK + timedelta(seconds=10)))
+                lo = max(genesis, tf.ceil(started - lookback[tf_text] + timedelta(seconds=10)))
                 hi = tf.floor(stopped - timedelta(seconds=settle_s))
                 truth = {c.ts: (c.open, c.high, c.low, c.close, c.volume)
                          for c in sim.truth.candles(key, lo, hi, now=hi)}  # fmt: skip
@@ -113,7 +130,7 @@ async def assert_store_equals_truth(
                 wrong = [ts for ts in truth if truth[ts] != window[ts]]
                 assert not wrong, f"{key}: {len(wrong)} bars differ, first {wrong[:3]}"
                 assert min(stored) >= genesis, f"{key}: data before genesis"
-                assert min(stored) >= tf.floor(started - LOOKBACK - timedelta(seconds=1))
+                assert min(stored) >= tf.floor(started - lookback[tf_text] - timedelta(seconds=1))
                 if symbol == "AAAUSDT":
                     stored_genesis = await conn.fetchval(
                         "SELECT genesis_ts FROM series WHERE venue=$1 AND symbol=$2 AND timeframe=$3",
@@ -134,9 +151,9 @@ async def assert_store_equals_truth(
 
 @pytest.mark.timeout(240)
 async def test_store_equals_truth_after_a_minute(tsdb_dsn: str, tmp_path: Path) -> None:
-    sim, started, stopped = await run_against(scenario(), tmp_path, tsdb_dsn)
+    sim, counters, started, stopped = await run_against(scenario(), tmp_path, tsdb_dsn)
     await assert_store_equals_truth(sim, tsdb_dsn, started, stopped)
-    assert sim.counters.sent_429 == 0 and sim.counters.sent_418 == 0
+    assert counters.sent_429 == 0 and counters.sent_418 == 0
 
 
 @pytest.mark.timeout(360)
@@ -150,20 +167,20 @@ async def test_store_equals_truth_under_faults(tsdb_dsn: str, tmp_path: Path) ->
         "ws_idle": {"after": "6s", "duration": "30s", "pings": True},
         "lost_closing_frames": {"every": 7},
     }
-    # Our bucket thinks the venue allows 2000 a minute; it allows 1000, less
-    # than the backfill needs. The first 429 must teach the throttle the real
-    # budget; the run lasts into a second venue minute so that the backfill
-    # and the holes the faults punch can all be fetched within budget.
-    sim, started, stopped = await run_against(
-        scenario(faults, weight=1000), tmp_path, tsdb_dsn, rate_capacity=2000, idle_timeout="5s",
-        run_s=120, heal_pass=True,
+    # Our bucket thinks the venue allows 2000 a minute; it allows 300, less
+    # than the backfill needs (1s bars go back 6 h here, not 1 d, so that the
+    # run fits in two venue minutes). The first 429 must teach the throttle
+    # the real budget.
+    depth = {"1s": timedelta(hours=6), "1m": timedelta(days=1)}
+    sim, c, started, stopped = await run_against(
+        scenario(faults, weight=300), tmp_path, tsdb_dsn, rate_capacity=2000, idle_timeout="5s",
+        run_s=120, heal_pass=True, lookback=depth, align_to_minute=True,
     )  # fmt: skip
     # Holes punched in the last seconds are fetched after the next reconnect;
     # judge bars up to 20 s before the stop. One heal pass (`candled repair`)
     # ran after the stop, as the daemon's next cycle would: it is the backstop
     # for a hole the live path cannot see (see the issue note).
-    await assert_store_equals_truth(sim, tsdb_dsn, started, stopped, settle_s=20)
-    c = sim.counters
+    await assert_store_equals_truth(sim, tsdb_dsn, started, stopped, settle_s=20, lookback=depth)
     assert c.http_errors_injected > 0 and c.ws_drops > 0 and c.closing_frames_lost > 0
     assert c.ws_idle_periods > 0
     # Requests already in flight when the first 429 was sent get 429 too
