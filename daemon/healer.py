@@ -75,15 +75,12 @@ class RepairReport:
     per_series: dict[SeriesKey, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
 class Repairer:
     """What the healer needs from a venue: its page size and the backfill path."""
 
     page_size: int
     run_job: Callable[[BackfillJob], Awaitable[JobResult]]
-
-    def __init__(self, page_size: int, run_job: Callable[[BackfillJob], Awaitable[JobResult]]):
-        self.page_size = page_size
-        self.run_job = run_job
 
 
 def classify(

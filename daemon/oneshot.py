@@ -7,6 +7,7 @@ empty ranges, genesis, bans) is in the database, and writes are idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -63,17 +64,15 @@ async def _venues(config: Config, db: Database) -> AsyncIterator[dict[str, Venue
     writer = CandleWriter(CandleStore(db.pool))
     grouped = _by_venue(config)
     runtimes = {v.name: VenueRuntime(v, grouped[v.name], db, writer) for v in config.venues}
-    async with asyncio.TaskGroup() as tg:
+    async with asyncio.TaskGroup() as tg, contextlib.AsyncExitStack() as sessions:
         writer_task = tg.create_task(writer.run())
         for rt in runtimes.values():
             await rt.restore_ban()
-            await rt.fetcher.__aenter__()
+            await sessions.enter_async_context(rt.fetcher)
         try:
             yield runtimes
             await writer.drain()
         finally:
-            for rt in runtimes.values():
-                await rt.fetcher.__aexit__(None, None, None)
             writer_task.cancel()
     await writer.flush()
 

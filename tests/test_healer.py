@@ -4,10 +4,15 @@ backfill path, and the healer's audit and repair."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -27,6 +32,7 @@ from daemon.store.series import sync_configured
 from daemon.store.writer import CandleStore
 from daemon.throttle import VenueThrottle
 from daemon.venues import get_codec
+from tests.daemon_proc import REPO, series_toml, venue_toml, write_config
 
 NOW = datetime.now(UTC)
 CRYPTO = SeriesKey("binance", "AAAUSDT", "1m")
@@ -49,6 +55,8 @@ class Rig:
     db: Database
     backfiller: Backfiller
     healer: Healer
+    port: int
+    dsn: str
 
     @property
     def repairers(self) -> dict[str, Repairer]:
@@ -77,7 +85,7 @@ async def rig(tsdb_dsn: str) -> AsyncIterator[Rig]:
     async with Fetcher(f"http://127.0.0.1:{port}", codec, throttle) as fetcher:
         backfiller = Backfiller(codec, fetcher, store.write, db.pool)
         healer = Healer(db.pool, specs(), interval=timedelta(seconds=2), confirm_after=3)
-        yield Rig(sim, db, backfiller, healer)
+        yield Rig(sim, db, backfiller, healer, port, tsdb_dsn)
     await db.close()
     await sim.stop()
 
@@ -168,3 +176,35 @@ async def test_range_the_venue_lacks_is_confirmed_empty_after_k_cycles(rig: Rig)
         )
     assert [tuple(r) for r in outcomes] == [("empty", 0)] * 3
     assert confirmed == 1
+
+
+async def test_audit_command_exit_code_follows_statuses(rig: Rig, tmp_path: Path) -> None:
+    """`candled audit` exits 1 while a series is not OK, 0 once repair fixed it."""
+    await backfill_everything(rig)
+    async with rig.db.pool.acquire() as conn:
+        await conn.execute(
+            """DELETE FROM candle_data WHERE ts = (SELECT max(ts) - interval '30 minutes' FROM candle_data)
+               AND series_id = (SELECT id FROM series WHERE symbol = $1)""",
+            CRYPTO.symbol,
+        )
+    body = venue_toml("binance", rig.port) + series_toml(
+        "binance", [CRYPTO.symbol], ["1m"], lookback='"1d"'
+    )
+    config = write_config(tmp_path, body)
+
+    def candled(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CANDLED_DATABASE_URL": rig.dsn}
+        return subprocess.run(
+            [sys.executable, "-m", "daemon", *args, "--config", str(config)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    audit = await asyncio.to_thread(candled, "audit", "--json")
+    assert audit.returncode == 1, audit.stderr
+    [row] = json.loads(audit.stdout)
+    assert (row["series"], row["status"], row["missing_bars"]) == (str(CRYPTO), "DEGRADED", 1)
+    repair = await asyncio.to_thread(candled, "repair")
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert "1 candles" in repair.stdout
+    again = await asyncio.to_thread(candled, "audit")
+    assert again.returncode == 0 and "OK" in again.stdout
