@@ -3,6 +3,7 @@ Retry-After, bans and the venue's budget, as the sim's counters see them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 from daemon.domain import SeriesKey
 from daemon.fetch import Fetcher, FetchError
 from daemon.sim import SimExchange, parse_scenario
+from daemon.sim.limiter import IN_FLIGHT_GRACE_S
 from daemon.throttle import VenueThrottle
 from daemon.venues import HttpRequest, RateFacts, VenueError, get_codec
 
@@ -183,6 +185,8 @@ async def test_418_ban_is_reported_and_nothing_is_sent_until_it_ends(
         for expected in (200, 200, 429):
             async with other.get(url + req.path, params=dict(req.params)) as r:
                 assert r.status == expected
+    # Past the sim's in-flight grace: our request could have known of the 429.
+    await asyncio.sleep(IN_FLIGHT_GRACE_S + 0.2)
 
     throttle = RecordingThrottle(clock)
     bans: list[float] = []
