@@ -5,6 +5,7 @@ STOPPING over a real socket, /health and /metrics over HTTP, SIGHUP reloads
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
@@ -51,6 +53,19 @@ async def health(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[s
         return r.status, await r.json()
 
 
+async def written(session: aiohttp.ClientSession, port: int) -> float:
+    """candled_candles_written_total{result="inserted"}, via prometheus-client's own parser."""
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "candled_candles_written_total" and sample.labels == {
+                "result": "inserted"
+            }:
+                return float(sample.value)
+    raise AssertionError("candled_candles_written_total missing from /metrics")
+
+
 async def wait_until(check, within: float = 60):  # type: ignore[no-untyped-def]
     async with asyncio.timeout(within):
         while not (result := await check()):
@@ -74,8 +89,13 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
     path = config(["AAAUSDT", "BBBUSDT"])
     notify = NotifyListener(tmp_path / "notify")
     os.environ["NOTIFY_SOCKET"] = str(notify.path)
+    os.environ["WATCHDOG_USEC"] = "1000000"  # pings every 0.5 s
+    # trust auth ignores the password; it must still appear nowhere.
+    secret = "s3cret-pw-4711"
+    dsn = tsdb_dsn.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+    assert secret in dsn
     try:
-        async with running_daemon(path, tsdb_dsn, tmp_path / "daemon.log") as proc, \
+        async with running_daemon(path, dsn, tmp_path / "daemon.log") as proc, \
                 aiohttp.ClientSession() as session:  # fmt: skip
             ready = await notify.wait_for("READY=1")
             assert any(f.startswith("STATUS=") for f in ready.split("\n"))
@@ -93,8 +113,8 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
             assert doc["database"]["ok"] is True  # type: ignore[index]
             assert doc["database"]["license"] in ("apache", "timescale")  # type: ignore[index]
             assert doc["config"]["last_reload"] == "ok"  # type: ignore[index]
-            async with session.get(f"http://127.0.0.1:{hport}/metrics") as r:
-                assert "candled_candles_written_total" in await r.text()
+            metrics_before = await written(session, hport)
+            await notify.wait_for("WATCHDOG=1", within=5)
 
             # An invalid config: keep running on the old one, say why.
             path.write_text(path.read_text().replace('timeframes = ["1s"]', 'timeframes = ["7s"]'))
@@ -124,6 +144,7 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
                 return bool(n)
 
             await wait_until(ccc_live)
+            assert await written(session, hport) > metrics_before  # counters move
             assert sim.counters.ws_connections == connections, "reload reconnected the stream"
             bbb_before = await conn.fetchval("SELECT max(ts) FROM candles WHERE symbol = 'BBBUSDT'")
             await asyncio.sleep(3)
@@ -139,8 +160,20 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
             )
         log = (tmp_path / "daemon.log").read_text()
         assert '"event": "stopped"' in log
+        assert secret not in log and secret not in json.dumps(doc)
+        # The order systemd expects, with watchdog pings in between.
+        kinds = [m.split("\n")[0] for m in notify.messages if not m.startswith("STATUS=")]
+        firsts = [k for i, k in enumerate(kinds) if k != "WATCHDOG=1" or kinds[i - 1] != k]
+        assert firsts[0] == "READY=1" and firsts[-1] == "STOPPING=1"
+        assert "RELOADING=1" in firsts and "WATCHDOG=1" in firsts
+        i = firsts.index("RELOADING=1")
+        assert firsts[i + 1 : i + 2] == ["READY=1"] or firsts[i + 1 : i + 3] == [
+            "WATCHDOG=1",
+            "READY=1",
+        ]
     finally:
         os.environ.pop("NOTIFY_SOCKET", None)
+        os.environ.pop("WATCHDOG_USEC", None)
         await sim.stop()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -128,3 +129,18 @@ def test_health_ok_degraded_failing() -> None:
     assert assess(facts(series=stale))["status"] == "degraded"
     down = assess(facts(database_ok=False, database_error="ConnectionRefusedError()"))
     assert down["status"] == "failing" and "database unreachable" in down["reasons"][0]
+
+
+async def test_a_blocked_event_loop_stops_the_watchdog_pings(notify_socket: socket.socket) -> None:
+    """Pings come from the event loop itself, not a thread: if the loop hangs,
+    systemd stops hearing from us and restarts the service."""
+    n = Notifier({"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "100000"})
+    async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
+        task = tg.create_task(n.watchdog())
+        await asyncio.sleep(0.2)
+        before = n.sent.count("WATCHDOG=1")
+        time.sleep(0.5)  # noqa: ASYNC251 - the point: the loop is blocked for ten intervals
+        assert n.sent.count("WATCHDOG=1") == before
+        await asyncio.sleep(0.2)
+        assert n.sent.count("WATCHDOG=1") > before  # and they resume with the loop
+        task.cancel()
