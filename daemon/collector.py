@@ -43,7 +43,8 @@ from daemon.venues import VenueCodec
 log = logs.get("candled.collector")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
 OnConnect = Callable[[Sequence[SeriesKey]], Awaitable[None]]
-OnGap = Callable[[SeriesKey, datetime, datetime], None]  # series, first missing, next present
+# series, first missing bar (None: the stream's first bar), next present bar
+OnGap = Callable[[SeriesKey, datetime | None, datetime], None]
 MAX_MESSAGE = 1 << 20  # bytes; a kline frame is ~600
 STREAMS_PER_MESSAGE = 200  # streams named in one subscribe message (~5 kB)
 _LINK_ERRORS = (OSError, TimeoutError, websockets.WebSocketException)
@@ -394,8 +395,10 @@ class Collector:
         closing frame), so the caller can fetch them at once."""
         for c in candles:
             prev = self._last_closed.get(c.series)
-            expected = c.series.tf.next(prev) if prev is not None else c.ts
-            if c.ts > expected and self._on_gap is not None:
+            expected = c.series.tf.next(prev) if prev is not None else None
+            # The first bar of a stream is reported too (expected None): the
+            # close of the bar in progress at connect time may never come.
+            if (expected is None or c.ts > expected) and self._on_gap is not None:
                 self._on_gap(c.series, expected, c.ts)
             if prev is None or c.ts > prev:
                 self._last_closed[c.series] = c.ts

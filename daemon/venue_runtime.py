@@ -151,13 +151,18 @@ class VenueRuntime:
             # neither live nor in the answer).
             self._covered_until[key] = max(covered or EPOCH, key.tf.floor(now))
 
-    def _live_gap(self, key: SeriesKey, start: datetime, end: datetime) -> None:
-        """A closing frame went missing on a live stream: fetch the bars now,
-        except those a reconnect's catch-up already asked for."""
+    def _live_gap(self, key: SeriesKey, start: datetime | None, end: datetime) -> None:
+        """A closing frame went missing on a live stream (or a stream's first
+        bar arrived): fetch the bars before it now, except those a catch-up
+        already asked for."""
         covered = self._covered_until.get(key)
-        if covered is not None:
+        if start is None:
+            if covered is None:
+                return  # nothing asked for yet: the startup catch-up will be
+            start = covered
+        elif covered is not None:
             start = max(start, covered)
-        self._covered_until[key] = max(covered or EPOCH, end)
+        self._covered_until[key] = max(covered or end, end)
         if start >= end:
             return
         log.info("live stream skipped bars; fetching them", series=str(key),

@@ -7,17 +7,24 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
+from daemon.sim.scenario import parse_scenario
+from daemon.sim.server import SimExchange
 from daemon.store.cluster import PostgresCluster
 from daemon.store.database import Database
 from daemon.store.migrations import migrate
 from daemon.store.spool import Spool
 from daemon.store.writer import CandleStore, CandleWriter, WriteResult
+from tests.daemon_proc import running_daemon, series_toml, stop, venue_toml, write_config
 from tests.pg import scratch_dir
+from tests.test_daemon_ops import free_port, wait_until
 from tests.test_store import make_candles
 
 
@@ -100,3 +107,42 @@ async def test_shutdown_during_outage_spools_the_buffer(
             runner.cancel()
     assert await db.pool.fetchval("SELECT count(*) FROM candle_data") == 200
     await db.close()
+
+
+@pytest.mark.timeout(180)
+async def test_health_is_503_while_the_database_is_down(
+    own_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    sim = SimExchange(parse_scenario({"symbols": [{"symbol": "AAAUSDT", "listed": "-1d"}]},
+                                     datetime.now(UTC)))  # fmt: skip
+    _, sim_port = await sim.start("127.0.0.1", 0)
+    hport = free_port()
+    body = venue_toml("binance", sim_port) + series_toml(
+        "binance", ["AAAUSDT"], ["1s"], lookback='"10m"'
+    )
+    config = write_config(tmp_path, body, health_port=hport)
+    url = f"http://127.0.0.1:{hport}/health"
+    try:
+        async with (
+            running_daemon(config, own_cluster.dsn, tmp_path / "daemon.log") as proc,
+            aiohttp.ClientSession() as session,
+        ):
+
+            async def status_is(code: int) -> dict[str, Any] | None:
+                try:
+                    async with session.get(url) as r:
+                        return await r.json() if r.status == code else None  # type: ignore[no-any-return]
+                except aiohttp.ClientConnectionError:
+                    return None
+
+            await wait_until(lambda: status_is(200))
+            await asyncio.to_thread(own_cluster.stop)
+            down = await wait_until(lambda: status_is(503))
+            assert down["status"] == "failing" and down["database"]["ok"] is False
+            assert proc.returncode is None
+            await asyncio.to_thread(own_cluster.start)
+            back = await wait_until(lambda: status_is(200))
+            assert back["database"]["ok"] is True
+            assert await stop(proc) == 0
+    finally:
+        await sim.stop()

@@ -1,0 +1,298 @@
+"""The live path: 2,000 `1s` kline streams from the simulated exchange for 60 s,
+through the Collector (shards of <= 1,024 streams per connection) and the
+writer into the store.
+
+Three processes, so that the client's CPU and memory are its own: the
+simulator (`SimProcess`, a child), the client (a second child, `python -m
+bench.live client ...`, running the daemon's Collector, CandleWriter and
+CandleStore with their defaults) and this one, which only orchestrates.
+
+Latency is measured per closed bar, with three clocks (wall clock, shared by
+all processes on the machine):
+
+* close: the bar's close, its open + 1 s: when the sim may first send it;
+* received: when the Collector hands the parsed bar to the sink (hooked);
+* committed: when `CandleStore.execute` returns for the batch holding it,
+  i.e. after its transaction committed (a `CandleStore` subclass).
+
+close -> received is the simulator and the socket; received -> committed is
+the client (writer buffering, prepare, COPY + INSERT, commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.backfill import SimProcess
+from daemon.store.database import Database
+from daemon.store.migrations import migrate
+
+N_STREAMS, SECONDS, TIMEFRAME = 2_000, 60, "1s"
+WRITER_MAX_AGE: float | None = None  # None: the daemon's default (CandleWriter's)
+WARMUP_TIMEOUT_S, GRACE_S = 60.0, 15.0
+GOAL_P99_S, GOAL_RSS_MB = 0.250, 200.0
+
+
+def _symbols(n: int) -> list[str]:
+    return [f"L{i:04d}USDT" for i in range(n)]
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _emit(event: str, **data: Any) -> None:
+    print(json.dumps({"event": event, **data}), flush=True)
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": math.nan, "p99": math.nan, "max": math.nan}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": at(0.50), "p99": at(0.99), "max": ordered[-1]}
+
+
+# --- the client (child process) ---------------------------------------------------------
+
+
+@dataclass
+class _Stats:
+    """Receive and commit times of the bars closing inside the window."""
+
+    bar_s: float
+    window: tuple[float, float] = (math.inf, math.inf)
+    received: dict[int, float] = field(default_factory=dict)  # id(candle) -> time
+    seen: set[object] = field(default_factory=set)  # series with a closed bar (warm-up)
+    close_to_commit: list[float] = field(default_factory=list)
+    recv_to_commit: list[float] = field(default_factory=list)
+    close_to_recv: list[float] = field(default_factory=list)
+    committed_in_window: int = 0  # by commit time
+    window_bars_committed: int = 0  # bars closing in the window, whenever committed
+
+
+async def _client(dsn: str, ws_url: str, n: int, seconds: int, max_age: float | None) -> None:
+    from daemon import logs
+    from daemon.collector import Collector
+    from daemon.domain import Candle, SeriesKey
+    from daemon.store.writer import CandleStore, CandleWriter, PreparedBatch, WriteResult
+    from daemon.venues import FrameResult
+    from daemon.venues.binance import BinanceCodec
+
+    try:  # what the daemon process carries besides the live path (pandas, calendars, ...)
+        import daemon.app  # noqa: F401
+
+        imported = "daemon.app"
+    except Exception as e:  # others may be mid-edit; the live path does not need it
+        imported = f"live path only (daemon.app failed to import: {e!r})"
+    rss_imports = _peak_rss_mb()
+    logs.configure("warning", "console")  # stdout carries the protocol
+
+    stats = _Stats(bar_s=float(SeriesKey("x", "X", TIMEFRAME).tf.seconds))
+
+    class CountingCodec(BinanceCodec):
+        frames = 0
+
+        def parse_frame(self, text: str) -> FrameResult:
+            self.frames += 1
+            return super().parse_frame(text)
+
+    class TimedStore(CandleStore):
+        async def execute(self, batch: PreparedBatch) -> WriteResult:
+            result = await super().execute(batch)
+            now = time.time()  # the transaction has committed
+            lo, hi = stats.window
+            if lo <= now < hi:
+                stats.committed_in_window += len(batch.candles)
+            for c in batch.candles:
+                received = stats.received.pop(id(c), None)
+                close = c.ts.timestamp() + stats.bar_s
+                if lo <= close < hi and received is not None:
+                    stats.window_bars_committed += 1
+                    stats.close_to_commit.append(now - close)
+                    stats.recv_to_commit.append(now - received)
+                    stats.close_to_recv.append(received - close)
+            return result
+
+    async def sink(candles: Sequence[Candle]) -> None:
+        now = time.time()
+        for c in candles:
+            stats.received[id(c)] = now  # the same objects reach execute()
+            if len(stats.seen) < n:
+                stats.seen.add(c.series)
+        await writer.put(candles)
+
+    db = await Database.connect(dsn, max_size=4)
+    try:
+        codec = CountingCodec("binance")
+        keys = [SeriesKey(codec.venue, s, TIMEFRAME) for s in _symbols(n)]
+        store = TimedStore(db.pool)
+        writer = CandleWriter(store) if max_age is None else CandleWriter(store, max_age=max_age)
+        collector = Collector(codec, ws_url, keys, sink)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(writer.run()), tg.create_task(collector.run())]
+            started = time.time()
+            async with asyncio.timeout(WARMUP_TIMEOUT_S):
+                while len(stats.seen) < n:  # every stream has delivered a closed bar
+                    await asyncio.sleep(0.1)
+            warmup_s = time.time() - started
+            # The window: bars closing in [w0, w0 + seconds), whole seconds.
+            w0 = math.ceil(time.time()) + 1.0
+            await asyncio.sleep(w0 - time.time())
+            stats.window = (w0, w0 + seconds)
+            cpu0, frames0 = _cpu_s(), codec.frames
+            _emit("start")
+            await asyncio.sleep(w0 + seconds - time.time())
+            cpu1, frames1 = _cpu_s(), codec.frames
+            _emit("end")
+            # Bars that closed inside the window may still be on their way.
+            expected = n * seconds
+            deadline = time.time() + GRACE_S
+            while stats.window_bars_committed < expected and time.time() < deadline:
+                await asyncio.sleep(0.05)
+            for task in tasks:
+                task.cancel()
+        _emit(
+            "result",
+            streams=n,
+            shards=len(collector.shards),
+            seconds=seconds,
+            warmup_s=warmup_s,
+            imported=imported,
+            max_age=writer.max_age,
+            batch_size=writer.batch_size,
+            frames=frames1 - frames0,
+            committed_in_window=stats.committed_in_window,
+            window_bars_expected=expected,
+            window_bars_committed=stats.window_bars_committed,
+            close_to_commit=_percentiles(stats.close_to_commit),
+            recv_to_commit=_percentiles(stats.recv_to_commit),
+            close_to_recv=_percentiles(stats.close_to_recv),
+            cpu_s=cpu1 - cpu0,
+            rss_imports_mb=rss_imports,
+            peak_rss_mb=_peak_rss_mb(),
+            reconnects=sum(collector.reconnects.values()),
+            malformed=collector.malformed,
+        )
+    finally:
+        await db.close()
+
+
+# --- the orchestrator (this process) ------------------------------------------------
+
+
+async def run(dsn: str) -> None:
+    """Needs an empty database (migrations are applied here)."""
+    db = await Database.connect(dsn, max_size=1)
+    try:
+        async with db.pool.acquire() as conn:
+            await migrate(conn)
+    finally:
+        await db.close()
+    print(
+        f"live benchmark: {N_STREAMS:,} {TIMEFRAME} streams for {SECONDS} s, simulator and "
+        "client in their own processes (client: Collector -> CandleWriter -> store)",
+        flush=True,
+    )
+    scenario = {"seed": 2, "ws": {"update_interval": "1s"},
+                "symbols": [{"symbol": s} for s in _symbols(N_STREAMS)]}  # fmt: skip
+    async with SimProcess(scenario) as sim:
+        args = ["client", dsn, sim.ws_url, str(N_STREAMS), str(SECONDS), str(WRITER_MAX_AGE)]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.live", *args,
+            stdout=asyncio.subprocess.PIPE, limit=1 << 20,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        marks: dict[str, dict[str, Any]] = {}
+        result: dict[str, Any] | None = None
+        try:
+            async with asyncio.timeout(WARMUP_TIMEOUT_S + SECONDS + GRACE_S + 30):
+                while line := await proc.stdout.readline():
+                    message = json.loads(line)
+                    if message["event"] in ("start", "end"):
+                        marks[message["event"]] = await sim.counters()
+                    elif message["event"] == "result":
+                        result = message
+                await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    if result is None or set(marks) != {"start", "end"}:
+        print(f"  the client failed (exit {proc.returncode}); see its errors above", flush=True)
+        return
+    _report(result, marks["start"], marks["end"])
+
+
+def _report(r: dict[str, Any], sim0: dict[str, Any], sim1: dict[str, Any]) -> None:
+    secs = r["seconds"]
+    sent = sim1["frames_sent"] - sim0["frames_sent"]
+    closing = sim1["closing_frames_sent"] - sim0["closing_frames_sent"]
+    sim_cpu = sim1["cpu_s"] - sim0["cpu_s"]
+    ms = {k: {q: v * 1000 for q, v in r[k].items()} for k in
+          ("close_to_commit", "recv_to_commit", "close_to_recv")}  # fmt: skip
+    max_age = r["max_age"]
+    print(
+        f"  {r['streams']:,} streams on {r['shards']} connections, warm-up {r['warmup_s']:.1f} s; "
+        f"writer batch {r['batch_size']:,}, max_age {max_age:g} s; client imports {r['imported']}"
+    )
+    print(
+        f"  simulator: {sent / secs:,.0f} frames/s sent ({closing / secs:,.0f} closing), "
+        f"CPU {sim_cpu:.1f} s in {secs} s ({100 * sim_cpu / secs:.0f}% of a core)"
+    )
+    print(f"  client: {r['frames'] / secs:,.0f} frames/s received")
+    print(f"  {'':<40} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for key, label in (
+        ("close_to_commit", "bar close -> committed"),
+        ("close_to_recv", "bar close -> received (sim + socket)"),
+        ("recv_to_commit", "received -> committed (client)"),
+    ):
+        q = ms[key]
+        print(f"  {label:<40} {q['p50']:8.0f} {q['p99']:8.0f} {q['max']:8.0f}")
+    rate = r["committed_in_window"] / secs
+    complete = r["window_bars_committed"] >= r["window_bars_expected"]
+    print(
+        f"  committed: {rate:,.0f} candles/s; bars closing in the window committed: "
+        f"{r['window_bars_committed']:,} of {r['window_bars_expected']:,}"
+    )
+    print(
+        f"  client CPU {r['cpu_s']:.1f} s in {secs} s ({100 * r['cpu_s'] / secs:.0f}% of a core); "
+        f"peak RSS {r['peak_rss_mb']:.0f} MB (after imports {r['rss_imports_mb']:.0f} MB); "
+        f"reconnects {r['reconnects']}, malformed frames {r['malformed']}"
+    )
+    p99, p99_client = ms["close_to_commit"]["p99"] / 1000, ms["recv_to_commit"]["p99"] / 1000
+    rss_ok = r["peak_rss_mb"] < GOAL_RSS_MB
+    met = complete and p99 < GOAL_P99_S and rss_ok
+    print(
+        f"  goal (keeps up, p99 bar close -> commit < {GOAL_P99_S * 1000:.0f} ms, peak RSS < "
+        f"{GOAL_RSS_MB:.0f} MB) met: {'yes' if met else 'no'}; client share alone "
+        f"(received -> commit p99 < {GOAL_P99_S * 1000:.0f} ms): "
+        f"{'yes' if complete and p99_client < GOAL_P99_S and rss_ok else 'no'}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    if len(sys.argv) != 7 or sys.argv[1] != "client":
+        sys.exit("usage: python -m bench.live client DSN WS_URL STREAMS SECONDS MAX_AGE|None")
+    _, _, dsn_arg, ws_arg, n_arg, secs_arg, age_arg = sys.argv
+    age = None if age_arg == "None" else float(age_arg)
+    uvloop.run(_client(dsn_arg, ws_arg, int(n_arg), int(secs_arg), age))
