@@ -16,6 +16,7 @@ from audits and never requested again, and never block older holes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,7 @@ Clock = Callable[[], datetime]
 SAFETY_BARS = 10
 SAFETY_MIN = timedelta(minutes=10)
 SETTLE = timedelta(seconds=30)
+AUDIT_CONCURRENCY = 4
 
 
 def utcnow() -> datetime:
@@ -135,15 +137,22 @@ class Healer:
     async def audit(
         self, keys: Iterable[SeriesKey] | None = None, *, full: bool = False
     ) -> list[AuditResult]:
-        results = []
-        for key in self._keys(keys):
-            async with self._pool.acquire() as conn:
-                results.append(await self._audit_one(conn, key, full))
-        return results
+        selected = self._keys(keys)
+        async with self._pool.acquire() as conn:
+            await ensure_series(conn, selected)  # a configured series may have no row yet
+        # A few series at a time: each audit is a chain of short round trips.
+        slots = asyncio.Semaphore(AUDIT_CONCURRENCY)
+
+        async def one(key: SeriesKey) -> AuditResult:
+            async with slots, self._pool.acquire() as conn:
+                return await self._audit_one(conn, key, full)
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(key)) for key in selected]
+        return [t.result() for t in tasks]
 
     async def _audit_one(self, conn: asyncpg.Connection, key: SeriesKey, full: bool) -> AuditResult:
         spec, tf, now = self.specs[key], key.tf, self._clock()
-        await ensure_series(conn, [key])  # a configured series may have no row yet
         row = await store.series_row(conn, *_parts(key))
         assert row is not None
         last_expected = calendars.last_expected_bar(

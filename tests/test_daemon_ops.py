@@ -57,13 +57,14 @@ async def written(session: aiohttp.ClientSession, port: int) -> float:
     """candled_candles_written_total{result="inserted"}, via prometheus-client's own parser."""
     async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
         text = await r.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "candled_candles_written_total" and sample.labels == {
-                "result": "inserted"
-            }:
-                return float(sample.value)
-    raise AssertionError("candled_candles_written_total missing from /metrics")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "candled_candles_written" in families, "candled_candles_written missing from /metrics"
+    inserted = [
+        s.value
+        for s in families["candled_candles_written"].samples
+        if s.name == "candled_candles_written_total" and s.labels == {"result": "inserted"}
+    ]
+    return float(inserted[0]) if inserted else 0.0  # nothing written yet: no labelled sample
 
 
 async def wait_until(check, within: float = 60):  # type: ignore[no-untyped-def]

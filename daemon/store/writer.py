@@ -135,7 +135,7 @@ class CandleWriter:
         store: CandleStore,
         *,
         batch_size: int = 5_000,
-        max_age: float = 0.25,
+        max_age: float = 0.05,
         capacity: int = 100_000,
         retry_cap_s: float = 30.0,
         spool: Spool | None = None,
