@@ -153,33 +153,33 @@ class StreamSession:
             now = self._clock()
             for gone in tracked.keys() - self._streams.keys():
                 del tracked[gone]  # a later re-subscription starts afresh
+            # Closing frames of every stream go out first, as a venue sends them
+            # at the close; the open-bar updates follow.
+            live: list[tuple[str, SeriesKey]] = []
             for name in list(self._streams):
                 series = stream_series(name)
                 assert series is not None  # only valid names are subscribed
-                frames = self._frames(series, tracked.get(name), now)
+                closing = self._closing(series, tracked.get(name), now)
                 tracked[name] = series.tf.floor(now)
                 if not silent:
-                    for frame in frames:
-                        await self._send(name, frame, now)
+                    live.append((name, series))
+                    for candle in closing:
+                        await self._send(name, (candle, True), now)
+            for name, series in live:
+                current = series.tf.floor(now)
+                if self._listed(series, now) and self._truth.exists(series, current):
+                    await self._send(name, (self._truth.partial(series, current, now), False), now)
 
-    def _frames(
-        self, series: SeriesKey, last: datetime | None, now: datetime
-    ) -> list[tuple[Candle, bool]]:
-        """Closing frames for the bars closed since the last tick, then the open bar."""
-        tf = series.tf
-        current = tf.floor(now)
+    def _listed(self, series: SeriesKey, now: datetime) -> bool:
         listed = self._truth.listing(series.symbol)
-        if listed is None or listed > now:
+        return listed is not None and listed <= now
+
+    def _closing(self, series: SeriesKey, last: datetime | None, now: datetime) -> list[Candle]:
+        """The bars closed since the last tick."""
+        current = series.tf.floor(now)
+        if last is None or last >= current or not self._listed(series, now):
             return []
-        frames = []
-        if last is not None and last < current:
-            frames = [
-                (self._truth.bar(series, ts), True)
-                for ts in self._truth.opens(series, last, current)
-            ]
-        if self._truth.exists(series, current):
-            frames.append((self._truth.partial(series, current, now), False))
-        return frames
+        return [self._truth.bar(series, ts) for ts in self._truth.opens(series, last, current)]
 
     async def _send(self, name: str, frame: tuple[Candle, bool], now: datetime) -> None:
         candle, closed = frame
