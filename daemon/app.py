@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 import asyncpg
 
 from daemon import logs, metrics
-from daemon.calendars import load_overrides
 from daemon.config import Config, ConfigError, SeriesSpec, load_config
 from daemon.healer import Healer, Repairer
 from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth
@@ -161,15 +160,12 @@ class Daemon:
 
     def _healer(self) -> Healer:
         """The healer, brought up to date with the (possibly reloaded) config."""
-        h = self.config.healing
-        overrides = load_overrides(h.calendar_overrides) if h.calendar_overrides else None
         assert self._db is not None
         if self._healer_obj is None:
-            self._healer_obj = Healer(self._db.pool, {}, interval=h.interval)
-        healer = self._healer_obj
-        healer.specs, healer.interval = self.config.series_specs(), h.interval
-        healer.confirm_after, healer.overrides = h.confirm_empty_after, overrides
-        return healer
+            self._healer_obj = Healer.for_config(self._db.pool, self.config)
+        else:
+            self._healer_obj.configure(self.config)
+        return self._healer_obj
 
     async def _heal_loop(self) -> None:
         """First the orchestrated backfill, then every interval: audit, repair,

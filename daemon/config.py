@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon.calendars import load_overrides, validate_calendar
+from daemon.calendars import Overrides, load_overrides, validate_calendar
 from daemon.domain import DataProfile, SeriesKey, Timeframe
 from daemon.venues import known_kinds
 
@@ -90,6 +90,10 @@ class HealingConfig:
     confirm_empty_after: int = 3
     # Local calendar corrections (closed days, early closes); "" for none.
     calendar_overrides: Path | None = None
+
+    def overrides(self) -> Overrides | None:
+        """The override file's contents (read now, so a reload picks up edits)."""
+        return load_overrides(self.calendar_overrides) if self.calendar_overrides else None
 
 
 @dataclass(frozen=True)

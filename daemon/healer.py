@@ -25,7 +25,7 @@ import asyncpg
 
 from daemon import calendars, logs, metrics
 from daemon.backfill import BackfillJob, JobResult
-from daemon.config import SeriesSpec
+from daemon.config import Config, SeriesSpec
 from daemon.domain import SeriesKey
 from daemon.gaps import (
     EmptyRangePolicy,
@@ -118,6 +118,18 @@ class Healer:
         self.interval = interval
         self.confirm_after = confirm_after
         self._clock = clock
+
+    def configure(self, config: Config) -> None:
+        """Follow the (possibly reloaded) config: series, interval, K, overrides."""
+        h = config.healing
+        self.specs, self.interval = config.series_specs(), h.interval
+        self.confirm_after, self.overrides = h.confirm_empty_after, h.overrides()
+
+    @classmethod
+    def for_config(cls, pool: asyncpg.Pool, config: Config) -> Healer:
+        healer = cls(pool, {}, interval=config.healing.interval)
+        healer.configure(config)
+        return healer
 
     def policy(self) -> EmptyRangePolicy:
         # Half the cycle interval first, then doubling: K empty answers take K

@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from daemon.app import _by_venue
 from daemon.backfill import BackfillJob
-from daemon.calendars import load_overrides
 from daemon.config import Config
 from daemon.domain import SeriesKey
 from daemon.healer import AuditResult, Healer, Repairer
@@ -29,13 +28,6 @@ from daemon.store.provision import open_database
 from daemon.store.series import sync_configured
 from daemon.store.writer import CandleStore, CandleWriter
 from daemon.venue_runtime import VenueRuntime
-
-
-def _healer(config: Config, db: Database) -> Healer:
-    h = config.healing
-    overrides = load_overrides(h.calendar_overrides) if h.calendar_overrides else None
-    return Healer(db.pool, config.series_specs(), interval=h.interval,
-                  confirm_after=h.confirm_empty_after, overrides=overrides)  # fmt: skip
 
 
 def _selected(config: Config, series: Sequence[SeriesKey] | None) -> list[SeriesKey]:
@@ -105,7 +97,9 @@ async def audit(
     config: Config, series: Sequence[SeriesKey] | None, *, as_json: bool, full: bool
 ) -> int:
     async with _database(config) as db:
-        results = await _healer(config, db).audit(_selected(config, series), full=full)
+        results = await Healer.for_config(db.pool, config).audit(
+            _selected(config, series), full=full
+        )
     print_audit(results, as_json)
     return 0 if all(a.status == "OK" for a in results) else 1
 
@@ -123,7 +117,7 @@ async def repair(
                     if row is not None:
                         await reset_genesis(conn, row.id)
             print(f"genesis cleared for {len(keys)} series")
-        healer = _healer(config, db)
+        healer = Healer.for_config(db.pool, config)
         audits = await healer.audit(keys)
         async with _venues(config, db) as runtimes:
             repairers = {n: Repairer(rt.codec.limits.page_size, rt.backfiller.run_job)
@@ -177,8 +171,7 @@ async def backfill(config: Config, series: Sequence[SeriesKey], since: timedelta
 async def export_returns(
     config: Config, series: Sequence[SeriesKey], since: timedelta, out: Path
 ) -> int:
-    h = config.healing
-    overrides = load_overrides(h.calendar_overrides) if h.calendar_overrides else None
+    overrides = config.healing.overrides()
     now = datetime.now(UTC)
     async with _database(config) as db:
         frame = await load_returns(db.pool, series, now - since, now, overrides=overrides)
