@@ -19,6 +19,7 @@ import asyncpg
 
 from daemon import logs, metrics
 from daemon.config import Config, ConfigError, SeriesSpec, load_config
+from daemon.domain import SeriesKey
 from daemon.healer import Healer, Repairer
 from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth
 from daemon.sdnotify import Notifier
@@ -277,6 +278,22 @@ class Daemon:
                          queued=writer.pending)  # fmt: skip
                 seen = t
             self.notifier.status(self._status_line())
+            await self._export_lags()
+
+    async def _export_lags(self) -> None:
+        """Per-series lag for /metrics (the newest stored bar's close to now)."""
+        assert self._db is not None
+        specs = self.config.series_specs()
+        try:
+            async with asyncio.timeout(3), self._db.pool.acquire() as conn:
+                bounds = await stored_bounds(conn, specs)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return  # the database is down: /health says so; the gauges keep their last value
+        now = datetime.now(UTC)
+        for key, (_, last) in bounds.items():
+            metrics.series_lag.labels(key.venue, key.symbol, key.timeframe).set(
+                _lag_s(key, last, now)
+            )
 
     async def _health_facts(self) -> HealthFacts:
         assert self._db is not None and self._supervisor is not None
@@ -296,7 +313,7 @@ class Daemon:
         for key in sorted(specs):
             row = audited.get((key.venue, key.symbol, key.timeframe))
             last = bounds[key][1] if key in bounds else None
-            lag = (now - key.tf.close_time(last)).total_seconds() if last else None
+            lag = _lag_s(key, last, now) if last else None
             series.append(SeriesHealth(
                 key.venue, key.symbol, key.timeframe,
                 row["status"] if row else "MISSING", last, lag,
@@ -321,6 +338,11 @@ class Daemon:
             writer_failing=None if writer is None else writer.failing,
             spooled_candles=self._spool.pending_candles if self._spool else 0,
         )  # fmt: skip
+
+
+def _lag_s(key: SeriesKey, last: datetime, now: datetime) -> float:
+    """Seconds since the newest stored bar closed."""
+    return (now - key.tf.close_time(last)).total_seconds()
 
 
 async def run_daemon(config: Config) -> int:
