@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from daemon.calendars import Overrides, load_overrides, validate_calendar
 from daemon.domain import DataProfile, SeriesKey, Timeframe
-from daemon.venues import known_kinds
+from daemon.venues import Credentials, VenueCodec, get_codec, known_kinds
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 _DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
@@ -107,6 +107,19 @@ class VenueConfig:
     rate_period: timedelta = timedelta(seconds=60)
     # A stream connection with no data frame for this long is reconnected.
     idle_timeout: timedelta = timedelta(seconds=30)
+    # Venues polled for live bars: ask this long after each bar's close.
+    poll_delay: timedelta = timedelta(seconds=2)
+    options: tuple[tuple[str, str], ...] = ()  # the codec's own settings, e.g. OANDA's price
+    # Where the API key and secret come from (environment variable or file).
+    api_key_env: str = ""
+    api_key_file: str = ""
+    api_secret_env: str = ""
+    api_secret_file: str = ""
+    # Resolved from the four above when the config is read; never printed.
+    credentials: Credentials | None = field(default=None, repr=False)
+
+    def codec(self) -> VenueCodec:
+        return get_codec(self.kind, self.name, self.credentials, dict(self.options))
 
 
 @dataclass(frozen=True)
@@ -333,20 +346,80 @@ def _overrides_path(t: _Table) -> Path | None:
     return Path(text)
 
 
-def _parse_venue(t: _Table, kinds: tuple[str, ...]) -> VenueConfig:
+def _secret(t: _Table, what: str, env: Mapping[str, str]) -> str:
+    """The `api_<what>` from `api_<what>_env` or `api_<what>_file` ("" when neither is set)."""
+    var, path = t.get(f"api_{what}_env", str, ""), t.get(f"api_{what}_file", str, "")
+    if var and path:
+        raise ConfigError(
+            t.key(f"api_{what}_file"), f"set api_{what}_env or api_{what}_file, not both"
+        )
+    if var:
+        value = env.get(var, "").strip()
+        if not value:
+            raise ConfigError(t.key(f"api_{what}_env"), f"environment variable {var} is not set")
+        return value
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(
+                t.key(f"api_{what}_file"), f"cannot read {path}: {e.strerror}"
+            ) from None
+        if not value:
+            raise ConfigError(t.key(f"api_{what}_file"), f"{path} is empty")
+        return value
+    return ""
+
+
+def _options(t: _Table) -> tuple[tuple[str, str], ...]:
+    raw = t.get("options", dict, {}) if "options" in t.raw else {}
+    t.seen.add("options")
+    for name, value in raw.items():
+        if not isinstance(value, str):
+            raise ConfigError(
+                t.key(f"options.{name}"), f"expected a string, got {_describe(value)}"
+            )
+    return tuple(sorted(raw.items()))
+
+
+def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> VenueConfig:
+    kind = t.choice("kind", kinds)
+    limits = get_codec(kind).limits
+    key, secret = _secret(t, "key", env), _secret(t, "secret", env)
     v = VenueConfig(
         name=t.get("name", str),
-        kind=t.choice("kind", kinds),
+        kind=kind,
         rest_url=t.convert("rest_url", _url(("http", "https"))),
         ws_url=t.convert("ws_url", _url(("ws", "wss"))),
         batch=t.positive("batch", 5),
-        rate_capacity=t.positive("rate_capacity", 6000),
-        rate_period=t.convert("rate_period", parse_duration, "60s"),
+        rate_capacity=t.positive("rate_capacity", limits.rate_capacity),
+        rate_period=t.convert(
+            "rate_period", parse_duration, format_duration(timedelta(seconds=limits.rate_period_s))
+        ),
         idle_timeout=t.convert("idle_timeout", parse_duration, "30s"),
+        poll_delay=t.convert("poll_delay", parse_duration, "2s"),
+        options=_options(t),
+        api_key_env=t.get("api_key_env", str, ""),
+        api_key_file=t.get("api_key_file", str, ""),
+        api_secret_env=t.get("api_secret_env", str, ""),
+        api_secret_file=t.get("api_secret_file", str, ""),
+        credentials=Credentials(key, secret) if key else None,
     )
     t.done()
     if not v.name:
         raise ConfigError(t.key("name"), "must not be empty")
+    if secret and not key:
+        raise ConfigError(t.key("api_key_env"), "an api secret is set but no api key")
+    if limits.needs_credentials and v.credentials is None:
+        raise ConfigError(
+            t.path,
+            f'venue kind "{kind}" needs credentials: set api_key_env or api_key_file'
+            " (and api_secret_env or api_secret_file where the venue has a secret)",
+        )
+    try:
+        v.codec()
+    except ValueError as e:
+        raise ConfigError(t.key("options"), str(e)) from None
     return v
 
 
@@ -373,7 +446,9 @@ def _parse_series(t: _Table, venues: Mapping[str, VenueConfig]) -> SeriesConfig:
     return s
 
 
-def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
+def parse_config(
+    raw: Mapping[str, Any], source: Path | None = None, env: Mapping[str, str] = os.environ
+) -> Config:
     """Build a `Config` from parsed TOML; raise `ConfigError` naming the bad key."""
     root = _Table(dict(raw), "")
     d = _optional_table(root, "daemon")
@@ -407,7 +482,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     venues: dict[str, VenueConfig] = {}
     kinds = tuple(known_kinds())
     for t in _array_of_tables(root, "venues"):
-        v = _parse_venue(t, kinds)
+        v = _parse_venue(t, kinds, env)
         if v.name in venues:
             raise ConfigError(t.key("name"), f'duplicate venue name "{v.name}"')
         venues[v.name] = v
@@ -441,7 +516,7 @@ def load_config(explicit: str | Path | None = None, env: Mapping[str, str] = os.
         raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"{path}: invalid TOML: {e}") from None
-    config = parse_config(raw, source=path)
+    config = parse_config(raw, source=path, env=env)
     if env.get("CANDLED_DATABASE_URL"):
         config = replace(config, database=DatabaseConfig(dsn=env["CANDLED_DATABASE_URL"]))
     return config

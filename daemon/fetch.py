@@ -94,7 +94,7 @@ class Fetcher:
         assert self._session is not None, "use Fetcher as an async context manager"
         sent_at = await self.throttle.acquire(req.weight)
         async with self._session.request(
-            req.method, self._base + req.path, params=dict(req.params)
+            req.method, self._base + req.path, params=dict(req.params), headers=dict(req.headers)
         ) as resp:
             body = await _read_body(resp)
             status = resp.status

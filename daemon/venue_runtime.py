@@ -20,7 +20,6 @@ from daemon.store.series import stored_bounds
 from daemon.store.venues import get_banned_until, set_banned_until
 from daemon.store.writer import CandleWriter
 from daemon.throttle import VenueThrottle
-from daemon.venues import get_codec
 
 log = logs.get("candled.venue")
 
@@ -61,7 +60,7 @@ class VenueRuntime:
         writer: CandleWriter,
     ) -> None:
         self.config = venue
-        self.codec = get_codec(venue.kind, venue.name)
+        self.codec = venue.codec()
         self.series = {s.key: s for s in series}
         self._db = db
         self._writer = writer

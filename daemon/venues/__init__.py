@@ -1,9 +1,10 @@
 """Venue codecs and their registry: a config's `kind` names the codec to use."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from daemon.venues.base import (
     CodecError,
+    Credentials,
     FrameResult,
     HttpRequest,
     RateFacts,
@@ -13,8 +14,10 @@ from daemon.venues.base import (
 )
 from daemon.venues.binance import BinanceCodec
 
-# kind -> factory taking the venue name stored with the candles.
-_CODECS: dict[str, Callable[[str], VenueCodec]] = {
+# kind -> factory taking the venue name stored with the candles, the venue's
+# credentials (None without) and its `options` table; a bad option is a ValueError.
+Factory = Callable[[str, Credentials | None, Mapping[str, str]], VenueCodec]
+_CODECS: dict[str, Factory] = {
     "binance": BinanceCodec,
 }
 
@@ -23,7 +26,12 @@ def known_kinds() -> list[str]:
     return sorted(_CODECS)
 
 
-def get_codec(kind: str, venue: str | None = None) -> VenueCodec:
+def get_codec(
+    kind: str,
+    venue: str | None = None,
+    credentials: Credentials | None = None,
+    options: Mapping[str, str] | None = None,
+) -> VenueCodec:
     """The codec for `kind`, naming its candles' venue `venue` (default: the kind)."""
     try:
         factory = _CODECS[kind]
@@ -31,11 +39,12 @@ def get_codec(kind: str, venue: str | None = None) -> VenueCodec:
         raise ValueError(
             f"unknown venue kind {kind!r}; expected one of {', '.join(known_kinds())}"
         ) from None
-    return factory(venue or kind)
+    return factory(venue or kind, credentials, options or {})
 
 
 __all__ = [
     "CodecError",
+    "Credentials",
     "FrameResult",
     "HttpRequest",
     "RateFacts",

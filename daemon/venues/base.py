@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Literal, Protocol
 
 from daemon.domain import Candle, SeriesKey
 from daemon.domain.timeframe import EPOCH, require_utc
@@ -19,6 +19,17 @@ from daemon.domain.timeframe import EPOCH, require_utc
 
 class CodecError(ValueError):
     """A payload that does not have the shape the venue documents."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """An API key (and secret, where the venue has one); never shown in logs or reprs."""
+
+    key: str
+    secret: str = ""
+
+    def __repr__(self) -> str:
+        return "Credentials(<redacted>)"
 
 
 class VenueError(Exception):
@@ -42,6 +53,20 @@ class VenueLimits:
     exact_genesis: bool  # the venue can answer "first candle at or after t"
     sparse: bool  # no bar at all for periods without trades
     max_ws_messages_per_s: float  # incoming (client to venue) messages per connection
+    rate_capacity: int = 6000  # default budget (weight) per `rate_period_s` for the throttle
+    rate_period_s: float = 60.0
+    # "stream": closed bars come over the WebSocket; "poll": the venue has no
+    # usable candle stream, so live bars are fetched over REST after each close.
+    live: Literal["stream", "poll"] = "stream"
+    # Only the newest this-many bars are served: older history is unreachable.
+    history_horizon_bars: int | None = None
+    # Stream bars carry no closed flag: a bar is final when a later one opens.
+    final_on_next: bool = False
+    # Stream names go in the connect URL (else every stream is subscribed by message).
+    subscribe_in_url: bool = True
+    # The venue answers each subscribe message with a reply carrying its id.
+    acknowledges_requests: bool = True
+    needs_credentials: bool = False  # REST and streams need the config's api key
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +77,7 @@ class HttpRequest:
     path: str
     params: Mapping[str, str] = field(default_factory=dict)
     weight: int = 1
+    headers: Mapping[str, str] = field(default_factory=dict)  # e.g. credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +95,12 @@ class FrameResult:
     """What one WebSocket text frame carried."""
 
     candles: tuple[Candle, ...] = ()  # closed bars only
+    # Bars still forming, for venues whose stream has no closed flag
+    # (`limits.final_on_next`): the collector finalises one when a later bar opens.
+    forming: tuple[Candle, ...] = ()
     is_data: bool = False  # a candle update, closed or not: the stream is alive
     malformed: bool = False  # not the documented shape; count it, never crash on it
-    stream: str | None = None  # the stream a data frame belongs to
+    stream: str | None = None  # the stream a data frame belongs to (None: see the candles')
     reply_id: int | None = None  # the id of a method message this frame answers
     error: str | None = None  # the venue's error answer to a method message
 
@@ -117,7 +146,13 @@ class VenueCodec(Protocol):
         """Path (with query) to open a connection already subscribed to `series`."""
         ...
 
-    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str: ...
+    def login_messages(self) -> list[str]:
+        """Messages to send right after connecting, before any subscribe (authentication)."""
+        ...
+
+    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
+        """Subscribe `series`, all of one timeframe (the collector groups them)."""
+        ...
 
     def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str: ...
 

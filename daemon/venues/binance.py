@@ -17,6 +17,7 @@ from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.domain.timeframe import SUPPORTED, require_utc
 from daemon.venues.base import (
     CodecError,
+    Credentials,
     FrameResult,
     HttpRequest,
     RateFacts,
@@ -43,7 +44,14 @@ _MALFORMED = FrameResult(malformed=True)
 
 
 class BinanceCodec:
-    def __init__(self, venue: str = "binance") -> None:
+    def __init__(
+        self,
+        venue: str = "binance",
+        credentials: Credentials | None = None,  # market data needs no key
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        if options:
+            raise ValueError(f"binance takes no options, got {', '.join(sorted(options))}")
         self._venue = venue
 
     @property
@@ -114,6 +122,9 @@ class BinanceCodec:
         if not series:
             return "/stream"
         return "/stream?streams=" + "/".join(self.stream_name(s) for s in series)
+
+    def login_messages(self) -> list[str]:
+        return []
 
     def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
         return self._method("SUBSCRIBE", series, request_id)
