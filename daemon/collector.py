@@ -83,6 +83,9 @@ class _Link:
         self.opened = time.monotonic()
         self.data_seen = False
         self.pending: set[int] = set()  # ids of method messages not answered yet
+        # Per series, the newest bar still forming (venues without a closed
+        # flag). Per connection: after a reconnect an old one may be stale.
+        self.forming: dict[SeriesKey, Candle] = {}
         self._codec = codec
         # Pings and pongs count against the limit too: leave them one a second.
         self._interval = 1.0 / max(1.0, codec.limits.max_ws_messages_per_s - 1)
@@ -101,16 +104,22 @@ class _Link:
             if wait > 0:
                 await asyncio.sleep(wait)
             request_id = next(self._ids)
-            self.pending.add(request_id)
+            if self._codec.limits.acknowledges_requests:
+                self.pending.add(request_id)
             await self.ws.send(message(request_id))
             self._last_sent = time.monotonic()
             return request_id
 
     async def subscribe(self, series: Sequence[SeriesKey], subscribe: bool = True) -> None:
         build = self._codec.subscribe_message if subscribe else self._codec.unsubscribe_message
-        for i in range(0, len(series), STREAMS_PER_MESSAGE):
-            chunk = series[i : i + STREAMS_PER_MESSAGE]
-            await self.send_method(functools.partial(build, chunk))
+        # One timeframe per message: some venues take the interval once per request.
+        by_tf: dict[str, list[SeriesKey]] = collections.defaultdict(list)
+        for key in series:
+            by_tf[key.timeframe].append(key)
+        for keys in by_tf.values():
+            for i in range(0, len(keys), STREAMS_PER_MESSAGE):
+                chunk = keys[i : i + STREAMS_PER_MESSAGE]
+                await self.send_method(functools.partial(build, chunk))
 
 
 @dataclass(eq=False)
@@ -266,7 +275,7 @@ class Collector:
         """Connect, subscribe the shard's streams, and tell `on_connect`."""
         wanted = list(shard.series)
         in_url, length = 0, len(self.ws_url + self.codec.stream_path([]))
-        for key in wanted:
+        for key in wanted if self.codec.limits.subscribe_in_url else ():
             length += len(self.codec.stream_name(key)) + 1
             if length > self.settings.max_url_length:
                 break
@@ -280,6 +289,8 @@ class Collector:
         link = _Link(ws, self.codec)
         try:
             shard.link = link
+            for message in self.codec.login_messages():
+                await ws.send(message)
             # add()/remove() calls that came while connecting went to no link.
             current = set(shard.series)
             asked = set(wanted)
@@ -379,16 +390,43 @@ class Collector:
             metrics.malformed.labels(self.codec.venue, "ws").inc()
         if not result.is_data:
             return "noise"
-        if result.stream not in shard.streams:
+        if result.stream is not None and result.stream not in shard.streams:
             # A stream being unsubscribed: alive, but no longer ours to forward.
             metrics.malformed.labels(self.codec.venue, "unknown_stream").inc()
             return "foreign"
+        # Frames that batch several streams (stream None) are sorted bar by bar.
+        closed, forming = self._ours(shard, result.candles), self._ours(shard, result.forming)
+        if not closed and not forming and (result.candles or result.forming):
+            return "foreign"
         link.data_seen = shard.healthy = True
-        if result.candles:
-            metrics.live_candles.labels(self.codec.venue).inc(len(result.candles))
-            self._check_sequence(result.candles)
-            await self._sink(result.candles)
+        closed += self._finalised(link, forming)
+        if closed:
+            metrics.live_candles.labels(self.codec.venue).inc(len(closed))
+            self._check_sequence(closed)
+            await self._sink(closed)
         return "data"
+
+    def _ours(self, shard: Shard, candles: Sequence[Candle]) -> list[Candle]:
+        """The candles of streams this shard carries; others are counted and dropped."""
+        ours = [c for c in candles if self.codec.stream_name(c.series) in shard.streams]
+        if len(ours) < len(candles):
+            metrics.malformed.labels(self.codec.venue, "unknown_stream").inc(
+                len(candles) - len(ours)
+            )
+        return ours
+
+    @staticmethod
+    def _finalised(link: _Link, forming: Sequence[Candle]) -> list[Candle]:
+        """Bars that a later bar's first update has closed (venues without a closed flag)."""
+        final = []
+        for bar in forming:
+            held = link.forming.get(bar.series)
+            if held is not None and bar.ts < held.ts:
+                continue  # a late update of a bar already closed
+            if held is not None and bar.ts > held.ts:
+                final.append(held)
+            link.forming[bar.series] = bar
+        return final
 
     def _check_sequence(self, candles: Sequence[Candle]) -> None:
         """Report bars skipped between two closed bars of a stream (a lost
