@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", parents=[common], help="run the built-in simulated exchange")
     sim.add_argument("--listen", default="127.0.0.1:9100", metavar="HOST:PORT")
     sim.add_argument("--scenario", type=Path, metavar="FILE", help="TOML scenario with faults")
+    sim.add_argument(
+        "--protocol",
+        default="binance",
+        metavar="NAME",
+        help="the venue protocol to speak: binance (default), coinbase, kraken, alpaca, oanda",
+    )
     return p
 
 
@@ -98,7 +104,11 @@ async def _sim(args: argparse.Namespace) -> int:
     from daemon.sim.server import run_sim
 
     logs.configure("info", "console")
-    await run_sim(args.listen, args.scenario)
+    try:
+        await run_sim(args.listen, args.scenario, args.protocol)
+    except ValueError as e:  # a bad --listen, --protocol or scenario
+        print(f"candled sim: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

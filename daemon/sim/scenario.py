@@ -23,6 +23,9 @@ max_incoming_per_s = 5         # more client messages than this in a second: dis
 symbol = "BTCUSDT"
 listed = "-2h"                 # listing time (default 2017-08-17T04:00Z): the first bar
                                # of each timeframe is the one holding it
+profile = "EQUITY"             # CRYPTO (default, 24/7), EQUITY, FUTURES or FOREX: bars
+calendar = "XNYS"              # exist only where they overlap the calendar's sessions
+illiquid = 0.1                 # fraction of bars without trades: sparse venues skip them
 
 [[maintenance]]                # bars lying wholly inside the window are not published
 start = "-30m"
@@ -63,8 +66,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from daemon.calendars import validate_calendar
+from daemon.domain import DataProfile
 from daemon.domain.timeframe import require_utc
-from daemon.sim.truth import Maintenance
+from daemon.sim.truth import Maintenance, Market
 
 T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -110,6 +115,7 @@ class Scenario:
         default_factory=lambda: {"BTCUSDT": _BINANCE_LAUNCH, "ETHUSDT": _BINANCE_LAUNCH}
     )
     maintenance: tuple[Maintenance, ...] = ()
+    markets: Mapping[str, Market] = field(default_factory=dict)  # default: 24/7, liquid
     seed: int = 0
     weight_per_minute: int = 6000
     ban_s: float = 120.0
@@ -136,16 +142,19 @@ def parse_scenario(data: Mapping[str, object], now: datetime) -> Scenario:
     rest, ws, faults = root.table("rest"), root.table("ws"), root.table("faults")
     defaults = Scenario()
     listings = dict(defaults.listings)
+    markets: dict[str, Market] = {}
     if "symbols" in data:
         listings = {}
         for table in root.tables("symbols"):
             symbol = table.require("symbol", str)
             listings[symbol] = table.time("listed", _BINANCE_LAUNCH)
+            markets[symbol] = _market(table)
             table.done()
         if not listings:
             raise ScenarioError("symbols: at least one symbol is needed")
     scenario = Scenario(
         listings=listings,
+        markets=markets,
         maintenance=tuple(_maintenance(t) for t in root.tables("maintenance")),
         seed=root.get("seed", int, defaults.seed),
         weight_per_minute=rest.positive("weight_per_minute", defaults.weight_per_minute),
@@ -160,6 +169,20 @@ def parse_scenario(data: Mapping[str, object], now: datetime) -> Scenario:
     for table in (rest, ws, faults, root):
         table.done()
     return scenario
+
+
+def _market(table: _Table) -> Market:
+    profile_name = table.get("profile", str, DataProfile.CRYPTO.value)
+    calendar = table.get("calendar", str, "")
+    illiquid = table.number("illiquid", 0.0)
+    try:
+        profile = DataProfile(profile_name)
+        validate_calendar(profile, calendar)
+    except ValueError as exc:
+        raise ScenarioError(f"{table.path}: {exc}") from None
+    if not 0.0 <= illiquid < 1.0:
+        raise ScenarioError(f"{table.path}illiquid: expected a fraction in [0, 1)")
+    return Market(profile, calendar, illiquid)
 
 
 def _maintenance(table: _Table) -> Maintenance:

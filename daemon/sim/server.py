@@ -1,4 +1,5 @@
-"""The simulated exchange: Binance's REST and WebSocket market data on one port."""
+"""The simulated exchange: one deterministic truth served through a venue's
+protocol (its "personality"), REST and WebSocket on one port."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from daemon.sim.binance import BinancePersonality
 from daemon.sim.counters import SimCounters
-from daemon.sim.rest import Clock, RestApi
+from daemon.sim.personality import Handler, Personality, SimContext
+from daemon.sim.rest import Clock
 from daemon.sim.scenario import Scenario, load_scenario
-from daemon.sim.stream import StreamSession
 from daemon.sim.truth import Truth
-from daemon.sim.wire import error_body, stream_series
 
-MAX_STREAMS = 1024  # per connection, as on Binance
+# --protocol name -> the personality serving it.
+PROTOCOLS: dict[str, type[Personality]] = {
+    "binance": BinancePersonality,
+}
 
 
 def _utc_now() -> datetime:
@@ -25,29 +29,40 @@ def _utc_now() -> datetime:
 
 
 class SimExchange:
-    """REST (`/api/v3/...`) and WebSocket (`/stream`, `/ws/...`) over one aiohttp server."""
+    """A venue's REST and WebSocket market data over one aiohttp server."""
 
-    def __init__(self, scenario: Scenario | None = None, clock: Clock = _utc_now) -> None:
+    def __init__(
+        self, scenario: Scenario | None = None, clock: Clock = _utc_now, protocol: str = "binance"
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(
+                f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}"
+            )
         self.scenario = scenario or Scenario()
-        self.truth = Truth(self.scenario.seed, self.scenario.listings, self.scenario.maintenance)
+        self.protocol = protocol
+        self.truth = Truth(
+            self.scenario.seed,
+            self.scenario.listings,
+            self.scenario.maintenance,
+            self.scenario.markets,
+        )
         self.counters = SimCounters()
-        self._clock = clock
-        self._rng = random.Random(self.scenario.seed)  # faults replay the same for one seed
-        self._rest = RestApi(self.truth, self.scenario, self.counters, clock, self._rng)
         self._sockets: set[web.WebSocketResponse] = set()
+        self._context = SimContext(
+            self.truth,
+            self.scenario,
+            self.counters,
+            clock,
+            random.Random(self.scenario.seed),  # faults replay the same for one seed
+            self._sockets,
+        )
+        self.personality = PROTOCOLS[protocol](self._context)
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on host:port (port 0: any free port); returns the bound address."""
-        app = web.Application(middlewares=[self._rest.count_statuses])
-        app.add_routes(self._rest.routes())
-        app.add_routes(
-            [
-                web.get("/stream", self._stream),
-                web.get("/ws", self._stream),
-                web.get("/ws/{streams:.+}", self._stream),
-            ]
-        )
+        app = web.Application(middlewares=[self._count_statuses])
+        app.add_routes(self.personality.routes())
         # Open WebSockets are closed by stop(); nothing else needs a long grace period.
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
@@ -63,39 +78,15 @@ class SimExchange:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
-        combined = request.path == "/stream"
-        if combined:
-            joined = request.query.get("streams", "")
-        else:
-            joined = request.match_info.get("streams", "")
-        streams = [name for name in joined.split("/") if name]
-        bad = [name for name in streams if stream_series(name) is None]
-        if bad or len(streams) > MAX_STREAMS:
-            body = error_body(-1121, f"Invalid stream(s): {bad or len(streams)}")
-            return web.json_response(body, status=400)
-        ws = web.WebSocketResponse(autoping=True)  # answers client pings; we send our own
-        await ws.prepare(request)
-        self._sockets.add(ws)
-        self.counters.ws_connections += 1
-        self.counters.ws_open += 1
-        session = StreamSession(
-            ws,
-            request,
-            streams,
-            combined,
-            self.truth,
-            self.scenario,
-            self.counters,
-            self._clock,
-            self._rng,
-        )
-        try:
-            await session.run()
-        finally:
-            self._sockets.discard(ws)
-            self.counters.ws_open -= 1
-        return ws
+    @web.middleware
+    async def _count_statuses(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        transport = request.transport
+        # An answer on a closed connection (a reset fault) never reaches the client.
+        rest = not isinstance(response, web.WebSocketResponse)
+        if rest and transport is not None and not transport.is_closing():
+            self.counters.requests_by_status[response.status] += 1
+        return response
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
@@ -105,18 +96,19 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def run_sim(listen: str, scenario_path: Path | None) -> None:
+async def run_sim(listen: str, scenario_path: Path | None, protocol: str = "binance") -> None:
     """`candled sim`: serve the simulated exchange until cancelled."""
     host, port = _parse_listen(listen)
     now = _utc_now()
     scenario = Scenario() if scenario_path is None else load_scenario(scenario_path, now)
-    sim = SimExchange(scenario)
+    sim = SimExchange(scenario, protocol=protocol)
     bound_host, bound_port = await sim.start(host, port)
     log = structlog.get_logger("candled.sim")
     log.info(
         "sim listening",
         rest_url=f"http://{bound_host}:{bound_port}",
         ws_url=f"ws://{bound_host}:{bound_port}",
+        protocol=protocol,
         symbols=sim.truth.symbols,
         scenario=str(scenario_path) if scenario_path else "default",
     )

@@ -18,7 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from daemon.domain import Candle, SeriesKey
+from daemon.calendars import sessions
+from daemon.domain import Candle, DataProfile, SeriesKey
 from daemon.domain.timeframe import EPOCH, require_utc
 
 _MASK = (1 << 64) - 1
@@ -40,6 +41,24 @@ class Maintenance:
     def covers(self, symbol: str, start: datetime, end: datetime) -> bool:
         applies = not self.symbols or symbol in self.symbols
         return applies and self.start <= start and end <= self.end
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """When a symbol trades: its calendar, and how often a bar has no trade at all."""
+
+    profile: DataProfile = DataProfile.CRYPTO
+    calendar: str = ""  # "" : the profile's default
+    illiquid: float = 0.0  # fraction of bars without trades (sparse venues publish none)
+
+    def in_session(self, open_ts: datetime, close_ts: datetime) -> bool:
+        """A bar is published iff it overlaps a session (the healer's rule too)."""
+        if self.profile == DataProfile.CRYPTO:
+            return True
+        return bool(sessions(self.profile, self.calendar, open_ts, close_ts))
+
+
+_ALWAYS = Market()
 
 
 def _mix(x: int) -> int:
@@ -71,10 +90,15 @@ class Truth:
         seed: int,
         listings: Mapping[str, datetime],
         maintenance: Sequence[Maintenance] = (),
+        markets: Mapping[str, Market] | None = None,  # default: every symbol trades 24/7
     ) -> None:
         self._seed = seed
         self._listings = {symbol: require_utc(ts) for symbol, ts in listings.items()}
         self._maintenance = tuple(maintenance)
+        self._markets = dict(markets or {})
+
+    def market(self, symbol: str) -> Market:
+        return self._markets.get(symbol, _ALWAYS)
 
     @property
     def symbols(self) -> list[str]:
@@ -92,7 +116,16 @@ class Truth:
         genesis = self.genesis(series)
         if genesis is None or open_ts < genesis:
             return False
-        return self._maintained(series, open_ts) is None
+        return self._maintained(series, open_ts) is None and self._in_session(series, open_ts)
+
+    def traded(self, series: SeriesKey, open_ts: datetime) -> bool:
+        """Whether the bar saw a trade: venues that publish sparse bars skip the others."""
+        illiquid = self.market(series.symbol).illiquid
+        key = _key(self._seed, series.symbol, series.timeframe, "traded")
+        return illiquid <= 0 or _unit(key, int(_seconds(open_ts))) >= illiquid
+
+    def _in_session(self, series: SeriesKey, open_ts: datetime) -> bool:
+        return self.market(series.symbol).in_session(open_ts, series.tf.close_time(open_ts))
 
     def _maintained(self, series: SeriesKey, open_ts: datetime) -> Maintenance | None:
         close = series.tf.close_time(open_ts)
@@ -112,7 +145,8 @@ class Truth:
         while ts < end:
             window = self._maintained(series, ts)
             if window is None:
-                yield ts
+                if self._in_session(series, ts):
+                    yield ts
                 ts = tf.add(ts, 1)
             else:  # skip the window in one step; the bar holding its end is published
                 ts = max(tf.add(ts, 1), tf.floor(window.end))
@@ -127,18 +161,32 @@ class Truth:
         while ts >= genesis:
             window = self._maintained(series, ts)
             if window is None:
-                yield ts
+                if self._in_session(series, ts):
+                    yield ts
                 ts = tf.add(ts, -1)
             else:  # the bar before the one holding the window's start is published
                 ts = min(tf.add(ts, -1), tf.add(tf.ceil(window.start), -1))
 
     def candles(
-        self, series: SeriesKey, start: datetime, end: datetime, now: datetime
+        self,
+        series: SeriesKey,
+        start: datetime,
+        end: datetime,
+        now: datetime,
+        *,
+        sparse: bool = False,
     ) -> list[Candle]:
-        """The closed bars with start <= open < end as of `now`: the test oracle."""
+        """The closed bars with start <= open < end as of `now`: the test oracle.
+
+        `sparse`: as a venue that publishes no bar without trades serves them.
+        """
         closed_before = series.tf.floor(now)  # a bar opening before this has closed by now
         end = min(require_utc(end), closed_before)
-        return [self.bar(series, ts) for ts in self.opens(series, start, end)]
+        return [
+            self.bar(series, ts)
+            for ts in self.opens(series, start, end)
+            if not sparse or self.traded(series, ts)
+        ]
 
     def price(self, symbol: str, ts: datetime) -> float:
         """The continuous price path P(t)."""

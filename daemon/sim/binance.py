@@ -1,0 +1,56 @@
+"""The Binance personality: `/api/v3/klines` and the kline streams (`/stream`, `/ws/...`)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from daemon.sim.personality import SimContext
+from daemon.sim.rest import RestApi
+from daemon.sim.stream import StreamSession
+from daemon.sim.wire import error_body, stream_series
+
+MAX_STREAMS = 1024  # per connection, as on Binance
+
+
+class BinancePersonality:
+    def __init__(self, context: SimContext) -> None:
+        self._ctx = context
+        self._rest = RestApi(
+            context.truth, context.scenario, context.counters, context.clock, context.rng
+        )
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            *self._rest.routes(),
+            web.get("/stream", self._stream),
+            web.get("/ws", self._stream),
+            web.get("/ws/{streams:.+}", self._stream),
+        ]
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        combined = request.path == "/stream"
+        if combined:
+            joined = request.query.get("streams", "")
+        else:
+            joined = request.match_info.get("streams", "")
+        streams = [name for name in joined.split("/") if name]
+        bad = [name for name in streams if stream_series(name) is None]
+        if bad or len(streams) > MAX_STREAMS:
+            body = error_body(-1121, f"Invalid stream(s): {bad or len(streams)}")
+            return web.json_response(body, status=400)
+        ctx = self._ctx
+        ws = web.WebSocketResponse(autoping=True)  # answers client pings; we send our own
+        await ws.prepare(request)
+        ctx.sockets.add(ws)
+        ctx.counters.ws_connections += 1
+        ctx.counters.ws_open += 1
+        session = StreamSession(
+            ws, request, streams, combined, ctx.truth, ctx.scenario, ctx.counters, ctx.clock,
+            ctx.rng,
+        )  # fmt: skip
+        try:
+            await session.run()
+        finally:
+            ctx.sockets.discard(ws)
+            ctx.counters.ws_open -= 1
+        return ws
