@@ -8,22 +8,38 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+import asyncpg
+
+from daemon.domain import SeriesKey
+from daemon.sim.truth import Truth
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def venue_toml(name: str, port: int, *, batch: int = 5, rate_capacity: int = 6000) -> str:
+def venue_toml(
+    name: str,
+    port: int,
+    *,
+    kind: str = "binance",
+    batch: int = 5,
+    rate_capacity: int = 6000,
+    **extra: str,
+) -> str:
+    """A `[[venues]]` table for a simulator on `port`; `extra` values are TOML literals."""
     return f"""
 [[venues]]
 name = "{name}"
-kind = "binance"
+kind = "{kind}"
 rest_url = "http://127.0.0.1:{port}"
 ws_url = "ws://127.0.0.1:{port}"
 batch = {batch}
 rate_capacity = {rate_capacity}
 rate_period = "60s"
-"""
+""" + "".join(f"{k} = {v}\n" for k, v in extra.items())
 
 
 def series_toml(venue: str, symbols: Sequence[str], timeframes: Sequence[str], **extra: str) -> str:
@@ -75,3 +91,56 @@ async def stop(proc: asyncio.subprocess.Process, within: float = 30.0) -> int:
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(within):
         return await proc.wait()
+
+
+@dataclass(frozen=True)
+class StoreDiff:
+    """How a stored series differs from the simulator's truth over a window."""
+
+    expected: int
+    stored: int
+    missing: list[datetime]
+    extra: list[datetime]  # stored bars the truth does not have
+    wrong: list[datetime]  # stored with other values than the truth's
+    duplicated: int
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.wrong or self.duplicated)
+
+    def __str__(self) -> str:
+        return (f"expected {self.expected}, stored {self.stored}, missing {len(self.missing)}"
+                f" (first {self.missing[:3]}), extra {len(self.extra)} (first {self.extra[:3]}),"
+                f" wrong {len(self.wrong)} (first {self.wrong[:3]}),"
+                f" duplicated {self.duplicated}")  # fmt: skip
+
+
+async def compare_with_truth(
+    conn: asyncpg.Connection,
+    truth: Truth,
+    key: SeriesKey,
+    lo: datetime,
+    hi: datetime,
+    *,
+    sim_symbol: str | None = None,
+    sparse: bool = False,
+) -> StoreDiff:
+    """Compare the stored bars of `key` opening in [lo, hi) with the truth's
+    (named `sim_symbol` in the simulator, default the same symbol)."""
+    rows = await conn.fetch(
+        """SELECT ts, open, high, low, close, volume FROM candles
+           WHERE venue = $1 AND symbol = $2 AND timeframe = $3 AND ts >= $4 AND ts < $5""",
+        key.venue, key.symbol, key.timeframe, lo, hi,
+    )  # fmt: skip
+    stored = {r["ts"]: tuple(r)[1:] for r in rows}
+    sim_key = SeriesKey(key.venue, sim_symbol or key.symbol, key.timeframe)
+    expected = {c.ts: (c.open, c.high, c.low, c.close, c.volume)
+                for c in truth.candles(sim_key, lo, hi, now=hi, sparse=sparse)}  # fmt: skip
+    return StoreDiff(
+        expected=len(expected),
+        stored=len(rows),
+        missing=sorted(expected.keys() - stored.keys()),
+        extra=sorted(stored.keys() - expected.keys()),
+        wrong=sorted(ts for ts in expected.keys() & stored.keys() if expected[ts] != stored[ts]),
+        duplicated=len(rows) - len(stored),
+    )
