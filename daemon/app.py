@@ -187,7 +187,7 @@ class Daemon:
         healer = self._healer()
         audits = await healer.audit()
         repairers = {
-            name: Repairer(rt.codec.limits.page_size, rt.backfiller.run_job)
+            name: Repairer(rt.codec.limits, rt.backfiller.run_job)
             for name, rt in self.runtimes.items()
         }
         report = await healer.repair(repairers, audits, max_fills=self.config.healing.max_fills)

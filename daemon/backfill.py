@@ -162,25 +162,32 @@ class Backfiller:
         log.info("genesis recorded", series=str(series), genesis=first[0].ts.isoformat())
         return first[0].ts
 
-    async def run_job(self, job: BackfillJob) -> JobResult:
-        """Fetch every bar of the job's window, oldest page first."""
+    async def run_job(self, job: BackfillJob, seen: set[datetime] | None = None) -> JobResult:
+        """Fetch every bar of the job's window, oldest page first; add the open
+        times received to `seen` (the healer judges each hole by them)."""
         requests = candles = 0
         try:
             genesis = await self.genesis(job.series)
-            cursor = max(job.start, genesis) if genesis else job.start
-            tf, page = job.series.tf, self.codec.limits.page_size
+            tf, limits = job.series.tf, self.codec.limits
+            cursor = tf.ceil(max(job.start, genesis) if genesis else job.start)
+            if limits.history_horizon_bars is not None:
+                # Older bars are unreachable: the venue would answer with its newest ones.
+                horizon = tf.add(tf.floor(self._clock()), -limits.history_horizon_bars)
+                cursor = max(cursor, horizon)
             while cursor < job.end:
-                got, n_requests = await self._page(job.series, cursor, job.end, page)
+                # A page spans at most page_size bars, so that a short answer
+                # means "no more bars here", not "ask again" (sparse venues).
+                stop = min(job.end, tf.add(cursor, limits.page_size))
+                got, n_requests = await self._page(job.series, cursor, stop, limits.page_size)
                 requests += n_requests
-                got = [c for c in got if cursor <= c.ts < job.end]
-                if not got:
-                    break
-                await self._sink(got)
-                candles += len(got)
-                metrics.backfill_candles.labels(self.codec.venue).inc(len(got))
-                if len(got) < page:
-                    break
-                cursor = tf.next(got[-1].ts)
+                got = [c for c in got if cursor <= c.ts < stop]
+                if got:
+                    await self._sink(got)
+                    candles += len(got)
+                    metrics.backfill_candles.labels(self.codec.venue).inc(len(got))
+                    if seen is not None:
+                        seen.update(c.ts for c in got)
+                cursor = stop
         except _JOB_ERRORS as e:
             return JobResult(
                 job, candles, requests, complete=False, error=f"{type(e).__name__}: {e}"

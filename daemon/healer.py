@@ -26,7 +26,7 @@ import asyncpg
 from daemon import calendars, logs, metrics
 from daemon.backfill import BackfillJob, JobResult
 from daemon.config import Config, SeriesSpec
-from daemon.domain import SeriesKey
+from daemon.domain import SeriesKey, Timeframe
 from daemon.gaps import (
     EmptyRangePolicy,
     Range,
@@ -39,6 +39,7 @@ from daemon.gaps import (
 )
 from daemon.store import healing as store
 from daemon.store.series import ensure_series, stored_bounds
+from daemon.venues import VenueLimits
 
 log = logs.get("candled.healer")
 Clock = Callable[[], datetime]
@@ -79,10 +80,21 @@ class RepairReport:
 
 @dataclass(frozen=True)
 class Repairer:
-    """What the healer needs from a venue: its page size and the backfill path."""
+    """What the healer needs from a venue: its limits and the backfill path
+    (which adds the open times it received to the set it is given)."""
 
-    page_size: int
-    run_job: Callable[[BackfillJob], Awaitable[JobResult]]
+    limits: VenueLimits
+    run_job: Callable[[BackfillJob, set[datetime]], Awaitable[JobResult]]
+
+    def confirm_after(self, hole: Range, tf: Timeframe, now: datetime, default: int) -> int:
+        """Empty answers that confirm `hole` empty: one where an empty answer is
+        the venue's last word (no bar without trades; history it no longer serves)."""
+        horizon = self.limits.history_horizon_bars
+        if self.limits.sparse or (
+            horizon is not None and hole[1] <= tf.add(tf.floor(now), -horizon)
+        ):
+            return 1
+        return default
 
 
 def classify(
@@ -131,10 +143,10 @@ class Healer:
         healer.configure(config)
         return healer
 
-    def policy(self) -> EmptyRangePolicy:
+    def policy(self, confirm_after: int | None = None) -> EmptyRangePolicy:
         # Half the cycle interval first, then doubling: K empty answers take K
         # cycles, and a venue that keeps answering empty is asked less often.
-        return EmptyRangePolicy(self.interval / 2, self.confirm_after)
+        return EmptyRangePolicy(self.interval / 2, confirm_after or self.confirm_after)
 
     def _keys(self, keys: Iterable[SeriesKey] | None) -> list[SeriesKey]:
         if keys is None:
@@ -268,36 +280,47 @@ class Healer:
                 continue
             now = self._clock()
             waiting = [r for r, st in states.items() if not policy.is_due(st, now)]
-            windows = plan_windows(audit.gaps, audit.key.tf, repairer.page_size, max_fills,
+            tf = audit.key.tf
+            windows = plan_windows(audit.gaps, tf, repairer.limits.page_size, max_fills,
                                    skip=waiting)  # fmt: skip
             for w in windows:
                 job = BackfillJob(audit.key, w.start, w.end, "repair")
-                result = await repairer.run_job(job)
+                seen: set[datetime] = set()
+                result = await repairer.run_job(job, seen)
                 report.requests += result.requests
+                report.candles += result.candles
                 if on_request is not None:
                     on_request()
-                await self._record(row.id, (w.start, w.end), result, states, policy, report)
+                # Each hole in the window is judged by its own bars: one answer
+                # can fill one hole and show another (a halt, say) empty.
+                holes = [(max(a, w.start), min(b, w.end)) for a, b in audit.gaps
+                         if a < w.end and b > w.start]  # fmt: skip
+                for hole in holes:
+                    got = sum(1 for ts in seen if hole[0] <= ts < hole[1])
+                    confirm = repairer.confirm_after(hole, tf, now, self.confirm_after)
+                    await self._record(row.id, hole, result, got, states, self.policy(confirm),
+                                       report)  # fmt: skip
             report.per_series[audit.key] = len(windows)
         return report
 
     async def _record(
-        self, series_id: int, window: Range, result: JobResult,
+        self, series_id: int, hole: Range, result: JobResult, got: int,
         states: Mapping[Range, RepairState], policy: EmptyRangePolicy, report: RepairReport,
     ) -> None:  # fmt: skip
+        """Remember what the venue's answer said about one hole (`got` of its bars came)."""
         now = self._clock()
         async with self._pool.acquire() as conn:
             if not result.complete:
                 # Errors and timeouts say nothing about what the venue has.
                 report.errors += 1
-                await store.record_attempt(conn, series_id, window, result.candles, "error",
+                await store.record_attempt(conn, series_id, hole, got, "error",
                                            result.error, now)  # fmt: skip
                 return
-            outcome = "filled" if result.candles else "empty"
-            await store.record_attempt(conn, series_id, window, result.candles, outcome, None, now)
-            state = policy.record(states.get(window, RepairState()), result.candles, now)
-            await store.save_empty_state(conn, series_id, window, state, now)
-        report.candles += result.candles
-        if result.candles:
+            outcome = "filled" if got else "empty"
+            await store.record_attempt(conn, series_id, hole, got, outcome, None, now)
+            state = policy.record(states.get(hole, RepairState()), got, now)
+            await store.save_empty_state(conn, series_id, hole, state, now)
+        if got:
             metrics.gaps_repaired.labels(result.job.series.venue).inc()
         else:
             report.empty += 1
@@ -305,7 +328,7 @@ class Healer:
                 report.confirmed_empty += 1
                 metrics.gaps_confirmed_empty.labels(result.job.series.venue).inc()
                 log.info("range confirmed empty", series=str(result.job.series),
-                         start=window[0].isoformat(), end=window[1].isoformat(),
+                         start=hole[0].isoformat(), end=hole[1].isoformat(),
                          empty_answers=state.empty_answers)  # fmt: skip
 
 

@@ -120,7 +120,7 @@ async def repair(
         healer = Healer.for_config(db.pool, config)
         audits = await healer.audit(keys)
         async with _venues(config, db) as runtimes:
-            repairers = {n: Repairer(rt.codec.limits.page_size, rt.backfiller.run_job)
+            repairers = {n: Repairer(rt.codec.limits, rt.backfiller.run_job)
                          for n, rt in runtimes.items()}  # fmt: skip
             fills = max_fills or config.healing.max_fills
             holes = [a for a in audits if a.gaps]

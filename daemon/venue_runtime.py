@@ -15,6 +15,7 @@ from daemon.domain import SeriesKey
 from daemon.domain.timeframe import EPOCH
 from daemon.fetch import Fetcher
 from daemon.intake import Intake
+from daemon.poller import Poller
 from daemon.store.database import Database
 from daemon.store.series import stored_bounds
 from daemon.store.venues import get_banned_until, set_banned_until
@@ -78,6 +79,7 @@ class VenueRuntime:
         self._ws_intake = Intake(writer.put, db.pool, self._live_set, "ws")
         self.backfiller = Backfiller(self.codec, self.fetcher, self._rest_intake, db.pool)
         self.collector: Collector | None = None
+        self.poller: Poller | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._covered_until: dict[SeriesKey, datetime] = {}
         self.backfill_queued = asyncio.Event()  # the startup backfill is queued
@@ -88,7 +90,13 @@ class VenueRuntime:
     def _live_set(self) -> set[SeriesKey]:
         return {k for k, s in self.series.items() if s.live}
 
-    def _start_collector(self, tg: asyncio.TaskGroup) -> None:
+    def _start_live(self, tg: asyncio.TaskGroup) -> None:
+        """Stream the live series, or poll them where the venue has no candle stream."""
+        if self.codec.limits.live == "poll":
+            self.poller = Poller(self.backfiller.run_job, self.backfiller.submit, self._live(),
+                                 self.config.poll_delay)  # fmt: skip
+            tg.create_task(self.poller.run())
+            return
         settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds())
         self.collector = Collector(
             self.codec, self.config.ws_url, self._live(), self._ws_intake, self._hole_backfill,
@@ -102,6 +110,8 @@ class VenueRuntime:
         self.throttle.configure(venue.rate_capacity, venue.rate_period.total_seconds(), venue.batch)
         if self.collector is not None:
             self.collector.settings.idle_timeout_s = venue.idle_timeout.total_seconds()
+        if self.poller is not None:
+            self.poller.delay = venue.poll_delay
 
     async def set_series(self, specs: Sequence[SeriesSpec]) -> None:
         """Apply a reload's series: new ones backfill (and stream), removed ones
@@ -113,8 +123,10 @@ class VenueRuntime:
         if self.collector is not None:
             await self.collector.remove(sorted(old_live - new_live))
             await self.collector.add(sorted(new_live - old_live))
+        elif self.poller is not None:
+            self.poller.set_series(sorted(new_live))
         elif new_live and self._tg is not None:
-            self._start_collector(self._tg)
+            self._start_live(self._tg)
         # Subscribed first, then backfilled up to now: no bar falls between.
         await self._catch_up(added, "lookback")
 
@@ -185,4 +197,4 @@ class VenueRuntime:
             await self._catch_up(list(self.series), "lookback")
             self.backfill_queued.set()
             if self._live():
-                self._start_collector(tg)
+                self._start_live(tg)

@@ -60,9 +60,7 @@ class Rig:
 
     @property
     def repairers(self) -> dict[str, Repairer]:
-        return {
-            "binance": Repairer(self.backfiller.codec.limits.page_size, self.backfiller.run_job)
-        }
+        return {"binance": Repairer(self.backfiller.codec.limits, self.backfiller.run_job)}
 
 
 @pytest.fixture
