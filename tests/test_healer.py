@@ -176,6 +176,40 @@ async def test_range_the_venue_lacks_is_confirmed_empty_after_k_cycles(rig: Rig)
     assert confirmed == 1
 
 
+async def test_each_hole_of_a_window_is_judged_by_its_own_bars(rig: Rig) -> None:
+    """One request covers a hole the venue can fill and the range it lacks:
+    the first is filled, the second still gets its empty answer counted."""
+    await backfill_everything(rig)
+    lacking = [ts for ts in EARLY_GAP.tf.bars(NOW - timedelta(hours=21), NOW - timedelta(hours=19))
+               if not rig.sim.truth.exists(EARLY_GAP, ts)]  # fmt: skip
+    deleted = [EARLY_GAP.tf.add(lacking[-1], n) for n in range(30, 40)]  # same page, newer
+    async with rig.db.pool.acquire() as conn:
+        await conn.execute(
+            """DELETE FROM candle_data WHERE ts = ANY($2::timestamptz[]) AND series_id =
+               (SELECT id FROM series WHERE venue='binance' AND symbol=$1 AND timeframe='1m')""",
+            EARLY_GAP.symbol, deleted,
+        )  # fmt: skip
+    before = sum(rig.sim.counters.requests_by_status.values())
+    audits = await rig.healer.audit([EARLY_GAP])
+    assert len(audits[0].gaps) == 2
+    report = await rig.healer.repair(rig.repairers, audits, max_fills=10)
+    assert sum(rig.sim.counters.requests_by_status.values()) - before == 1  # one window
+    assert report.empty == 1 and report.errors == 0
+    async with rig.db.pool.acquire() as conn:
+        attempts = await conn.fetch(
+            "SELECT start_ts, end_ts, outcome, candles FROM repair_attempts ORDER BY start_ts"
+        )
+        empty = await conn.fetch("SELECT start_ts, end_ts, empty_answers FROM empty_ranges")
+        got = await stored(conn, EARLY_GAP)
+    assert [(r["outcome"], r["candles"]) for r in attempts] == [("empty", 0), ("filled", 10)]
+    assert (attempts[1]["start_ts"], attempts[1]["end_ts"]) == (
+        deleted[0],
+        EARLY_GAP.tf.next(deleted[-1]),
+    )
+    assert [(r["start_ts"], r["empty_answers"]) for r in empty] == [(lacking[0], 1)]
+    assert all(got[ts] == values(rig.sim.truth.bar(EARLY_GAP, ts)) for ts in deleted)
+
+
 async def test_audit_command_exit_code_follows_statuses(rig: Rig, tmp_path: Path) -> None:
     """`candled audit` exits 1 while a series is not OK, 0 once repair fixed it."""
     await backfill_everything(rig)

@@ -1,0 +1,89 @@
+"""The live poller: one poll per closed bar, contiguous windows, failures handed
+to the backfill queue. Runs on the wall clock with 1-second bars."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from daemon.backfill import BackfillJob, JobResult
+from daemon.domain import SeriesKey
+from daemon.poller import Poller
+
+ONE_S = SeriesKey("coinbase", "BTC-USD", "1s")
+TWO_S = SeriesKey("coinbase", "ETH-USD", "1s")
+DELAY = timedelta(milliseconds=200)
+
+
+async def run_for(poller: Poller, seconds: float) -> None:
+    async with asyncio.timeout(seconds + 5), asyncio.TaskGroup() as tg:
+        task = tg.create_task(poller.run())
+        await asyncio.sleep(seconds)
+        task.cancel()
+
+
+async def test_each_closed_bar_is_polled_once_after_its_close() -> None:
+    jobs: list[tuple[BackfillJob, datetime]] = []
+
+    async def run_job(job: BackfillJob) -> JobResult:
+        jobs.append((job, datetime.now(UTC)))
+        return JobResult(job, 1, 1, complete=True)
+
+    started = datetime.now(UTC)
+    poller = Poller(run_job, lambda job: None, [ONE_S, TWO_S], DELAY)
+    await run_for(poller, 4.5)
+
+    for key in (ONE_S, TWO_S):
+        windows = [(job.start, job.end) for job, _ in jobs if job.series == key]
+        assert windows, f"{key} never polled"
+        # The first poll starts with the bar in progress when polling began ...
+        assert windows[0][0] == key.tf.floor(started)
+        # ... and each next one where the previous ended: nothing skipped, nothing twice.
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
+    assert len([j for j, _ in jobs if j.series == ONE_S]) >= 3
+    for job, asked_at in jobs:
+        assert job.reason == "poll"
+        # Only bars that had closed (plus the delay) were asked for.
+        assert job.end + DELAY <= asked_at
+        assert job.series.tf.is_aligned(job.start) and job.series.tf.is_aligned(job.end)
+
+
+async def test_a_failed_poll_becomes_a_hole_to_backfill_and_polling_goes_on() -> None:
+    submitted: list[BackfillJob] = []
+    polled: list[BackfillJob] = []
+
+    async def run_job(job: BackfillJob) -> JobResult:
+        polled.append(job)
+        failing = len(polled) == 1
+        return JobResult(job, 0, 3, complete=not failing, error="FetchError" if failing else None)
+
+    poller = Poller(run_job, submitted.append, [ONE_S], DELAY)
+    await run_for(poller, 3.5)
+
+    assert len(submitted) == 1
+    hole = submitted[0]
+    assert (hole.series, hole.start, hole.end) == (ONE_S, polled[0].start, polled[0].end)
+    assert hole.reason == "reconnect"  # jumps ahead of deep history in the queue
+    assert len(polled) >= 2 and polled[1].start == polled[0].end
+    assert poller.failures == 1
+
+
+async def test_series_added_and_removed_on_reload() -> None:
+    polled: list[BackfillJob] = []
+
+    async def run_job(job: BackfillJob) -> JobResult:
+        polled.append(job)
+        return JobResult(job, 0, 1, complete=True)
+
+    poller = Poller(run_job, lambda job: None, [ONE_S], DELAY)
+    async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+        task = tg.create_task(poller.run())
+        await asyncio.sleep(1.5)
+        poller.set_series([TWO_S])
+        switched = datetime.now(UTC)
+        polled.clear()
+        await asyncio.sleep(3)
+        task.cancel()
+    assert {job.series for job in polled} == {TWO_S}
+    assert min(job.start for job in polled) >= TWO_S.tf.floor(switched)
