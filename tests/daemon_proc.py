@@ -6,11 +6,12 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
@@ -18,6 +19,7 @@ from daemon.domain import SeriesKey
 from daemon.sim.truth import Truth
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def venue_toml(
@@ -91,6 +93,15 @@ async def stop(proc: asyncio.subprocess.Process, within: float = 30.0) -> int:
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(within):
         return await proc.wait()
+
+
+async def wait_until(check: Callable[[], Awaitable[T]], within: float = 60) -> T:
+    """Poll `check` every 0.5 s until it returns something true; a hang past
+    `within` seconds raises TimeoutError."""
+    async with asyncio.timeout(within):
+        while not (result := await check()):
+            await asyncio.sleep(0.5)
+        return result
 
 
 @dataclass(frozen=True)

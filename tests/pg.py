@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+
+from daemon.store.cluster import PostgresCluster
 
 REQUIRE_TIMESCALEDB_ENV = "CANDLED_REQUIRE_TIMESCALEDB"
 
@@ -38,6 +41,28 @@ def scratch_dir(name: str) -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def own_cluster(name: str) -> Iterator[PostgresCluster]:
+    """A started cluster of the caller's own, to stop and start mid-run.
+
+    On a fixed port: `PostgresCluster(port=None)` picks a new one on every
+    start, and the daemon's pool must find the database again after a restart.
+    """
+    with scratch_dir(name) as base:
+        cluster = PostgresCluster(base / "pg", port=free_port())
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -19,13 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
-from tests.daemon_proc import running_daemon, series_toml, stop, venue_toml, write_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.daemon_proc import (
+    running_daemon,
+    series_toml,
+    stop,
+    venue_toml,
+    wait_until,
+    write_config,
+)
+from tests.pg import free_port
 
 
 class NotifyListener:
@@ -65,13 +67,6 @@ async def written(session: aiohttp.ClientSession, port: int) -> float:
         if s.name == "candled_candles_written_total" and s.labels == {"result": "inserted"}
     ]
     return float(inserted[0]) if inserted else 0.0  # nothing written yet: no labelled sample
-
-
-async def wait_until(check, within: float = 60):  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(within):
-        while not (result := await check()):
-            await asyncio.sleep(0.5)
-        return result
 
 
 @pytest.mark.timeout(240)

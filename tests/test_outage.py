@@ -5,7 +5,6 @@ order, once the database returns."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,26 +21,24 @@ from daemon.store.database import Database
 from daemon.store.migrations import migrate
 from daemon.store.spool import Spool
 from daemon.store.writer import CandleStore, CandleWriter, WriteResult
-from tests.daemon_proc import running_daemon, series_toml, stop, venue_toml, write_config
-from tests.pg import scratch_dir
-from tests.test_daemon_ops import free_port, wait_until
+from tests import pg
+from tests.daemon_proc import (
+    running_daemon,
+    series_toml,
+    stop,
+    venue_toml,
+    wait_until,
+    write_config,
+)
+from tests.pg import free_port
 from tests.test_store import make_candles
 
 
 @pytest.fixture
 def own_cluster() -> Iterator[PostgresCluster]:
     """A cluster of this test's own: it is stopped and started mid-test."""
-    with scratch_dir("outage") as base, socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        # A fixed port: the pool must find the database again after a restart.
-        cluster = PostgresCluster(base / "pg", port=port)
-        cluster.start()
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
+    with pg.own_cluster("outage") as cluster:
+        yield cluster
 
 
 @pytest.mark.timeout(180)
