@@ -294,7 +294,7 @@ def test_malformed_frames_are_flagged_not_raised(text: str) -> None:
 
 
 def test_registry() -> None:
-    assert known_kinds() == ["binance"]
+    assert "binance" in known_kinds()
     assert get_codec("binance").venue == "binance"
-    with pytest.raises(ValueError, match="unknown venue kind 'kraken'"):
-        get_codec("kraken")
+    with pytest.raises(ValueError, match="unknown venue kind 'nope'"):
+        get_codec("nope")

@@ -13,12 +13,14 @@ from daemon.venues.base import (
     VenueLimits,
 )
 from daemon.venues.binance import BinanceCodec
+from daemon.venues.kraken import KrakenCodec
 
 # kind -> factory taking the venue name stored with the candles, the venue's
 # credentials (None without) and its `options` table; a bad option is a ValueError.
 Factory = Callable[[str, Credentials | None, Mapping[str, str]], VenueCodec]
 _CODECS: dict[str, Factory] = {
     "binance": BinanceCodec,
+    "kraken": KrakenCodec,
 }
 
 
