@@ -12,14 +12,16 @@ one closed, on every timeframe. Wicks and volume are hashed per bar.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from daemon.calendars import sessions
-from daemon.domain import Candle, DataProfile, SeriesKey
+from daemon.calendars import expected_ranges
+from daemon.domain import Candle, DataProfile, SeriesKey, Timeframe
 from daemon.domain.timeframe import EPOCH, require_utc
 
 _MASK = (1 << 64) - 1
@@ -51,11 +53,25 @@ class Market:
     calendar: str = ""  # "" : the profile's default
     illiquid: float = 0.0  # fraction of bars without trades (sparse venues publish none)
 
-    def in_session(self, open_ts: datetime, close_ts: datetime) -> bool:
+    def has_bar(self, tf: Timeframe, open_ts: datetime) -> bool:
         """A bar is published iff it overlaps a session (the healer's rule too)."""
         if self.profile == DataProfile.CRYPTO:
             return True
-        return bool(sessions(self.profile, self.calendar, open_ts, close_ts))
+        week = int(_seconds(open_ts) // _WEEK_S)
+        starts, ends = _week_grid(self, tf, week)
+        i = bisect_right(starts, open_ts) - 1
+        return i >= 0 and open_ts < ends[i]
+
+
+_WEEK_S = 7 * 86_400
+
+
+@functools.lru_cache(maxsize=1024)
+def _week_grid(market: Market, tf: Timeframe, week: int) -> tuple[list[datetime], list[datetime]]:
+    """The expected-bar ranges of one week, cached: truth asks bar by bar."""
+    start = EPOCH + timedelta(seconds=week * _WEEK_S)
+    found = expected_ranges(market.profile, market.calendar, tf, start, start + timedelta(days=7))
+    return [a for a, _ in found], [b for _, b in found]
 
 
 _ALWAYS = Market()
@@ -125,7 +141,7 @@ class Truth:
         return illiquid <= 0 or _unit(key, int(_seconds(open_ts))) >= illiquid
 
     def _in_session(self, series: SeriesKey, open_ts: datetime) -> bool:
-        return self.market(series.symbol).in_session(open_ts, series.tf.close_time(open_ts))
+        return self.market(series.symbol).has_bar(series.tf, open_ts)
 
     def _maintained(self, series: SeriesKey, open_ts: datetime) -> Maintenance | None:
         close = series.tf.close_time(open_ts)
