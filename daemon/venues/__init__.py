@@ -13,6 +13,7 @@ from daemon.venues.base import (
     VenueLimits,
 )
 from daemon.venues.binance import BinanceCodec
+from daemon.venues.coinbase import CoinbaseCodec
 from daemon.venues.kraken import KrakenCodec
 
 # kind -> factory taking the venue name stored with the candles, the venue's
@@ -20,6 +21,7 @@ from daemon.venues.kraken import KrakenCodec
 Factory = Callable[[str, Credentials | None, Mapping[str, str]], VenueCodec]
 _CODECS: dict[str, Factory] = {
     "binance": BinanceCodec,
+    "coinbase": CoinbaseCodec,
     "kraken": KrakenCodec,
 }
 

@@ -1,0 +1,224 @@
+"""Coinbase Exchange (no key): REST `GET /products/{product_id}/candles`; live bars by polling.
+
+Wire formats as documented at
+- https://docs.cdp.coinbase.com/api-reference/exchange-api/rest-api/products/get-product-candles
+  (`granularity` one of 60, 300, 900, 3600, 21600, 86400 seconds "or your request is
+  rejected"; `start`/`end` ISO 8601, both or neither; at most 300 candles a request,
+  a wider range is rejected; buckets `[time, low, high, open, close, volume]` as JSON
+  numbers, `time` the bucket start in Unix seconds, newest first; "No data is
+  published for intervals where there are no ticks": sparse),
+- https://docs.cdp.coinbase.com/exchange/rest-api/rate-limits (public endpoints: 10
+  requests per second per IP, bursts up to 15, a lazy-fill token bucket; over it,
+  `429 Too Many Requests`),
+- https://docs.cdp.coinbase.com/exchange/rest-api/requests (errors: a 4xx/5xx status
+  and a body `{"message": "..."}`).
+
+The Exchange WebSocket feed has no candle channel, so live 1-minute bars come from
+the poll driver (`limits.live == "poll"`), through `history_request` like any other
+bar; the stream methods of this codec are never called and say so.
+
+Product ids are Coinbase's, e.g. "BTC-USD".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from daemon.domain import Candle, SeriesKey, Timeframe
+from daemon.domain.timeframe import EPOCH, require_utc
+from daemon.venues.base import (
+    CodecError,
+    Credentials,
+    FrameResult,
+    HttpRequest,
+    RateFacts,
+    VenueError,
+    VenueLimits,
+)
+
+LIMITS = VenueLimits(
+    page_size=300,  # "The maximum number of data points for a single request is 300 candles"
+    request_weight=1,  # public endpoints are limited by request count per IP
+    # No candle stream (the feed has no candle channel): no connections are made.
+    streams_per_connection=0,
+    max_connection_age_s=0.0,
+    max_ws_messages_per_s=0.0,
+    exact_genesis=False,  # nothing answers "first candle at or after t"
+    sparse=True,  # "No data is published for intervals where there are no ticks"
+    # Public endpoints: 10 requests per second per IP (bursts up to 15); a bucket of
+    # 10 refilled in a second never exceeds either.
+    rate_capacity=10,
+    rate_period_s=1.0,
+    live="poll",
+)
+# Coinbase accepts exactly these bucket sizes (seconds), one per supported timeframe.
+GRANULARITY = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "1d": 86400}
+# Coinbase sends no Retry-After with its 429; its bucket refills in about a second.
+_RETRY_AFTER_429_S = 1.0
+
+
+def candles_path(product_id: str) -> str:
+    # A product id is a path segment: nothing in it may start another one.
+    return f"/products/{quote(product_id, safe='')}/candles"
+
+
+def iso(ts: datetime) -> str:
+    """ISO 8601 in UTC with a `Z`, as Coinbase's own timestamps are written."""
+    return require_utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class CoinbaseCodec:
+    def __init__(
+        self,
+        venue: str = "coinbase",
+        credentials: Credentials | None = None,  # market data needs no key
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        if options:
+            raise ValueError(f"coinbase takes no options, got {', '.join(sorted(options))}")
+        self._venue = venue
+
+    @property
+    def venue(self) -> str:
+        return self._venue
+
+    @property
+    def limits(self) -> VenueLimits:
+        return LIMITS
+
+    def timeframe_supported(self, timeframe: str) -> bool:
+        return timeframe in GRANULARITY
+
+    def history_request(
+        self, series: SeriesKey, start: datetime, end: datetime, limit: int
+    ) -> HttpRequest:
+        if not 1 <= limit <= LIMITS.page_size:
+            raise ValueError(f"limit {limit} outside 1..{LIMITS.page_size}")
+        granularity = _granularity(series)
+        tf = series.tf
+        first, last = tf.ceil(require_utc(start)), tf.add(tf.ceil(require_utc(end)), -1)
+        if last < first:
+            raise ValueError(f"no bar opens in [{start.isoformat()}, {end.isoformat()})")
+        if tf.count_bars(first, tf.next(last)) > limit:
+            raise ValueError(
+                f"[{start.isoformat()}, {end.isoformat()}) holds more than {limit} bars"
+            )
+        # The docs do not say whether `end` is inclusive (clients treat it so:
+        # ccxt asks start + (limit - 1) * granularity for `limit` bars). Half a
+        # bucket past the last wanted open gives exactly [start, end) either way,
+        # and keeps the count of buckets under the cap.
+        end_param = last + timedelta(seconds=granularity / 2)
+        return HttpRequest(
+            method="GET",
+            path=candles_path(series.symbol),
+            params={"granularity": str(granularity), "start": iso(first), "end": iso(end_param)},
+            weight=LIMITS.request_weight,
+        )
+
+    def genesis_request(self, series: SeriesKey) -> HttpRequest:
+        raise NotImplementedError("coinbase cannot answer the first bar (exact_genesis=False)")
+
+    def parse_history(
+        self, series: SeriesKey, status: int, body: bytes, now: datetime
+    ) -> list[Candle]:
+        payload = _json(body)
+        if status != 200:
+            raise _venue_error(status, payload)
+        if not isinstance(payload, list):
+            raise CodecError(f"candles: expected a JSON array, got {type(payload).__name__}")
+        now = require_utc(now)
+        tf = series.tf
+        candles = [_row_candle(series, tf, row, index) for index, row in enumerate(payload)]
+        # Coinbase answers newest first and includes the bucket still in progress.
+        return sorted((c for c in candles if tf.close_time(c.ts) <= now), key=lambda c: c.ts)
+
+    def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
+        # Coinbase reports no used weight and bans nobody; over the limit it
+        # answers 429, with no Retry-After.
+        limited = status == 429
+        return RateFacts(
+            used_weight=None,
+            retry_after_s=_RETRY_AFTER_429_S if limited else None,
+            rate_limited=limited,
+            banned=False,
+        )
+
+    # --- no candle stream: live bars are polled (limits.live == "poll") --------------
+
+    def stream_name(self, series: SeriesKey) -> str:
+        raise NotImplementedError("coinbase has no candle stream; live bars are polled")
+
+    def stream_path(self, series: Sequence[SeriesKey]) -> str:
+        raise NotImplementedError("coinbase has no candle stream; live bars are polled")
+
+    def login_messages(self) -> list[str]:
+        return []  # nothing to log into: market data is public
+
+    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
+        raise NotImplementedError("coinbase has no candle stream; live bars are polled")
+
+    def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
+        raise NotImplementedError("coinbase has no candle stream; live bars are polled")
+
+    def parse_frame(self, text: str) -> FrameResult:
+        # No frame of ours exists: whatever arrives is not the shape we know.
+        return FrameResult(malformed=True)
+
+
+def _granularity(series: SeriesKey) -> int:
+    try:
+        return GRANULARITY[series.timeframe]
+    except KeyError:
+        raise ValueError(
+            f"coinbase has no {series.timeframe} candles; expected one of {', '.join(GRANULARITY)}"
+        ) from None
+
+
+def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Candle:
+    # [time, low, high, open, close, volume]: low and high come before open.
+    if not isinstance(row, list) or len(row) != 6:
+        raise CodecError(f"candles row {index}: expected an array of 6 numbers")
+    try:
+        ts = _bucket_start(tf, row[0])
+        low, high, o, c, v = (_number(value) for value in row[1:6])
+    except CodecError as exc:
+        raise CodecError(f"candles row {index}: {exc}") from None
+    return Candle(series, ts, o, high, low, c, v)
+
+
+def _bucket_start(tf: Timeframe, value: object) -> datetime:
+    # bool is an int subclass; true is not a timestamp.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CodecError(f"time {value!r} is not a Unix timestamp in seconds")
+    ts = EPOCH + timedelta(seconds=value)
+    if not tf.is_aligned(ts):
+        raise CodecError(f"time {ts.isoformat()} is not aligned to {tf}")
+    return ts
+
+
+def _number(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise CodecError(f"{value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise CodecError(f"{value!r} is not finite")
+    return number
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None  # the caller decides: an error status, or a malformed body
+
+
+def _venue_error(status: int, payload: Any) -> VenueError:
+    # Error bodies look like {"message": "NotFound"}; Coinbase has no error codes.
+    if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+        return VenueError(status, None, payload["message"])
+    return VenueError(status, None, "no error body")
