@@ -15,6 +15,7 @@ from daemon.venues.base import (
 from daemon.venues.binance import BinanceCodec
 from daemon.venues.coinbase import CoinbaseCodec
 from daemon.venues.kraken import KrakenCodec
+from daemon.venues.oanda import OandaCodec
 
 # kind -> factory taking the venue name stored with the candles, the venue's
 # credentials (None without) and its `options` table; a bad option is a ValueError.
@@ -23,6 +24,7 @@ _CODECS: dict[str, Factory] = {
     "binance": BinanceCodec,
     "coinbase": CoinbaseCodec,
     "kraken": KrakenCodec,
+    "oanda": OandaCodec,
 }
 
 

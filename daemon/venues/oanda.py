@@ -1,0 +1,286 @@
+"""OANDA v20 REST: `GET /v3/instruments/{instrument}/candles`; no candle stream.
+
+Wire formats as documented at
+https://developer.oanda.com/rest-live-v20/instrument-ep/ (the candles request:
+`price` M|B|A, `granularity`, `count` at most 5000, `from`/`to`, `includeFirst`,
+`dailyAlignment` 17 / `alignmentTimezone` America/New_York / `weeklyAlignment`
+Friday by default; `Authorization: Bearer <token>`; errors 400/401/404/405),
+https://developer.oanda.com/rest-live-v20/instrument-df/ (`Candlestick`,
+`CandlestickData`, the granularities and their alignment) and
+https://developer.oanda.com/rest-live-v20/troubleshooting-errors/ (error bodies
+`{"errorCode"?: string, "errorMessage": string}`).
+
+Facts the docs leave implicit, from OANDA's own answers:
+- sparse: "If there is no market activity (no price generated) within the
+  specified period, then no candle will be returned"
+  (https://github.com/oanda/oandapy/issues/51);
+- a `from`..`to` range spanning more than 5000 candles is refused with
+  "Maximum value for 'count' exceeded", and a `to` in the future with
+  "Invalid value specified for 'to'. Time is in the future"
+  (https://github.com/happydasch/btoandav20/issues/28,
+  https://github.com/hootnot/oanda-api-v20/issues/144).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+from daemon.domain import Candle, SeriesKey, Timeframe
+from daemon.domain.timeframe import require_utc
+from daemon.venues.base import (
+    CodecError,
+    Credentials,
+    FrameResult,
+    HttpRequest,
+    RateFacts,
+    VenueError,
+    VenueLimits,
+)
+
+# Decimal strings, JSON bodies and Retry-After read as on Binance.
+from daemon.venues.binance import _json, _price, _seconds_or_none
+
+LIMITS = VenueLimits(
+    page_size=5000,  # `count`: "[default=500, maximum=5000]" (instrument-ep)
+    request_weight=1,  # OANDA counts requests, not weights
+    # No candle stream (the pricing stream carries prices, not bars): nothing to connect.
+    streams_per_connection=0,
+    max_connection_age_s=0.0,
+    max_ws_messages_per_s=0.0,
+    exact_genesis=False,  # nothing answers "first candle of the instrument"
+    sparse=True,  # no candle for an interval without a price (oanda/oandapy#51)
+    # "For an established connection, we recommend limiting this to one hundred
+    # per second (100/s)": https://developer.oanda.com/rest-live-v20/best-practices/
+    rate_capacity=100,
+    rate_period_s=1.0,
+    live="poll",
+    needs_credentials=True,  # every v20 endpoint needs the bearer token
+)
+PRICE_COMPONENTS = {"M": "mid", "B": "bid", "A": "ask"}  # `options.price` -> candle field
+_GRANULARITIES = {
+    "1m": "M1", "5m": "M5", "15m": "M15", "30m": "M30", "1h": "H1",
+    "2h": "H2", "4h": "H4", "6h": "H6", "8h": "H8", "12h": "H12",
+    "1d": "D", "1w": "W", "1M": "M",
+}  # fmt: skip
+# Minute- and hour-aligned granularities start on the UTC grid anyway; the
+# others are aligned to a day that starts at 17:00 New York unless asked
+# otherwise, and weeks on Friday: ask for days at 00:00 UTC and weeks on
+# Monday, the domain's alignment.
+_UTC_DAYS = {"dailyAlignment": "0", "alignmentTimezone": "UTC"}
+_DAY_ALIGNED = {
+    **{g: _UTC_DAYS for g in ("H2", "H4", "H6", "H8", "H12", "D", "M")},
+    "W": {**_UTC_DAYS, "weeklyAlignment": "Monday"},
+}
+# RFC 3339 as OANDA writes it: "2016-10-17T15:16:40.000000000Z" (up to nine
+# fractional digits; a Python datetime keeps six).
+_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
+
+
+class _BearerHeaders(Mapping[str, str]):
+    """The Authorization header, shown redacted in any repr (requests get logged)."""
+
+    def __init__(self, token: str) -> None:
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def __repr__(self) -> str:
+        return "{'Authorization': 'Bearer <redacted>'}"
+
+
+class OandaCodec:
+    def __init__(
+        self,
+        venue: str = "oanda",
+        credentials: Credentials | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        options = dict(options or {})
+        price = options.pop("price", "M")
+        if options:
+            raise ValueError(f"oanda takes only the option price, got {', '.join(sorted(options))}")
+        if price not in PRICE_COMPONENTS:
+            raise ValueError(
+                f"oanda option price: expected one of {', '.join(PRICE_COMPONENTS)}"
+                f" (mid, bid, ask), got {price!r}"
+            )
+        self._venue = venue
+        self._price = price
+        self._component = PRICE_COMPONENTS[price]
+        # Without credentials the codec only answers `limits` (config loading
+        # refuses an OANDA venue without a token).
+        self._headers: Mapping[str, str] = (
+            _BearerHeaders(credentials.key) if credentials is not None else {}
+        )
+
+    def __repr__(self) -> str:
+        return f"OandaCodec(venue={self._venue!r}, price={self._price!r})"
+
+    @property
+    def venue(self) -> str:
+        return self._venue
+
+    @property
+    def limits(self) -> VenueLimits:
+        return LIMITS
+
+    def timeframe_supported(self, timeframe: str) -> bool:
+        return timeframe in _GRANULARITIES
+
+    def history_request(
+        self, series: SeriesKey, start: datetime, end: datetime, limit: int
+    ) -> HttpRequest:
+        if not 1 <= limit <= LIMITS.page_size:
+            raise ValueError(f"limit {limit} outside 1..{LIMITS.page_size}")
+        granularity = _GRANULARITIES.get(series.timeframe)
+        if granularity is None:
+            raise ValueError(f"oanda has no {series.timeframe} candles")
+        tf = series.tf
+        # `from` includes the candle it falls in: start on a bar so that none opens before.
+        first = tf.ceil(require_utc(start))
+        end = min(require_utc(end), tf.add(first, limit))
+        if end <= first:
+            raise ValueError(f"empty window [{start.isoformat()}, {end.isoformat()})")
+        return HttpRequest(
+            method="GET",
+            path=f"/v3/instruments/{quote(series.symbol, safe='')}/candles",
+            params={
+                "price": self._price,
+                "granularity": granularity,
+                "from": rfc3339(first),
+                # `to` names the end of the range; a microsecond before the
+                # next bar keeps that bar out whether OANDA reads `to` as
+                # inclusive or not: exactly [start, end).
+                "to": rfc3339(end - timedelta(microseconds=1)),
+                **_DAY_ALIGNED.get(granularity, {}),
+            },
+            weight=LIMITS.request_weight,
+            headers=self._headers,
+        )
+
+    def genesis_request(self, series: SeriesKey) -> HttpRequest:
+        raise NotImplementedError("oanda cannot answer a series' first candle (exact_genesis)")
+
+    def parse_history(
+        self, series: SeriesKey, status: int, body: bytes, now: datetime
+    ) -> list[Candle]:
+        payload = _json(body)
+        if status != 200:
+            raise _venue_error(status, payload)
+        if not isinstance(payload, dict):
+            raise CodecError("candles: expected a JSON object")
+        instrument, granularity = payload.get("instrument"), payload.get("granularity")
+        if instrument != series.symbol:
+            raise CodecError(f"candles of instrument {instrument!r}, asked for {series.symbol}")
+        if granularity != _GRANULARITIES.get(series.timeframe):
+            raise CodecError(f"candles of granularity {granularity!r}, asked for {series.tf}")
+        rows = payload.get("candles")
+        if not isinstance(rows, list):
+            raise CodecError("candles: expected a `candles` array")
+        now = require_utc(now)
+        tf = series.tf
+        candles = []
+        for index, row in enumerate(rows):
+            try:
+                candle = self._candle(series, tf, row)
+            except CodecError as exc:
+                raise CodecError(f"candle {index}: {exc}") from None
+            if candle is not None and tf.close_time(candle.ts) <= now:
+                candles.append(candle)
+        candles.sort(key=lambda c: c.ts)  # oldest first, whatever the venue's order
+        return candles
+
+    def _candle(self, series: SeriesKey, tf: Timeframe, row: object) -> Candle | None:
+        """The candle of one `Candlestick`, or None while it is still forming."""
+        if not isinstance(row, dict):
+            raise CodecError("expected an object")
+        complete = row.get("complete")
+        if not isinstance(complete, bool):
+            raise CodecError(f"complete flag {complete!r}")
+        ts = parse_time(row.get("time"))
+        if not tf.is_aligned(ts):
+            raise CodecError(f"time {ts.isoformat()} is not aligned to {tf}")
+        if not complete:
+            return None
+        data = row.get(self._component)
+        if not isinstance(data, dict):
+            raise CodecError(f"no `{self._component}` prices")
+        o, h, low, c = (_price(data.get(key)) for key in ("o", "h", "l", "c"))
+        volume = row.get("volume")
+        # The number of prices in the interval: an integer (bool is an int subclass).
+        if not isinstance(volume, int) or isinstance(volume, bool) or volume < 0:
+            raise CodecError(f"volume {volume!r} is not a count")
+        return Candle(series, ts, o, h, low, c, float(volume))
+
+    def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
+        # OANDA reports no usage; a 429 may say how long to wait. There are no bans.
+        lowered = {name.lower(): value for name, value in headers.items()}
+        return RateFacts(
+            used_weight=None,
+            retry_after_s=_seconds_or_none(lowered.get("retry-after")),
+            rate_limited=status == 429,
+            banned=False,
+        )
+
+    # OANDA has no candle stream (`limits.live == "poll"`): the collector never runs.
+
+    def stream_name(self, series: SeriesKey) -> str:
+        _no_stream()
+
+    def stream_path(self, series: Sequence[SeriesKey]) -> str:
+        _no_stream()
+
+    def login_messages(self) -> list[str]:
+        _no_stream()
+
+    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
+        _no_stream()
+
+    def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
+        _no_stream()
+
+    def parse_frame(self, text: str) -> FrameResult:
+        _no_stream()
+
+
+def _no_stream() -> NoReturn:
+    raise NotImplementedError("oanda has no candle stream; its live bars are polled")
+
+
+def rfc3339(ts: datetime) -> str:
+    """A UTC time as OANDA writes it, with nine fractional digits."""
+    ts = require_utc(ts)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S") + f".{ts.microsecond:06d}000Z"
+
+
+def parse_time(value: object) -> datetime:
+    """An RFC 3339 UTC time as OANDA sends it; digits past the microsecond are dropped."""
+    m = _RFC3339.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise CodecError(f"time {value!r} is not an RFC 3339 UTC time")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    micros = int((m.group(7) or "0").ljust(9, "0")[:6])
+    try:
+        return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
+    except ValueError:
+        raise CodecError(f"time {value!r} is not a valid date") from None
+
+
+def _venue_error(status: int, payload: Any) -> VenueError:
+    # {"errorMessage": "..."} with an optional string "errorCode".
+    if isinstance(payload, dict) and isinstance(payload.get("errorMessage"), str):
+        code = payload.get("errorCode")
+        msg = payload["errorMessage"]
+        return VenueError(status, None, f"{code}: {msg}" if isinstance(code, str) else msg)
+    return VenueError(status, None, "no error body")
