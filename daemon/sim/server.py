@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from daemon.sim.binance import BinancePersonality
+from daemon.sim.coinbase import CoinbasePersonality
 from daemon.sim.counters import SimCounters
 from daemon.sim.personality import Handler, Personality, SimContext
 from daemon.sim.rest import Clock
@@ -21,6 +22,7 @@ from daemon.sim.truth import Truth
 # --protocol name -> the personality serving it.
 PROTOCOLS: dict[str, type[Personality]] = {
     "binance": BinancePersonality,
+    "coinbase": CoinbasePersonality,
 }
 
 
