@@ -174,6 +174,9 @@ class Backfiller:
                 # Older bars are unreachable: the venue would answer with its newest ones.
                 horizon = tf.add(tf.floor(self._clock()), -limits.history_horizon_bars)
                 cursor = max(cursor, horizon)
+            # Where the job's leading run of empty pages began (None: the first
+            # page had data): empty pages then data may be the series' genesis.
+            empty_from = cursor if genesis is None and not limits.exact_genesis else None
             while cursor < job.end:
                 # A page spans at most page_size bars, so that a short answer
                 # means "no more bars here", not "ask again" (sparse venues).
@@ -181,6 +184,10 @@ class Backfiller:
                 got, n_requests = await self._page(job.series, cursor, stop, limits.page_size)
                 requests += n_requests
                 got = [c for c in got if cursor <= c.ts < stop]
+                if got and empty_from is not None:
+                    if empty_from < cursor:
+                        requests += await self._probe_genesis(job.series, empty_from, got[0].ts)
+                    empty_from = None
                 if got:
                     await self._sink(got)
                     candles += len(got)
@@ -193,6 +200,26 @@ class Backfiller:
                 job, candles, requests, complete=False, error=f"{type(e).__name__}: {e}"
             )
         return JobResult(job, candles, requests, complete=True)
+
+    async def _probe_genesis(self, series: SeriesKey, empty_from: datetime, first: datetime) -> int:
+        """The genesis heuristic for venues that cannot say where history starts:
+        complete, empty answers from `empty_from` up to the bar `first` mark
+        genesis at `first` once a deeper probe (the page before) is empty too.
+        Errors and timeouts raise before this is reached, so they never mark it."""
+        tf, page = series.tf, self.codec.limits.page_size
+        probe = (tf.add(empty_from, -page), empty_from)
+        got, requests = await self._page(series, *probe, page)
+        if any(probe[0] <= c.ts < probe[1] for c in got):
+            return requests  # history goes deeper: the empty run was a gap
+        evidence = {"method": "heuristic", "empty_from": empty_from.isoformat(),
+                    "first_bar": first.isoformat(), "probe": [t.isoformat() for t in probe],
+                    "asked_at": self._clock().isoformat()}  # fmt: skip
+        async with self._pool.acquire() as conn:
+            await set_genesis(conn, series, first, evidence)
+        self._genesis[series] = first
+        log.info("genesis recorded (no data before it)", series=str(series),
+                 genesis=first.isoformat())  # fmt: skip
+        return requests
 
     async def _page(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int

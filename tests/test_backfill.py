@@ -33,11 +33,12 @@ MAINT_1M = SeriesKey("binance", "MNTUSDT", "1m")  # no data from 30 to 20 minute
 
 
 class SmallPages(BinanceCodec):
-    """Binance with short pages, so that a test window spans many of them."""
+    """Binance with short pages, so that a test window spans many of them
+    (and, with exact_genesis=False, like a venue that cannot say where history starts)."""
 
-    def __init__(self, page_size: int) -> None:
+    def __init__(self, page_size: int, exact_genesis: bool = True) -> None:
         super().__init__()
-        self._limits = dataclasses.replace(LIMITS, page_size=page_size)
+        self._limits = dataclasses.replace(LIMITS, page_size=page_size, exact_genesis=exact_genesis)
 
     @property
     def limits(self) -> VenueLimits:
@@ -195,6 +196,53 @@ async def test_maintenance_window_is_skipped_and_paging_goes_on_past_it(
     assert gap == [gap_start + timedelta(minutes=i) for i in range(9)]
     assert stamps[-1] == MAINT_1M.tf.add(job.end, -1)  # and the paging reached the end
     assert len(fetcher.params) > len(candles) // 4  # it did page, 4 bars at a time
+
+
+async def test_genesis_heuristic_where_the_venue_cannot_answer_it(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    """Empty pages, then data, then an empty deeper probe: genesis at the first bar."""
+    exchange, url = sim
+    job = lookback(NEW_1M)  # listed 2 hours ago: 22 hours of empty pages first
+    b, fetcher = backfiller(url, db, codec=SmallPages(100, exact_genesis=False))
+    await run_jobs(b, job)
+
+    genesis = exchange.truth.genesis(NEW_1M)
+    assert genesis is not None
+    assert await stored(db, NEW_1M) == exchange.truth.candles(NEW_1M, job.start, job.end, job.end)
+    row = await db.pool.fetchrow(
+        "SELECT genesis_ts, genesis_evidence FROM series WHERE symbol = $1 AND timeframe = '1m'",
+        NEW_1M.symbol,
+    )
+    assert row["genesis_ts"] == genesis
+    evidence = json.loads(row["genesis_evidence"])
+    assert evidence["method"] == "heuristic"
+    assert evidence["first_bar"] == genesis.isoformat()
+    assert all(p["startTime"] != "0" for p in fetcher.params)  # no exact question asked
+    # The probe asked for the page before the empty run.
+    probe = [datetime.fromisoformat(t) for t in evidence["probe"]]
+    assert probe[1] == datetime.fromisoformat(evidence["empty_from"]) < genesis
+    assert str(to_ms(probe[0])) in [p["startTime"] for p in fetcher.params]
+
+    # Nothing before genesis is asked for again.
+    again, fetcher = backfiller(url, db, codec=SmallPages(100, exact_genesis=False))
+    await run_jobs(again, job)
+    assert fetcher.params and all(int(p["startTime"]) >= to_ms(genesis) for p in fetcher.params)
+
+
+async def test_an_empty_run_with_history_before_it_is_no_genesis(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    exchange, url = sim
+    end = MAINT_1M.tf.floor(datetime.now(UTC))
+    job = BackfillJob(MAINT_1M, end - timedelta(minutes=28), end, "lookback")  # starts in the gap
+    b, _ = backfiller(url, db, codec=SmallPages(4, exact_genesis=False))
+    await run_jobs(b, job)
+
+    assert all(r.complete for r in b.results)
+    assert await stored(db, MAINT_1M) == exchange.truth.candles(MAINT_1M, job.start, end, end)
+    async with db.pool.acquire() as conn:
+        assert await get_genesis(conn, MAINT_1M) is None  # the probe found older bars
 
 
 async def test_batch_bounds_concurrent_requests(sim: tuple[SimExchange, str], db: Database) -> None:
