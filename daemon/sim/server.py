@@ -14,6 +14,7 @@ from aiohttp import web
 from daemon.sim.binance import BinancePersonality
 from daemon.sim.coinbase import CoinbasePersonality
 from daemon.sim.counters import SimCounters
+from daemon.sim.kraken import KrakenPersonality
 from daemon.sim.personality import Handler, Personality, SimContext
 from daemon.sim.rest import Clock
 from daemon.sim.scenario import Scenario, load_scenario
@@ -22,6 +23,7 @@ from daemon.sim.truth import Truth
 # --protocol name -> the personality serving it.
 PROTOCOLS: dict[str, type[Personality]] = {
     "binance": BinancePersonality,
+    "kraken": KrakenPersonality,
     "coinbase": CoinbasePersonality,
 }
 
