@@ -24,7 +24,7 @@ from daemon.healer import Healer, Repairer
 from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth
 from daemon.sdnotify import Notifier
 from daemon.store.database import Database
-from daemon.store.provision import open_database
+from daemon.store.provision import StoppedWaiting, open_database
 from daemon.store.series import stored_bounds, sync_configured
 from daemon.store.spool import Spool
 from daemon.store.writer import CandleStore, CandleWriter, WriteResult
@@ -50,7 +50,7 @@ class Daemon:
         self.last_reload = "ok"
         self.runtimes: dict[str, VenueRuntime] = {}
         self._wakeup = asyncio.Event()  # a signal arrived
-        self._stopping = False
+        self._stopping = asyncio.Event()  # a stop signal arrived
         self._reload_requested = False
         self._signals = 0
         self._db: Database | None = None
@@ -67,7 +67,7 @@ class Daemon:
         if self._signals > 1:
             log.warning("second stop signal: exiting at once")
             os._exit(1)
-        self._stopping = True
+        self._stopping.set()
         self._wakeup.set()
 
     def _on_hup(self) -> None:
@@ -84,7 +84,16 @@ class Daemon:
 
     async def run(self) -> int:
         self._install_signals()
-        async with open_database(self.config) as db:
+        try:
+            return await self._run()
+        except StoppedWaiting:
+            log.info("stopped while waiting for the database")
+            return 0
+
+    async def _run(self) -> int:
+        # Started during an outage (a restart, a crash loop), wait for the
+        # database rather than exit: the spool is replayed once it is back.
+        async with open_database(self.config, wait_unless=self._stopping) as db:
             self._db = db
             await self._sync_series()
             spool = self._spool = Spool(self.config.daemon.state_dir / "spool")
@@ -117,7 +126,7 @@ class Daemon:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self._stopping:
+            if self._stopping.is_set():
                 return
             if self._reload_requested:
                 self._reload_requested = False

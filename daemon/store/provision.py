@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+
+import asyncpg
 
 from daemon import logs
 from daemon.config import Config
@@ -15,6 +17,13 @@ from daemon.store.migrations import migrate
 
 log = logs.get("candled.store")
 EMBEDDED_PORT = 54329  # fixed, so `psql` in README can reach the embedded database
+WAIT_CAP_S = 10.0
+# A server that is down, starting or shutting down; not a refused login.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
+
+
+class StoppedWaiting(Exception):
+    """Told to stop while waiting for an unreachable database."""
 
 
 @asynccontextmanager
@@ -38,11 +47,32 @@ async def embedded_dsn(config: Config) -> AsyncIterator[str]:
             log.info("embedded database stopped")
 
 
+async def _connect(dsn: str, stop: asyncio.Event | None) -> Database:
+    """Connect. With `stop`, an unreachable server is retried (capped backoff)
+    until it answers, or until `stop` is set (`StoppedWaiting`)."""
+    delay = 0.5
+    while True:
+        try:
+            return await Database.connect(dsn)
+        except _UNREACHABLE as e:
+            if stop is None:
+                raise
+            log.warning("database unreachable; waiting for it", error=repr(e), retry_in_s=delay)
+        with suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+                raise StoppedWaiting
+        delay = min(2 * delay, WAIT_CAP_S)
+
+
 @asynccontextmanager
-async def open_database(config: Config) -> AsyncIterator[Database]:
-    """Connect, apply pending migrations, and yield the database."""
+async def open_database(
+    config: Config, *, wait_unless: asyncio.Event | None = None
+) -> AsyncIterator[Database]:
+    """Connect, apply pending migrations, and yield the database. With
+    `wait_unless`, wait for an unreachable database until that event is set."""
     async with embedded_dsn(config) as dsn:
-        db = await Database.connect(dsn)
+        db = await _connect(dsn, wait_unless)
         try:
             async with db.pool.acquire() as conn:
                 applied = await migrate(conn)
