@@ -12,12 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from daemon import metrics
 from daemon.domain import SeriesKey
 from daemon.fetch import Fetcher, FetchError
 from daemon.sim import SimExchange, parse_scenario
 from daemon.sim.limiter import IN_FLIGHT_GRACE_S
 from daemon.throttle import VenueThrottle
-from daemon.venues import HttpRequest, RateFacts, VenueError, get_codec
+from daemon.venues import CodecError, HttpRequest, RateFacts, VenueError, get_codec
 
 pytestmark = pytest.mark.timeout(30)
 CODEC = get_codec("binance")
@@ -129,6 +130,60 @@ async def test_connection_resets_and_timeouts_are_retried(start_sim: StartSim) -
     assert [a.status for a in answers] == [200] * 4
     assert sim.counters.connection_resets >= 1 and sim.counters.slow_responses >= 1
     assert time.monotonic() - began < 3  # gave up on the slow answer, did not wait for it
+
+
+def malformed_http() -> float:
+    return (
+        metrics.REGISTRY.get_sample_value(
+            "candled_malformed_messages_total", {"venue": "binance", "source": "http"}
+        )
+        or 0.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("faults", "statuses", "malformed", "broken_json"),
+    [
+        # A CDN's HTML error pages, 5xx and 403 alike: counted, asked again.
+        ({"html_errors": {"every": 2, "statuses": [403, 502]}}, [200, 403, 200, 502, 200, 403, 200],
+         3, None),
+        # A 200 larger than the bound (a valid `[]`, padded): never taken for an empty page.
+        ({"oversized_bodies": {"every": 2, "size": 100_000}}, [200] * 7, 3, None),
+        # The second truncation cuts the connection mid-body: asked again. The
+        # first, a complete answer of broken JSON (the second fetch's), is the
+        # codec's to reject.
+        ({"truncated_bodies": {"every": 2}}, [200] * 5, 1, 1),
+        # An answer that never comes: the timeout fires and the request goes again.
+        ({"never_answers": {"every": 2}}, [200] * 4, 0, None),
+    ],
+    ids=["html", "oversized", "cut", "never-answers"],
+)  # fmt: skip
+async def test_broken_answers_are_counted_and_asked_again(
+    start_sim: StartSim,
+    faults: dict[str, Any],
+    statuses: list[int],
+    malformed: int,
+    broken_json: int | None,
+) -> None:
+    sim, url = await start_sim(SimClock(), faults=faults)
+    seen: list[int] = []
+    before = malformed_http()
+    async with fetcher(
+        url, VenueThrottle(6000, 60, 5), timeout_s=0.5, max_body=50_000, on_response=seen.append
+    ) as f:
+        answers = [await f.fetch(klines()) for _ in range(4)]
+    assert seen == statuses
+    assert malformed_http() - before == malformed
+    for i, answer in enumerate(answers):
+        assert answer.status == 200
+        if i == broken_json:
+            with pytest.raises(CodecError):
+                CODEC.parse_history(BTC_1M, 200, answer.body, datetime.now(UTC))
+        else:
+            assert len(CODEC.parse_history(BTC_1M, 200, answer.body, datetime.now(UTC))) == 5
+    c = sim.counters
+    fired = c.html_errors + c.oversized_bodies + c.truncated_bodies + c.never_answered
+    assert fired == (2 if broken_json else 3)
 
 
 async def test_retries_give_up_after_max_time(start_sim: StartSim) -> None:

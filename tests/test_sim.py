@@ -139,6 +139,16 @@ def test_the_documented_example_scenario_parses() -> None:
         20,
     )
     assert faults.lost_closing_frames.every == 5 and faults.malformed_frames.probability == 0.1
+    assert (faults.html_errors.every, faults.html_error_statuses) == (6, (502, 503, 403))
+    assert (faults.non_json.every, faults.truncated_bodies.every) == (9, 7)
+    assert (faults.oversized_bodies.every, faults.oversized_size) == (11, 33_555_456)
+    assert faults.never_answers.every == 13
+    assert (faults.storm_start, faults.storm_duration_s, faults.storm_status) == (
+        NOW + timedelta(minutes=1),
+        180,
+        502,
+    )
+    assert (faults.foreign_frames.every, faults.ws_mute.every) == (4, 3)
     assert (scenario.ban_s, scenario.max_ban_s, scenario.max_incoming_per_s) == (120, 259_200, 5)
 
 
@@ -180,6 +190,10 @@ def test_scenario_defaults_and_times() -> None:
         ({"faults": {"lost_closing_frames": {"probability": 2}}}, "probability in"),
         ({"faults": {"http_errors": {"status": 404}}}, "5xx"),
         ({"faults": {"ws_idle": {"duration": "5s"}}}, r"faults\.ws_idle\.after: missing"),
+        ({"faults": {"html_errors": {"statuses": [404]}}}, r"html_errors\.statuses: .*403 or 5xx"),
+        ({"faults": {"http_storm": {"duration": "1m"}}}, r"faults\.http_storm\.start: missing"),
+        ({"faults": {"http_storm": {"start": "+1s", "status": 429}}}, "5xx"),
+        ({"faults": {"oversized_bodies": {"size": 0}}}, r"oversized_bodies\.size: must be"),
         ({"maintenance": [{"start": "-1h", "end": "-0m", "symbols": [{}]}]}, "list of symbols"),
     ],
 )
@@ -427,6 +441,75 @@ async def test_http_faults(start_sim: SimFactory) -> None:
     assert sim.counters.requests_by_status == {}
 
 
+async def klines_answer(address: str, timeout_s: float = 5.0) -> tuple[int, str, bytes]:
+    """One klines request, read whole: status, content type and body."""
+    url = f"http://{address}/api/v3/klines"
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(timeout_s)) as http,
+        http.get(url, params={"symbol": "BTCUSDT", "interval": "1m", "limit": "20"}) as r,
+    ):
+        return r.status, r.content_type, await r.read()
+
+
+async def test_broken_answers(start_sim: SimFactory) -> None:
+    """Each body fault fires on every other request it sees, varying its kind by turn."""
+    faults = {
+        "html_errors": {"every": 2, "statuses": [502, 403]},
+        "non_json": {"every": 2},
+        "truncated_bodies": {"every": 2},
+        "oversized_bodies": {"every": 2, "size": 300_000},
+    }
+    sim, address = await start_sim({"faults": faults}, frozen_at=NOW)
+    answers = [await klines_answer(address) for _ in range(9)]
+
+    # html_errors sees every request and takes 2, 4, 6, 8.
+    assert [a[:2] for a in answers[1::2]] == [
+        (502, "text/html"), (403, "text/html"), (502, "text/html"), (403, "text/html"),
+    ]  # fmt: skip
+    assert b"could not be satisfied" in answers[1][2]
+    # The odd ones reach non_json, which takes 3 and 7 (an HTML page, then text
+    # claiming to be JSON); truncated_bodies sees 1, 5, 9 and takes 5 (the JSON
+    # cut in half, a complete HTTP answer); oversized sees 1, 9 and takes 9.
+    first, third, fifth, seventh, ninth = answers[0::2]
+    assert first[0] == 200 and len(json.loads(first[2])) == 20
+    assert third[:2] == (200, "text/html") and seventh[:2] == (200, "application/json")
+    for answer in (third, fifth, seventh):
+        with pytest.raises(ValueError):
+            json.loads(answer[2])
+    assert fifth == (200, "application/json", first[2][: len(first[2]) // 2])
+    assert ninth[0] == 200 and len(ninth[2]) >= 300_000 and json.loads(ninth[2]) == []
+    c = sim.counters
+    assert (c.html_errors, c.non_json, c.truncated_bodies, c.oversized_bodies) == (4, 2, 1, 1)
+
+    # The second truncation cuts the connection mid-body, after announcing the whole.
+    sim, address = await start_sim({"faults": {"truncated_bodies": {"every": 1}}}, frozen_at=NOW)
+    await klines_answer(address)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await klines_answer(address)
+
+
+async def test_never_answers_until_the_client_gives_up(start_sim: SimFactory) -> None:
+    sim, address = await start_sim({"faults": {"never_answers": {"every": 2}}}, frozen_at=NOW)
+    await klines_answer(address)
+    with pytest.raises(TimeoutError):
+        await klines_answer(address, timeout_s=0.5)
+    await klines_answer(address)
+    assert sim.counters.never_answered == 1
+    assert sim.counters.requests_by_status == {200: 2}  # the hung request got no answer
+
+
+async def test_http_storm_answers_every_klines_request_with_5xx(start_sim: SimFactory) -> None:
+    clock = [NOW]
+    storm = {"http_storm": {"start": "+10s", "duration": "1m", "status": 502}}
+    sim, address = await start_sim({"faults": storm}, frozen_at=NOW, clock=clock)
+    statuses = []
+    for offset_s in (9, 10, 30, 69, 70):
+        clock[0] = NOW + timedelta(seconds=offset_s)
+        statuses.append((await klines_answer(address))[0])
+    assert statuses == [200, 502, 502, 502, 200]
+    assert sim.counters.storm_errors == 3
+
+
 # --- WebSocket -------------------------------------------------------------
 
 
@@ -550,6 +633,48 @@ async def test_ws_drop_and_idle(start_sim: SimFactory) -> None:
     gaps = [b - a for a, b in itertools.pairwise(received)]
     assert max(gaps) > 0.5  # the idle period
     assert sim.counters.ws_drops == 1 and sim.counters.ws_idle_periods == 1
+
+
+async def test_ws_foreign_frames_carry_real_bars_of_streams_not_subscribed(
+    start_sim: SimFactory,
+) -> None:
+    sim, address = await start_sim({"faults": {"foreign_frames": {"every": 1}}})
+    btc_1s = SeriesKey("binance", "BTCUSDT", "1s")
+    async with connect(f"ws://{address}{CODEC.stream_path([btc_1s])}") as ws:
+        results = parsed(await frames(ws, 2.3))
+    foreign = [r for r in results if r.stream != "btcusdt@kline_1s"]
+    # Before each of our frames, the newest closed bar of the first stream of
+    # the symbol not subscribed here (1m): real data, not asked for.
+    assert foreign and {r.stream for r in foreign} == {"btcusdt@kline_1m"}
+    assert len(foreign) == sum(r.stream == "btcusdt@kline_1s" for r in results)
+    now = datetime.now(UTC)
+    for bar in (c for r in foreign for c in r.candles):
+        assert [bar] == sim.truth.candles(BTC_1M, bar.ts, bar.ts + timedelta(minutes=1), now)
+    assert sim.counters.foreign_frames_sent == len(foreign)
+
+
+async def test_ws_mute_connection_sends_nothing_at_all(start_sim: SimFactory) -> None:
+    sim, address = await start_sim(
+        {"ws": {"ping_interval": "200ms"}, "faults": {"ws_mute": {"every": 2}}}
+    )
+    path = "/ws/btcusdt@kline_1s"
+    async with connect(f"ws://{address}{path}") as first:
+        assert any(r.is_data for r in parsed(await frames(first, 1.2)))
+    # The second connection: open, and then silence. No data, no reply to a
+    # request, no pong, no ping (the server's pings come every 200 ms).
+    async with connect(f"ws://{address}{path}", ping_interval=None, close_timeout=0.5) as mute:
+        await mute.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 1}))
+        pong = await mute.ping()
+        assert await frames(mute, 1.2) == []
+        assert not pong.done()
+    pings = sim.counters.pings_sent
+    async with connect(f"ws://{address}{path}") as third:
+        assert any(r.is_data for r in parsed(await frames(third, 1.2)))
+    assert sim.counters.ws_mute == 1 and sim.counters.pings_sent > pings
+    # The mute session ends once the client has gone.
+    async with asyncio.timeout(5):
+        while sim.counters.ws_open:
+            await asyncio.sleep(0.05)
 
 
 async def test_run_sim_serves_until_cancelled(tmp_path: Path) -> None:

@@ -17,6 +17,12 @@ class SimCounters:
     http_errors_injected: int = 0
     connection_resets: int = 0
     slow_responses: int = 0
+    never_answered: int = 0
+    html_errors: int = 0
+    non_json: int = 0  # 200 answers whose body is not JSON
+    truncated_bodies: int = 0
+    oversized_bodies: int = 0
+    storm_errors: int = 0  # klines requests answered 5xx by the storm
     ws_connections: int = 0  # opened since start
     ws_open: int = 0
     ws_drops: int = 0
@@ -25,4 +31,6 @@ class SimCounters:
     closing_frames_sent: int = 0
     closing_frames_lost: int = 0
     malformed_frames_sent: int = 0
+    foreign_frames_sent: int = 0  # kline frames of streams the connection did not subscribe to
+    ws_mute: int = 0  # connections on which nothing was ever sent
     pings_sent: int = 0

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
+from aiohttp import web
+
 from daemon.sim.scenario import Trigger
+
+
+def fires(trigger: Trigger, event: int, rng: random.Random) -> bool:
+    """Whether the fault fires on the `event`th event (counted from 1)."""
+    if trigger.every:
+        return event % trigger.every == 0
+    return trigger.probability > 0 and rng.random() < trigger.probability
 
 
 class Dice:
@@ -17,9 +27,22 @@ class Dice:
 
     def roll(self) -> bool:
         self._events += 1
-        if self._trigger.every:
-            return self._events % self._trigger.every == 0
-        return self._trigger.probability > 0 and self._rng.random() < self._trigger.probability
+        return fires(self._trigger, self._events, self._rng)
+
+
+class Turns:
+    """A `Dice` that also says which firing this is: faults that vary by turn."""
+
+    def __init__(self, dice: Dice) -> None:
+        self._dice = dice
+        self._fired = 0
+
+    def roll(self) -> int | None:
+        """None, or the number of earlier firings."""
+        if not self._dice.roll():
+            return None
+        self._fired += 1
+        return self._fired - 1
 
 
 class Burst:
@@ -37,3 +60,10 @@ class Burst:
             self._left -= 1
             return True
         return False
+
+
+async def client_gone(request: web.Request) -> None:
+    """Send nothing until the client closes the connection (a venue that never answers)."""
+    # Polled: aiohttp has no event for a peer's hang-up.
+    while (t := request.transport) is not None and not t.is_closing():  # noqa: ASYNC110
+        await asyncio.sleep(0.2)

@@ -53,6 +53,26 @@ pings = true                   # still send pings while silent (false: nothing a
 every = 5
 [faults.malformed_frames]      # a malformed frame sent before a kline frame
 probability = 0.1
+[faults.html_errors]           # /api/v3/klines: a CDN's HTML error page instead of an answer
+every = 6
+statuses = [502, 503, 403]     # used in turn (default [502]); 403 or 5xx
+[faults.non_json]              # /api/v3/klines: 200 with a body that is not JSON, in turn
+every = 9                      # an HTML page and a proxy's plain-text complaint
+[faults.truncated_bodies]      # /api/v3/klines: 200 cut short, in turn: the JSON cut mid-array
+every = 7                      # (a complete HTTP answer), and the connection closed mid-body
+[faults.oversized_bodies]      # /api/v3/klines: 200 with a valid `[]` padded past a size bound
+every = 11
+size = 33555456                # bytes (default: 1 KiB past candled's default bound)
+[faults.never_answers]         # /api/v3/klines: the request is read and never answered
+every = 13                     # (until the client hangs up)
+[faults.http_storm]            # every /api/v3/klines request inside the window gets a 5xx
+start = "+1m"
+duration = "3m"                # default "2m"
+status = 502                   # default 503
+[faults.foreign_frames]        # a closing kline frame of a stream the connection did not
+every = 4                      # subscribe to, sent before a kline frame
+[faults.ws_mute]               # the Nth, 2Nth, ... WebSocket connection is accepted, then
+every = 3                      # nothing is ever sent on it: no data, replies, pings or close
 ```
 """
 
@@ -69,6 +89,7 @@ from typing import TypeVar
 from daemon.calendars import validate_calendar
 from daemon.domain import DataProfile
 from daemon.domain.timeframe import require_utc
+from daemon.fetch import MAX_BODY
 from daemon.sim.truth import Maintenance, Market
 
 T = TypeVar("T")
@@ -107,6 +128,24 @@ class Faults:
     ws_idle_pings: bool = True
     lost_closing_frames: Trigger = Trigger()
     malformed_frames: Trigger = Trigger()
+    html_errors: Trigger = Trigger()
+    html_error_statuses: tuple[int, ...] = (502,)
+    non_json: Trigger = Trigger()
+    truncated_bodies: Trigger = Trigger()
+    oversized_bodies: Trigger = Trigger()
+    oversized_size: int = MAX_BODY + 1024
+    never_answers: Trigger = Trigger()
+    storm_start: datetime | None = None  # None: no storm
+    storm_duration_s: float = 120.0
+    storm_status: int = 503
+    foreign_frames: Trigger = Trigger()
+    ws_mute: Trigger = Trigger()
+
+    def storm_at(self, now: datetime) -> bool:
+        """Whether `now` lies inside the 5xx storm."""
+        if self.storm_start is None:
+            return False
+        return 0 <= (now - self.storm_start).total_seconds() < self.storm_duration_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,14 +241,21 @@ def _faults(faults: _Table) -> Faults:
     )
     drop, idle = faults.table("ws_drop"), faults.table("ws_idle")
     lost, malformed = faults.table("lost_closing_frames"), faults.table("malformed_frames")
+    html, non_json, truncated, oversized, hang, storm, foreign, mute = (
+        faults.table(k)
+        for k in ("html_errors", "non_json", "truncated_bodies", "oversized_bodies",
+                  "never_answers", "http_storm", "foreign_frames", "ws_mute")
+    )  # fmt: skip
     defaults = Faults()
-    status = http.get("status", int, defaults.http_error_status)
-    if not 500 <= status <= 599:
-        raise ScenarioError(f"{http.path}status: expected a 5xx status, got {status}")
+    statuses = html.get("statuses", list, list(defaults.html_error_statuses))
+    if not statuses or not all(
+        isinstance(s, int) and (s == 403 or 500 <= s <= 599) for s in statuses
+    ):
+        raise ScenarioError(f"{html.path}statuses: expected a list of 403 or 5xx statuses")
     result = Faults(
         http_errors=http.trigger(),
         http_error_burst=http.positive("burst", defaults.http_error_burst),
-        http_error_status=status,
+        http_error_status=_status_5xx(http, defaults.http_error_status),
         connection_resets=resets.trigger(),
         slow_responses=slow.trigger(),
         slow_delay_s=slow.duration("delay", defaults.slow_delay_s),
@@ -220,10 +266,30 @@ def _faults(faults: _Table) -> Faults:
         ws_idle_pings=idle.get("pings", bool, defaults.ws_idle_pings),
         lost_closing_frames=lost.trigger(),
         malformed_frames=malformed.trigger(),
+        html_errors=html.trigger(),
+        html_error_statuses=tuple(statuses),
+        non_json=non_json.trigger(),
+        truncated_bodies=truncated.trigger(),
+        oversized_bodies=oversized.trigger(),
+        oversized_size=oversized.positive("size", defaults.oversized_size),
+        never_answers=hang.trigger(),
+        storm_start=storm.require_time("start") if storm else None,
+        storm_duration_s=storm.duration("duration", defaults.storm_duration_s),
+        storm_status=_status_5xx(storm, defaults.storm_status),
+        foreign_frames=foreign.trigger(),
+        ws_mute=mute.trigger(),
     )
-    for table in (http, resets, slow, drop, idle, lost, malformed):
+    for table in (http, resets, slow, drop, idle, lost, malformed, html, non_json, truncated,
+                  oversized, hang, storm, foreign, mute):  # fmt: skip
         table.done()
     return result
+
+
+def _status_5xx(table: _Table, default: int) -> int:
+    status = table.get("status", int, default)
+    if not 500 <= status <= 599:
+        raise ScenarioError(f"{table.path}status: expected a 5xx status, got {status}")
+    return status
 
 
 class _Table:

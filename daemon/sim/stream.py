@@ -14,11 +14,12 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from daemon.domain import Candle, SeriesKey
+from daemon.domain.timeframe import SUPPORTED
 from daemon.sim.counters import SimCounters
-from daemon.sim.faults import Dice
+from daemon.sim.faults import Dice, Turns, client_gone, fires
 from daemon.sim.scenario import Scenario
 from daemon.sim.truth import Truth
-from daemon.sim.wire import kline_event, stream_series
+from daemon.sim.wire import SIM_VENUE, kline_event, stream_series
 
 Clock = Callable[[], datetime]
 _TICK_LAG_S = 0.02  # push just after a second boundary, when the bar has closed
@@ -53,13 +54,20 @@ class StreamSession:
         self._clock = clock
         faults = scenario.faults
         self._lost = Dice(faults.lost_closing_frames, rng)
-        self._malformed = Dice(faults.malformed_frames, rng)
-        self._malformed_sent = 0
+        self._malformed = Turns(Dice(faults.malformed_frames, rng))
+        self._foreign = Dice(faults.foreign_frames, rng)
+        # The exchange has counted this connection already: it is the ws_connections-th.
+        self._mute = fires(faults.ws_mute, counters.ws_connections, rng)
         self._opened = clock()
         self._incoming: collections.deque[datetime] = collections.deque()
 
     async def run(self) -> None:
         """Serve the connection until the client leaves or a fault or age ends it."""
+        if self._mute:
+            self._counters.ws_mute += 1
+            # Not even read: reading would answer the client's pings and close.
+            await client_gone(self._request)
+            return
         async with asyncio.TaskGroup() as tasks:
             pusher = tasks.create_task(self._push())
             pinger = tasks.create_task(self._ping())
@@ -186,16 +194,34 @@ class StreamSession:
         if closed and self._lost.roll():
             self._counters.closing_frames_lost += 1
             return
-        if self._malformed.roll():
-            text = _MALFORMED[self._malformed_sent % len(_MALFORMED)]
-            self._malformed_sent += 1
-            if await self._send_text(text):
-                self._counters.malformed_frames_sent += 1
-        event = kline_event(candle, closed, now)
-        payload = {"stream": name, "data": event} if self._combined else event
-        if await self._send_text(json.dumps(payload)):
+        turn = self._malformed.roll()
+        if turn is not None and await self._send_text(_MALFORMED[turn % len(_MALFORMED)]):
+            self._counters.malformed_frames_sent += 1
+        if self._foreign.roll():
+            await self._send_foreign(candle.series.symbol, now)
+        if await self._send_event(name, candle, closed, now):
             self._counters.frames_sent += 1
             self._counters.closing_frames_sent += closed
+
+    async def _send_foreign(self, symbol: str, now: datetime) -> None:
+        """The last closed bar of a stream of `symbol` this connection did not
+        subscribe to: a real bar, but not one the client asked for."""
+        for timeframe in SUPPORTED:
+            name = f"{symbol.lower()}@kline_{timeframe}"
+            if name in self._streams:
+                continue
+            series = SeriesKey(SIM_VENUE, symbol, timeframe)
+            last = series.tf.add(series.tf.floor(now), -1)
+            if not (self._listed(series, now) and self._truth.exists(series, last)):
+                return
+            if await self._send_event(name, self._truth.bar(series, last), True, now):
+                self._counters.foreign_frames_sent += 1
+            return
+
+    async def _send_event(self, name: str, candle: Candle, closed: bool, now: datetime) -> bool:
+        event = kline_event(candle, closed, now)
+        payload = {"stream": name, "data": event} if self._combined else event
+        return await self._send_text(json.dumps(payload))
 
     async def _send_text(self, text: str) -> bool:
         try:
