@@ -179,3 +179,21 @@ async def test_kill_9_with_candles_spooled_then_database_returns(
         )
     finally:
         await sim.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_waits_for_an_unreachable_database_until_stopped(tmp_path: Path) -> None:
+    """Started with the database down, the daemon waits for it (instead of
+    exiting); SIGTERM ends the wait with exit 0."""
+    config, _ = config_for(tmp_path, free_port(), DEPTH)
+    log = tmp_path / "daemon.log"
+    nothing_there = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    async with running_daemon(config, nothing_there, log) as proc:
+
+        async def waiting() -> bool:
+            return log.read_text().count("database unreachable; waiting for it") >= 2
+
+        await wait_until(waiting, within=30)
+        assert proc.returncode is None
+        assert await stop(proc, within=5) == 0
+    assert "stopped while waiting for the database" in log.read_text()
