@@ -19,6 +19,7 @@ Sources of the fixture shapes:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -256,12 +257,13 @@ def test_other_statuses_carry_no_rate_facts(status: int) -> None:
 
 def test_no_candle_stream() -> None:
     # The collector is never started for a "poll" venue; these say why if it were.
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: codec.stream_name(BTC_1M),
         lambda: codec.stream_path([BTC_1M]),
         lambda: codec.subscribe_message([BTC_1M], 1),
         lambda: codec.unsubscribe_message([BTC_1M], 1),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(NotImplementedError, match="polled"):
             call()
     assert codec.login_messages() == []
