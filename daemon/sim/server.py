@@ -15,6 +15,7 @@ from daemon.sim.binance import BinancePersonality
 from daemon.sim.coinbase import CoinbasePersonality
 from daemon.sim.counters import SimCounters
 from daemon.sim.kraken import KrakenPersonality
+from daemon.sim.oanda import OandaPersonality
 from daemon.sim.personality import Handler, Personality, SimContext
 from daemon.sim.rest import Clock
 from daemon.sim.scenario import Scenario, load_scenario
@@ -25,6 +26,7 @@ PROTOCOLS: dict[str, type[Personality]] = {
     "binance": BinancePersonality,
     "kraken": KrakenPersonality,
     "coinbase": CoinbasePersonality,
+    "oanda": OandaPersonality,
 }
 
 
