@@ -95,6 +95,20 @@ async def stop(proc: asyncio.subprocess.Process, within: float = 30.0) -> int:
         return await proc.wait()
 
 
+async def repair_pass(config: Path, dsn: str, log_dir: Path) -> None:
+    """One `candled repair` pass (the heal cycle the daemon would run next);
+    its output goes to `log_dir/repair.log`. Exit 1 (series not OK) is no error."""
+    env = {**os.environ, "CANDLED_DATABASE_URL": dsn}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", "repair", "--config", str(config),
+        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(120):
+        out, _ = await proc.communicate()
+    (log_dir / "repair.log").write_bytes(out)
+    assert proc.returncode in (0, 1), out.decode()[-2000:]
+
+
 async def wait_until(check: Callable[[], Awaitable[T]], within: float = 60) -> T:
     """Poll `check` every 0.5 s until it returns something true; a hang past
     `within` seconds raises TimeoutError."""

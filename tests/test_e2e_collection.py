@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import signal
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,14 @@ from daemon.domain import SeriesKey, Timeframe
 from daemon.sim.counters import SimCounters
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
-from tests.daemon_proc import REPO, running_daemon, series_toml, stop, venue_toml, write_config
+from tests.daemon_proc import (
+    repair_pass,
+    running_daemon,
+    series_toml,
+    stop,
+    venue_toml,
+    write_config,
+)
 
 SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT", "EEEUSDT"]
 TIMEFRAMES = ["1s", "1m"]
@@ -79,19 +84,6 @@ async def run_against(
         return sim, daemon_counters, started, stopped
     finally:
         await sim.stop()
-
-
-async def repair_pass(config: Path, dsn: str, tmp_path: Path) -> None:
-    """One `candled repair` pass: the heal cycle the daemon would run next."""
-    env = {**os.environ, "CANDLED_DATABASE_URL": dsn}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", "repair", "--config", str(config),
-        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    async with asyncio.timeout(120):
-        out, _ = await proc.communicate()
-    (tmp_path / "repair.log").write_bytes(out)
-    assert proc.returncode in (0, 1), out.decode()[-2000:]
 
 
 async def assert_store_equals_truth(

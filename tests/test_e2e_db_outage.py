@@ -23,6 +23,7 @@ from daemon.store.cluster import PostgresCluster
 from daemon.store.spool import Spool
 from tests import pg
 from tests.daemon_proc import (
+    repair_pass,
     running_daemon,
     series_toml,
     stop,
@@ -31,7 +32,7 @@ from tests.daemon_proc import (
     write_config,
 )
 from tests.pg import free_port
-from tests.test_e2e_collection import SYMBOLS, assert_store_equals_truth, repair_pass, scenario
+from tests.test_e2e_collection import SYMBOLS, assert_store_equals_truth, scenario
 
 # Shallow enough for two shared CPUs, deep enough that the backfill outlasts
 # the first seconds of the run.
