@@ -267,6 +267,8 @@ def test_subscribe_acks_and_errors_are_replies() -> None:
     assert (ok.reply_id, ok.error, ok.is_data, ok.malformed) == (1, None, False, False)
     refused = codec.parse_frame(fixture_bytes("ws_subscribe_error.json").decode())
     assert (refused.reply_id, refused.error) == (2, "Currency pair not supported XXX/USD")
+    unreadable = codec.parse_frame('{"error": "EGeneral:Invalid arguments", "success": false}')
+    assert (unreadable.reply_id, unreadable.error) == (None, "EGeneral:Invalid arguments")
     pong = codec.parse_frame('{"method": "pong", "req_id": 3, "time_in": "x", "time_out": "y"}')
     assert (pong.reply_id, pong.error) == (3, None)
 

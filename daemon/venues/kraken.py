@@ -189,7 +189,7 @@ class KrakenCodec:
             return _MALFORMED
         if not isinstance(payload, dict):
             return _MALFORMED
-        if "method" in payload:
+        if "method" in payload or "success" in payload:  # an answer to a request
             return _reply(payload)
         channel = payload.get("channel")
         if channel == "heartbeat":

@@ -1,0 +1,275 @@
+"""The Kraken personality over real sockets, read through the Kraken codec:
+the sim encodes Kraken's documented shapes, the codec decodes them, and both
+must meet on the simulator's truth (the 720-entry horizon, the unfinished last
+row, sparse bars, errors in HTTP 200 bodies, the v2 `ohlc` channel)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from daemon.collector import collect
+from daemon.domain import Candle, SeriesKey
+from daemon.sim import SimExchange, parse_scenario
+from daemon.sim.kraken import KrakenPersonality
+from daemon.venues import FrameResult, VenueError, get_codec
+from daemon.venues.kraken import KrakenCodec
+
+CODEC = get_codec("kraken")
+NOW = datetime(2024, 3, 1, 12, 0, 30, tzinfo=UTC)  # half a minute into a bar
+AAA, BBB = SeriesKey("kraken", "AAA/USD", "1m"), SeriesKey("kraken", "BBB/USD", "1m")
+DEEP = NOW - timedelta(days=3)  # far past the horizon
+
+SimFactory = Callable[..., Awaitable[tuple[SimExchange, str]]]
+
+
+@pytest.fixture
+async def start_sim() -> AsyncIterator[SimFactory]:
+    """Kraken sims on 127.0.0.1:0 whose clock reads `clock[0]` (the test moves it)."""
+    sims: list[SimExchange] = []
+
+    async def start(
+        clock: list[datetime], symbols: list[dict[str, Any]] | None = None, **extra: Any
+    ) -> tuple[SimExchange, str]:
+        listed = {"listed": "2024-01-01T00:00:00Z"}
+        data = {"seed": 5, "symbols": symbols or [{"symbol": s.symbol, **listed} for s in (AAA, BBB)],
+                **extra}  # fmt: skip
+        sim = SimExchange(parse_scenario(data, clock[0]), clock=lambda: clock[0], protocol="kraken")
+        sims.append(sim)
+        host, port = await sim.start("127.0.0.1", 0)
+        return sim, f"{host}:{port}"
+
+    yield start
+    for sim in sims:
+        await sim.stop()
+
+
+async def get(address: str, **params: str) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{address}/0/public/OHLC", params=params) as response,
+    ):
+        return response.status, await response.read()
+
+
+async def history(address: str, series: SeriesKey, start: datetime, now: datetime) -> list[Candle]:
+    request = CODEC.history_request(series, start, start + timedelta(hours=12), 720)
+    status, body = await get(address, **request.params)
+    return CODEC.parse_history(series, status, body, now)
+
+
+def values(candles: list[Candle]) -> list[tuple[object, ...]]:
+    """Candles without their venue name (the sim's truth has its own)."""
+    return [(c.series.symbol, c.series.timeframe, c.ts, c.open, c.high, c.low, c.close, c.volume)
+            for c in candles]  # fmt: skip
+
+
+def personality(sim: SimExchange) -> KrakenPersonality:
+    assert isinstance(sim.personality, KrakenPersonality)
+    return sim.personality
+
+
+# --- REST ------------------------------------------------------------------
+
+
+async def test_a_since_past_the_horizon_still_gets_only_the_newest_720(
+    start_sim: SimFactory,
+) -> None:
+    sim, address = await start_sim([NOW])
+    request = CODEC.history_request(AAA, DEEP, DEEP + timedelta(hours=12), 720)
+    status, body = await get(address, **request.params)
+
+    rows = json.loads(body)["result"]["AAA/USD"]  # assetVersion=1: the name we asked with
+    assert status == 200 and len(rows) == 720
+    assert rows[-1][0] == int(AAA.tf.floor(NOW).timestamp())  # the bar still forming ...
+    candles = CODEC.parse_history(AAA, status, body, NOW)
+    assert len(candles) == 719  # ... which the codec drops: 719 closed bars reachable
+    assert CODEC.limits.history_horizon_bars == 719
+    horizon = AAA.tf.add(AAA.tf.floor(NOW), -719)
+    assert values(candles) == values(sim.truth.candles(AAA, horizon, NOW, NOW))
+
+
+async def test_since_keeps_later_entries_and_the_forming_one(start_sim: SimFactory) -> None:
+    sim, address = await start_sim([NOW])
+    start = NOW - timedelta(minutes=10, seconds=30)  # 11:50:00
+    candles = await history(address, BBB, start, NOW)
+    assert values(candles) == values(sim.truth.candles(BBB, start, NOW, NOW))
+    assert len(candles) == 10
+
+    # Past the newest closed bar: only the forming entry, always present.
+    status, body = await get(address, pair="BBB/USD", since=str(int(NOW.timestamp()) + 3600))
+    (row,) = json.loads(body)["result"]["BBBUSD"]  # no assetVersion: the internal-style name
+    assert row[0] == int(BBB.tf.floor(NOW).timestamp())
+    assert CODEC.parse_history(BBB, status, body, NOW) == []
+
+
+async def test_every_interval_the_codec_knows(start_sim: SimFactory) -> None:
+    sim, address = await start_sim([NOW])
+    for timeframe in ("5m", "15m", "30m", "1h", "4h", "1d"):
+        series = SeriesKey("kraken", "AAA/USD", timeframe)
+        start = series.tf.add(series.tf.floor(NOW), -20)
+        candles = await history(address, series, start, NOW)
+        assert values(candles) == values(sim.truth.candles(series, start, NOW, NOW)), timeframe
+
+
+async def test_sparse_bars_and_a_horizon_counted_in_entries(start_sim: SimFactory) -> None:
+    symbols = [{"symbol": "AAA/USD", "listed": "2024-01-01T00:00:00Z", "illiquid": 0.3}]
+    sim, address = await start_sim([NOW], symbols)
+    candles = await history(address, AAA, DEEP, NOW)
+
+    assert len(candles) == 719  # 719 bars with trades: they reach back further in time
+    oldest = candles[0].ts
+    assert oldest < AAA.tf.add(AAA.tf.floor(NOW), -719)
+    assert values(candles) == values(sim.truth.candles(AAA, oldest, NOW, NOW, sparse=True))
+    assert not all(sim.truth.traded(AAA, ts) for ts in sim.truth.opens(AAA, oldest, NOW))
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({"pair": "ZZZ/USD"}, "EQuery:Unknown asset pair"),
+        ({}, "EGeneral:Invalid arguments"),
+        ({"pair": "AAA/USD", "interval": "2"}, "EGeneral:Invalid arguments"),
+        ({"pair": "AAA/USD", "interval": "21600"}, "EGeneral:Invalid arguments"),  # not simulated
+        ({"pair": "AAA/USD", "since": "yesterday"}, "EGeneral:Invalid arguments"),
+        ({"pair": "AAA/USD", "assetVersion": "2"}, "EGeneral:Invalid arguments"),
+    ],
+)
+async def test_errors_are_http_200_with_an_error_array(
+    start_sim: SimFactory, params: dict[str, str], error: str
+) -> None:
+    _, address = await start_sim([NOW])
+    status, body = await get(address, **params)
+    assert (status, json.loads(body)) == (200, {"error": [error]})
+    with pytest.raises(VenueError, match=error):
+        CODEC.parse_history(AAA, status, body, NOW)
+
+
+async def test_over_a_request_a_second_is_too_many_requests(start_sim: SimFactory) -> None:
+    sim, address = await start_sim([NOW])
+    answers = [await get(address, pair="AAA/USD") for _ in range(61)]
+    assert all(json.loads(body)["error"] == [] for _, body in answers[:60])
+    status, body = answers[60]
+    with pytest.raises(VenueError, match="EGeneral:Too many requests"):
+        CODEC.parse_history(AAA, status, body, NOW)
+    assert status == 200 and sim.counters.sent_429 == 1
+    assert not CODEC.rate_facts(status, {}).rate_limited  # the interface cannot see it
+    assert len(personality(sim).ohlc_requests) == 60  # refused requests are not served
+
+
+async def test_the_request_log(start_sim: SimFactory) -> None:
+    sim, address = await start_sim([NOW])
+    await history(address, AAA, DEEP, NOW)
+    (logged,) = personality(sim).ohlc_requests
+    assert (logged.symbol, logged.timeframe, logged.at) == ("AAA/USD", "1m", NOW)
+    assert logged.since == int(DEEP.timestamp()) - 1
+
+
+# --- WebSocket v2 ------------------------------------------------------------
+
+
+async def receive(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
+    async with asyncio.timeout(5):
+        return [json.loads(await ws.recv()) for _ in range(count)]
+
+
+async def test_stream_bars_finalised_by_their_successor_equal_truth(
+    start_sim: SimFactory,
+) -> None:
+    """The collector's own `collect` with the codec against the sim: the
+    snapshot's closed bar at once, then each bar when the next one opens."""
+    clock = [NOW.replace(second=58)]
+    sim, address = await start_sim(clock, ws={"update_interval": "1s"})
+    task = asyncio.create_task(
+        collect(KrakenCodec(), f"ws://{address}", [AAA, BBB], total_timeout=15, max_candles=4)
+    )
+    await asyncio.sleep(1.5)  # subscribed, snapshots and updates of the 12:00 bar
+    clock[0] = NOW.replace(minute=1, second=0, microsecond=500_000)  # 12:00 has closed
+    result = await task
+
+    assert not result.partial
+    closed = sorted(result.candles, key=lambda c: (c.ts, c.series.symbol))
+    expected = [sim.truth.bar(SeriesKey("sim", s.symbol, "1m"), ts)
+                for ts in (NOW.replace(minute=59, hour=11, second=0), NOW.replace(second=0))
+                for s in (AAA, BBB)]  # fmt: skip
+    assert values(closed) == values(expected)  # final values, not the last partial ones
+
+
+async def test_stream_status_acks_snapshot_updates(start_sim: SimFactory) -> None:
+    _, address = await start_sim([NOW])
+    async with connect(f"ws://{address}{CODEC.stream_path([])}") as ws:
+        (status,) = await receive(ws, 1)
+        assert status["channel"] == "status" and status["data"][0]["system"] == "online"
+        assert CODEC.parse_frame(json.dumps(status)) == FrameResult()  # neither data nor noise
+
+        await ws.send(CODEC.subscribe_message([AAA, BBB], 7))
+        messages = await receive(ws, 4)  # per symbol: an ack, then its snapshot
+        acks = [CODEC.parse_frame(json.dumps(m)) for m in messages[::2]]
+        assert [(a.reply_id, a.error) for a in acks] == [(7, None), (7, None)]
+        snapshots = [CODEC.parse_frame(json.dumps(m)) for m in messages[1::2]]
+        assert [m["type"] for m in messages[1::2]] == ["snapshot", "snapshot"]
+        bars = [c for s in snapshots for c in s.forming]
+        assert [(c.series.symbol, c.ts.minute) for c in bars] == [
+            ("AAA/USD", 59), ("AAA/USD", 0), ("BBB/USD", 59), ("BBB/USD", 0),
+        ]  # fmt: skip
+
+        (update,) = await receive(ws, 1)
+        parsed = CODEC.parse_frame(json.dumps(update))
+        assert update["type"] == "update" and parsed.is_data and not parsed.malformed
+        assert {c.series for c in parsed.forming} <= {AAA, BBB}
+
+
+async def test_stream_refusals_pong_unsubscribe_and_heartbeats(start_sim: SimFactory) -> None:
+    symbols = [{"symbol": "NEW/USD", "listed": "+1h"}]  # nothing to push yet: heartbeats
+    _, address = await start_sim([NOW], symbols)
+    new = SeriesKey("kraken", "NEW/USD", "1m")
+    async with connect(f"ws://{address}/v2") as ws:
+        await receive(ws, 1)  # status
+        await ws.send(CODEC.subscribe_message([SeriesKey("kraken", "ZZZ/USD", "1m")], 1))
+        refused = CODEC.parse_frame(json.dumps((await receive(ws, 1))[0]))
+        assert (refused.reply_id, refused.error) == (1, "Currency pair not supported ZZZ/USD")
+
+        await ws.send("{not json")
+        (bad,) = await receive(ws, 1)
+        assert bad["success"] is False and CODEC.parse_frame(json.dumps(bad)).error
+
+        await ws.send(json.dumps({"method": "ping", "req_id": 2}))
+        assert CODEC.parse_frame(json.dumps((await receive(ws, 1))[0])).reply_id == 2
+
+        await ws.send(CODEC.subscribe_message([new], 3))
+        (ack,) = await receive(ws, 1)  # no snapshot: the pair has no bar yet
+        assert ack["success"] is True
+        (heartbeat,) = await receive(ws, 1)
+        assert (
+            heartbeat == {"channel": "heartbeat"}
+            and CODEC.parse_frame(json.dumps(heartbeat)).is_data
+        )
+
+        await ws.send(CODEC.unsubscribe_message([new], 4))
+        (gone,) = await receive(ws, 1)
+        assert (gone["method"], gone["success"], gone["req_id"]) == ("unsubscribe", True, 4)
+        with pytest.raises(TimeoutError):  # nothing subscribed: nothing sent
+            await receive(ws, 1)
+
+
+async def test_sparse_stream_skips_bars_without_trades(start_sim: SimFactory) -> None:
+    symbols = [{"symbol": "AAA/USD", "listed": "2024-01-01T00:00:00Z", "illiquid": 0.5}]
+    sim, address = await start_sim([NOW], symbols)
+    truth_key = SeriesKey("sim", "AAA/USD", "1m")
+    async with connect(f"ws://{address}/v2") as ws:
+        await receive(ws, 1)
+        await ws.send(CODEC.subscribe_message([AAA], 1))
+        await receive(ws, 1)  # ack
+        (snapshot,) = await receive(ws, 1)
+        bars = CODEC.parse_frame(json.dumps(snapshot)).forming
+        assert all(sim.truth.traded(truth_key, c.ts) for c in bars)
+        last = max(ts for ts in sim.truth.opens(truth_key, NOW - timedelta(hours=1), NOW)
+                   if sim.truth.traded(truth_key, ts) and ts < AAA.tf.floor(NOW))  # fmt: skip
+        assert bars[0].ts == last
