@@ -50,8 +50,8 @@ LIMITS = VenueLimits(
     max_ws_messages_per_s=0.0,
     exact_genesis=False,  # nothing answers "first candle at or after t"
     sparse=True,  # "No data is published for intervals where there are no ticks"
-    # Public endpoints: 10 requests per second per IP (bursts up to 15); a bucket of
-    # 10 refilled in a second never exceeds either.
+    # Public endpoints: 10 requests per second per IP, bursts up to 15, in a token
+    # bucket; whatever our bucket (10, refilled at 10/s) lets through fits theirs.
     rate_capacity=10,
     rate_period_s=1.0,
     live="poll",
