@@ -7,7 +7,7 @@ PY := .venv/bin/python
 CONFIG ?= config.toml
 SIM_LISTEN ?= 127.0.0.1:9100
 
-.PHONY: run test bench lint fmt sim timescaledb clean
+.PHONY: run test bench lint fmt sim timescaledb clean chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -35,6 +35,12 @@ test: .venv/.synced timescaledb
 
 bench: .venv/.synced timescaledb
 	$(PY) -m bench
+
+# Kills, database outages and venue faults at random for CHAOS_MINUTES, then
+# the store against the simulator's truth (not part of `make test`).
+CHAOS_MINUTES ?= 11
+chaos: .venv/.synced timescaledb
+	$(PY) scripts/chaos.py --minutes $(CHAOS_MINUTES)
 
 lint: .venv/.synced
 	.venv/bin/ruff check daemon tests bench
