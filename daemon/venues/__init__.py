@@ -12,6 +12,7 @@ from daemon.venues.base import (
     VenueError,
     VenueLimits,
 )
+from daemon.venues.alpaca import AlpacaCodec
 from daemon.venues.binance import BinanceCodec
 from daemon.venues.coinbase import CoinbaseCodec
 from daemon.venues.kraken import KrakenCodec
@@ -21,6 +22,7 @@ from daemon.venues.oanda import OandaCodec
 # credentials (None without) and its `options` table; a bad option is a ValueError.
 Factory = Callable[[str, Credentials | None, Mapping[str, str]], VenueCodec]
 _CODECS: dict[str, Factory] = {
+    "alpaca": AlpacaCodec,
     "binance": BinanceCodec,
     "coinbase": CoinbaseCodec,
     "kraken": KrakenCodec,

@@ -1,0 +1,380 @@
+"""Alpaca market data v2, US equities: `GET /v2/stocks/bars` and the stock stream.
+
+Wire formats as documented at
+- https://docs.alpaca.markets/reference/stockbars and the docs' source,
+  https://github.com/alpacahq/alpaca-docs (content/api-references/market-data-api/
+  stock-pricing-data/historical.md): `symbols`, `timeframe` ("flexible for Min, Hour,
+  Day, Week and Month ... maximum ... 59Min, 23Hour, 1Day, 1Week, 12Month"), `start`
+  and `end` in RFC 3339, both inclusive ("equal to or after", "equal to or before"),
+  `limit` 1-10000, `page_token`, `feed` (iex, sip), `adjustment`; the answer
+  `{"bars": {"AAPL": [{"t", "o", "h", "l", "c", "v", "n", "vw"}]}, "next_page_token"}`;
+  errors 400, 403, 422, 429 with `{"code": 42210000, "message": "invalid timeframe"}`
+  (alpacahq/Alpaca-API issue 178); the headers `APCA-API-KEY-ID` / `APCA-API-SECRET-KEY`;
+- https://docs.alpaca.markets/docs/real-time-stock-pricing-data (`wss://stream.data.
+  alpaca.markets/v2/{feed}`: `[{"T":"success","msg":"connected"}]`, then
+  `{"action":"auth","key":...,"secret":...}`, `{"action":"subscribe","bars":[...],
+  "updatedBars":[...]}`, a `subscription` answer without any id, errors such as
+  `[{"T":"error","code":402,"msg":"auth failed"}]`, data as arrays of messages;
+  minute bars `"T":"b"`, corrected minute bars `"T":"u"`, as alpaca-py dispatches them);
+- https://forum.alpaca.markets/t/alpaca-market-data-update-bars/8947: bars exist only
+  for minutes with trades, are labelled by their open, arrive 20-100 ms after their
+  close, and a bar recomputed for late trades is sent again on `updatedBars` with
+  the same timestamp (the store's upsert replaces it).
+
+Alpaca streams minute bars only: a series of another timeframe subscribes nothing
+and must be configured `live = false` (its bars come from the catch-up backfill and
+the heal cycle). Daily bars are labelled at midnight New York time (the docs'
+`"t": "2022-04-11T04:00:00Z"`); the codec stores each under the domain's 1d bar of
+the same date (00:00 UTC).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from daemon.domain import Candle, SeriesKey, Timeframe
+from daemon.domain.timeframe import require_utc
+from daemon.venues.base import (
+    CodecError,
+    Credentials,
+    FrameResult,
+    HttpRequest,
+    RateFacts,
+    VenueError,
+    VenueLimits,
+)
+
+# JSON bodies and Retry-After read as on Binance.
+from daemon.venues.binance import _json, _seconds_or_none
+
+LIMITS = VenueLimits(
+    # `limit` may be 1-10000. One less per window, so that the request can ask for
+    # one bar more than the window holds: a full page (after which a
+    # `next_page_token` may come although nothing follows) then cannot happen,
+    # and a token means bars were left out (see `parse_history`).
+    page_size=9_999,
+    request_weight=1,  # Alpaca counts requests
+    # "There is no limit for the number of channels with minute bars", and an
+    # account may hold one connection only (406 "connection limit exceeded"):
+    # every series must fit on it.
+    streams_per_connection=1_000_000,
+    # No documented maximum age: never rotate (a make-before-break successor
+    # would be a second connection, which Alpaca refuses).
+    max_connection_age_s=math.inf,
+    exact_genesis=False,  # nothing answers "first bar of this symbol"
+    sparse=True,  # "bars are only generated when there are 'valid' trades" (forum, above)
+    max_ws_messages_per_s=10.0,  # undocumented; subscribing takes one message per timeframe
+    # "200 requests per minute" on the free Basic plan (alpaca.markets/support/
+    # usage-limit-api-calls); Algo Trader Plus allows 10,000: set rate_capacity.
+    rate_capacity=200,
+    rate_period_s=60.0,
+    live="stream",
+    subscribe_in_url=False,  # channels are subscribed by message only
+    acknowledges_requests=False,  # the `subscription` answer carries no id
+    needs_credentials=True,  # key and secret on every request and on the stream
+)
+BARS_PATH = "/v2/stocks/bars"
+FEEDS = ("iex", "sip")
+KEY_HEADER, SECRET_HEADER = "APCA-API-KEY-ID", "APCA-API-SECRET-KEY"
+# Domain timeframe -> Alpaca timeframe. Minute and hour bars start on the UTC
+# grid (New York is a whole number of hours off UTC); multi-hour, weekly and
+# monthly bars are aligned in New York time, which the domain's grid is not.
+TIMEFRAMES = {"1m": "1Min", "3m": "3Min", "5m": "5Min", "15m": "15Min", "30m": "30Min",
+              "1h": "1Hour", "1d": "1Day"}  # fmt: skip
+STREAM_TIMEFRAME = "1m"  # the stream's `bars` and `updatedBars` are minute bars
+NEW_YORK = ZoneInfo("America/New_York")
+# RFC 3339 in UTC, as Alpaca writes it: "2021-02-22T19:15:00Z", up to nanoseconds.
+_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
+_BAR_TYPES = frozenset({"b", "u"})  # minute bars and corrected minute bars
+_CONTROL_TYPES = frozenset({"success", "subscription", "error"})
+_MALFORMED = FrameResult(malformed=True)
+
+
+class _KeyHeaders(Mapping[str, str]):
+    """Alpaca's key and secret headers, shown redacted in any repr (requests get logged)."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._headers = {KEY_HEADER: credentials.key, SECRET_HEADER: credentials.secret}
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def __repr__(self) -> str:
+        return f"{{'{KEY_HEADER}': '<redacted>', '{SECRET_HEADER}': '<redacted>'}}"
+
+
+class AlpacaCodec:
+    def __init__(
+        self,
+        venue: str = "alpaca",
+        credentials: Credentials | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        options = dict(options or {})
+        feed = options.pop("feed", "iex")
+        if options:
+            raise ValueError(f"alpaca takes only the option feed, got {', '.join(sorted(options))}")
+        if feed not in FEEDS:
+            raise ValueError(
+                f"alpaca option feed: expected one of {', '.join(FEEDS)}, got {feed!r}"
+            )
+        if credentials is not None and not credentials.secret:
+            raise ValueError(
+                "alpaca needs an API secret with its key: set api_secret_env or api_secret_file"
+            )
+        self._venue = venue
+        self._feed = feed
+        # Without credentials the codec only answers `limits` (config loading
+        # refuses an Alpaca venue without them).
+        self._credentials = credentials
+        self._headers: Mapping[str, str] = _KeyHeaders(credentials) if credentials else {}
+
+    def __repr__(self) -> str:
+        return f"AlpacaCodec(venue={self._venue!r}, feed={self._feed!r})"
+
+    @property
+    def venue(self) -> str:
+        return self._venue
+
+    @property
+    def limits(self) -> VenueLimits:
+        return LIMITS
+
+    def timeframe_supported(self, timeframe: str) -> bool:
+        return timeframe in TIMEFRAMES
+
+    def history_request(
+        self, series: SeriesKey, start: datetime, end: datetime, limit: int
+    ) -> HttpRequest:
+        if not 1 <= limit <= LIMITS.page_size:
+            raise ValueError(f"limit {limit} outside 1..{LIMITS.page_size}")
+        timeframe = _timeframe(series)
+        tf = series.tf
+        # `start` and `end` both include a bar opening on them: ask from the
+        # first bar opening at or after `start` to the last one opening before `end`.
+        first, last = tf.ceil(require_utc(start)), tf.add(tf.ceil(require_utc(end)), -1)
+        if last < first:
+            raise ValueError(f"empty window [{start.isoformat()}, {end.isoformat()})")
+        bars = tf.count_bars(first, tf.next(last))
+        if bars > limit:
+            raise ValueError(f"window of {bars} bars, more than the limit {limit}")
+        return HttpRequest(
+            method="GET",
+            path=BARS_PATH,
+            params={
+                "symbols": series.symbol,
+                "timeframe": timeframe,
+                "start": rfc3339(wire_time(tf, first)),
+                "end": rfc3339(wire_time(tf, last)),
+                # One more than the window holds: the answer is never a full page.
+                "limit": str(bars + 1),
+                "adjustment": "raw",
+                "feed": self._feed,
+                "sort": "asc",
+            },
+            weight=LIMITS.request_weight,
+            headers=self._headers,
+        )
+
+    def genesis_request(self, series: SeriesKey) -> HttpRequest:
+        raise NotImplementedError("alpaca cannot answer a symbol's first bar (exact_genesis)")
+
+    def parse_history(
+        self, series: SeriesKey, status: int, body: bytes, now: datetime
+    ) -> list[Candle]:
+        payload = _json(body)
+        if status != 200:
+            raise _venue_error(status, payload)
+        if not isinstance(payload, dict) or "bars" not in payload:
+            raise CodecError("bars: expected an object with `bars`")
+        token = payload.get("next_page_token")
+        if token is not None:
+            # The request asked for more bars than its window holds, so a full
+            # page cannot be the reason: Alpaca left bars of the window out.
+            # Keeping what came would let the healer confirm the rest empty.
+            raise CodecError(
+                f"bars: a next_page_token came back ({len(str(token))} characters):"
+                " the answer holds only part of the window"
+            )
+        bars = payload["bars"] or {}  # no bar in the window: {} (or null)
+        if not isinstance(bars, dict):
+            raise CodecError("bars: `bars` is not an object keyed by symbol")
+        if set(bars) - {series.symbol}:
+            raise CodecError(f"bars of {sorted(bars)}, asked for {series.symbol}")
+        rows = bars.get(series.symbol, [])
+        if not isinstance(rows, list):
+            raise CodecError(f"bars: the bars of {series.symbol} are not an array")
+        now, tf = require_utc(now), series.tf
+        candles = []
+        for index, row in enumerate(rows):
+            try:
+                candle = _bar(series, row)
+            except CodecError as exc:
+                raise CodecError(f"bar {index}: {exc}") from None
+            # A daily bar closes at the next midnight in New York, not UTC.
+            if wire_time(tf, tf.close_time(candle.ts)) <= now:
+                candles.append(candle)
+        candles.sort(key=lambda c: c.ts)  # oldest first, whatever `sort` did
+        return candles
+
+    def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
+        # X-RateLimit-Limit / -Remaining / -Reset (epoch seconds) come with every
+        # answer (forum.alpaca.markets/t/executing-orders/12029); the reset is a
+        # clock time this clock-free codec cannot turn into a wait. No bans.
+        lowered = {name.lower(): value for name, value in headers.items()}
+        limit = _count(lowered.get("x-ratelimit-limit"))
+        remaining = _count(lowered.get("x-ratelimit-remaining"))
+        used = limit - remaining if limit is not None and remaining is not None else None
+        return RateFacts(
+            used_weight=max(0, used) if used is not None else None,
+            retry_after_s=_seconds_or_none(lowered.get("retry-after")),
+            rate_limited=status == 429,
+            banned=False,
+        )
+
+    def stream_name(self, series: SeriesKey) -> str:
+        return f"{series.timeframe}:{series.symbol}"
+
+    def stream_path(self, series: Sequence[SeriesKey]) -> str:
+        return f"/v2/{self._feed}"  # channels are subscribed by message
+
+    def login_messages(self) -> list[str]:
+        if self._credentials is None:
+            raise ValueError("alpaca streams need the venue's api key and secret")
+        c = self._credentials
+        return [json.dumps({"action": "auth", "key": c.key, "secret": c.secret})]
+
+    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
+        return self._action("subscribe", series)
+
+    def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
+        return self._action("unsubscribe", series)
+
+    @staticmethod
+    def _action(action: str, series: Sequence[SeriesKey]) -> str:
+        # Only minute series have a channel; the others subscribe nothing (an
+        # empty list is a valid subscribe) and take their bars from backfills.
+        symbols = [s.symbol for s in series if s.timeframe == STREAM_TIMEFRAME]
+        return json.dumps({"action": action, "bars": symbols, "updatedBars": symbols})
+
+    def parse_frame(self, text: str) -> FrameResult:
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            return _MALFORMED
+        # Every server message is an array of objects, each with its type in `T`.
+        if not isinstance(payload, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("T"), str) for m in payload
+        ):
+            return _MALFORMED
+        errors = [m for m in payload if m["T"] == "error"]
+        if errors:
+            # e.g. 402 "auth failed", 406 "connection limit exceeded": no id to match.
+            return FrameResult(error="; ".join(f"{m.get('code')} {m.get('msg')}" for m in errors))
+        candles, malformed = [], False
+        for message in payload:
+            if message["T"] not in _BAR_TYPES:
+                continue  # control messages, trades, quotes, statuses: not ours
+            try:
+                candles.append(self._stream_bar(message))
+            except CodecError:
+                malformed = True  # keep the frame's good bars
+        if not candles:
+            return FrameResult(malformed=malformed)
+        # Bars arrive just after their minute closes: each is closed. Frames
+        # carry several symbols (stream None: the collector sorts them out).
+        return FrameResult(candles=tuple(candles), is_data=True, malformed=malformed)
+
+    def _stream_bar(self, message: dict[str, Any]) -> Candle:
+        symbol = message.get("S")
+        if not isinstance(symbol, str) or not symbol:
+            raise CodecError("bar symbol")
+        return _bar(SeriesKey(self._venue, symbol, STREAM_TIMEFRAME), message)
+
+
+def _timeframe(series: SeriesKey) -> str:
+    try:
+        return TIMEFRAMES[series.timeframe]
+    except KeyError:
+        raise ValueError(f"alpaca has no {series.timeframe} bars") from None
+
+
+def wire_time(tf: Timeframe, ts: datetime) -> datetime:
+    """Alpaca's label of the domain's bar `ts`: daily bars open at midnight New York."""
+    if tf.seconds != 86_400:
+        return ts
+    return datetime.combine(ts.date(), time(), NEW_YORK).astimezone(UTC)
+
+
+def domain_time(tf: Timeframe, ts: datetime) -> datetime:
+    """The domain's open time of the bar Alpaca labels `ts`; CodecError if misaligned."""
+    if tf.seconds == 86_400:
+        local = ts.astimezone(NEW_YORK)
+        if local.time() != time():
+            raise CodecError(f"daily bar at {ts.isoformat()}, not midnight in New York")
+        return datetime.combine(local.date(), time(), UTC)
+    if not tf.is_aligned(ts):
+        raise CodecError(f"open time {ts.isoformat()} is not aligned to {tf}")
+    return ts
+
+
+def rfc3339(ts: datetime) -> str:
+    return require_utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: object) -> datetime:
+    m = _RFC3339.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise CodecError(f"time {value!r} is not an RFC 3339 UTC time")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    micros = int((m.group(7) or "0").ljust(9, "0")[:6])  # digits past microseconds dropped
+    try:
+        return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
+    except ValueError:
+        raise CodecError(f"time {value!r} is not a valid date") from None
+
+
+def _bar(series: SeriesKey, row: object) -> Candle:
+    """A bar object, REST or stream: `t`, `o`, `h`, `l`, `c`, `v` (`n` and `vw` unused)."""
+    if not isinstance(row, dict):
+        raise CodecError("expected an object")
+    ts = domain_time(series.tf, parse_time(row.get("t")))
+    o, h, low, c, v = (_number(row.get(key)) for key in ("o", "h", "l", "c", "v"))
+    return Candle(series, ts, o, h, low, c, v)
+
+
+def _number(value: object) -> float:
+    # JSON numbers (bool is an int subclass, and no number).
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise CodecError(f"{value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise CodecError(f"{value!r} is not finite")
+    return number
+
+
+def _venue_error(status: int, payload: Any) -> VenueError:
+    # {"code": 42210000, "message": "invalid timeframe"}; the code may be absent.
+    if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+        code = payload.get("code")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        return VenueError(status, code, payload["message"])
+    return VenueError(status, None, "no error body")
+
+
+def _count(text: str | None) -> int | None:
+    if text is None or not text.strip().isdigit():
+        return None
+    return int(text.strip())
