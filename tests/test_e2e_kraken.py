@@ -32,7 +32,7 @@ from tests.daemon_proc import (
 SYMBOLS = ["AAA/USD", "BBB/USD"]
 M1 = Timeframe.parse("1m")
 HORIZON = LIMITS.history_horizon_bars or 0  # closed bars Kraken serves
-RUN_S = 48  # from a start at second 12..49 of a minute, a bar closes during the run
+MIN_RUN_S = 20.0  # backfill, stream, the daemon's own first heal cycle
 
 
 def _horizon(request: OhlcRequest) -> datetime:
@@ -46,8 +46,15 @@ def _asked_from(request: OhlcRequest) -> datetime:
     return datetime.fromtimestamp(request.since + 1, UTC)
 
 
-async def _second_of_minute_in(low: int, high: int) -> None:
-    while not low <= datetime.now(UTC).second < high:
+def _run_s(started: datetime) -> float:
+    """Long enough for a bar to close during the run (and 5 s more for it to arrive)."""
+    to_boundary = (M1.next(started) - started).total_seconds()
+    return max(MIN_RUN_S, to_boundary + 5.0)
+
+
+async def _outside_seconds(low: int, high: int) -> None:
+    """Wait while the second of the minute lies in [low, high)."""
+    while low <= datetime.now(UTC).second < high:
         await asyncio.sleep(0.5)
 
 
@@ -87,10 +94,9 @@ async def test_kraken_horizon_backfill_stream_and_heal(tsdb_dsn: str, tmp_path: 
         body = venue_toml("kraken", port, kind="kraken", rate_capacity=60)
         body += series_toml("kraken", SYMBOLS, ["1m"], lookback='"1d"')
         config = write_config(tmp_path, body)
-        await _second_of_minute_in(12, 50)
         started = datetime.now(UTC)
         async with running_daemon(config, tsdb_dsn, tmp_path / "daemon.log") as proc:
-            await asyncio.sleep(RUN_S)
+            await asyncio.sleep(_run_s(started))
             assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
             stopped = datetime.now(UTC)
             assert await stop(proc) == 0
@@ -128,8 +134,9 @@ async def test_kraken_horizon_backfill_stream_and_heal(tsdb_dsn: str, tmp_path: 
                 assert stored_before == 0
 
             # A second heal cycle, clear of a minute boundary in its audit (which
-            # judges bars up to 30 s ago), so that it can end with nothing missing.
-            await _second_of_minute_in(32, 60)
+            # judges bars up to 30 s ago, so a bar becomes due at second 30):
+            # it can end with nothing missing.
+            await _outside_seconds(24, 32)
             asked = len(log)
             await repair_pass(config, tsdb_dsn, tmp_path)
             # Nothing about the unreachable range: only recent history, if anything.
