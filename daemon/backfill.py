@@ -17,7 +17,7 @@ from daemon import logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.fetch import Fetcher, FetchError
 from daemon.store.series import get_genesis, set_genesis
-from daemon.venues import CodecError, VenueCodec, VenueError
+from daemon.venues import CodecError, HttpRequest, VenueCodec, VenueError
 
 log = logs.get("candled.backfill")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
@@ -149,9 +149,7 @@ class Backfiller:
         if stored is not None or not self.codec.limits.exact_genesis:
             return stored
         req = self.codec.genesis_request(series)
-        async with self.fetcher.throttle.batch_slot():
-            resp = await self.fetcher.fetch(req)
-        first = self.codec.parse_history(series, resp.status, resp.body, self._clock())
+        first, _ = await self._ask(series, req)
         if not first:
             return None  # nothing listed yet; ask again next time
         evidence = {"method": "exact", "request": req.path, "params": dict(req.params),
@@ -224,7 +222,11 @@ class Backfiller:
     async def _page(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> tuple[list[Candle], int]:
-        req = self.codec.history_request(series, start, end, limit)
+        return await self._ask(series, self.codec.history_request(series, start, end, limit))
+
+    async def _ask(self, series: SeriesKey, req: HttpRequest) -> tuple[list[Candle], int]:
+        """The candles of one request, and the requests it took: a malformed
+        answer is counted and asked for again."""
         for attempt in range(1, _PAGE_TRIES + 1):
             async with self.fetcher.throttle.batch_slot():
                 resp = await self.fetcher.fetch(req)

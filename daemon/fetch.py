@@ -1,15 +1,17 @@
 """HTTP fetcher: one aiohttp session per venue, every request through the
 venue's throttle, retries with exponential backoff and full jitter on 429,
 403, 5xx, connection errors, timeouts and bodies that cannot be used (cut
-short, or past `max_body`). Retry-After is honoured through the throttle: a
-429 or 418 blocks the bucket, so the retry (and every other request to the
-venue) waits until the venue allows it. Answers that are not the venue
-talking (an HTML error page, a body cut or too large) are counted as
-malformed."""
+short, or past `max_body`). The backoff grows with the venue's failures in a
+row, not each request's own: in a 5xx storm the BATCH requests under way back
+off as one instead of each probing the venue on its own schedule. Retry-After
+is honoured through the throttle: a 429 or 418 blocks the bucket, so the
+retry (and every other request to the venue) waits until the venue allows
+it. Answers that are not the venue talking (an HTML error page, a body cut
+or too large) are counted as malformed."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 
 import aiohttp
@@ -25,6 +27,7 @@ log = logs.get("candled.fetch")
 # violated"); market data needs no credentials that could be refused for good.
 RETRY_STATUSES = frozenset({403, 429, 418, 500, 502, 503, 504})
 MAX_BODY = 32 * 1024 * 1024  # far above any page a venue sends; a bound, not a target
+MAX_RETRY_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,18 +76,24 @@ class Fetcher:
         self._on_ban = on_ban
         self._on_response = on_response
         self._session: aiohttp.ClientSession | None = None
+        self._retry_base_s = retry_base_s
+        self._failures = 0  # retryable failures in a row, over every request to the venue
         # Retry-After is not a backoff matter: the throttle holds the retry (and
         # every other request to the venue) until the venue allows it.
         self._retrying = backoff.on_exception(
-            backoff.expo,
+            self._waits,
             _RETRIED,
             max_time=max_time_s,
             jitter=backoff.full_jitter,
-            factor=retry_base_s,
-            max_value=60,
             on_backoff=self._log_backoff,
             logger=None,  # _log_backoff says it, with the venue's words
         )(self._attempt)
+
+    def _waits(self) -> Generator[float, None, None]:
+        """backoff's wait generator: exponential in the venue's failures in a row."""
+        yield 0.0  # discarded: backoff primes the generator with send(None)
+        while True:
+            yield min(MAX_RETRY_WAIT_S, self._retry_base_s * 2 ** min(self._failures - 1, 30))
 
     async def __aenter__(self) -> Fetcher:
         self._session = aiohttp.ClientSession(
@@ -105,6 +114,15 @@ class Fetcher:
             raise FetchError(f"{req.path} failed after retries: {e!r}") from e
 
     async def _attempt(self, req: HttpRequest) -> Response:
+        try:
+            response = await self._send(req)
+        except _RETRIED:
+            self._failures += 1
+            raise
+        self._failures = 0
+        return response
+
+    async def _send(self, req: HttpRequest) -> Response:
         assert self._session is not None, "use Fetcher as an async context manager"
         sent_at = await self.throttle.acquire(req.weight)
         async with self._session.request(

@@ -286,3 +286,31 @@ async def test_a_genesis_not_known_yet_is_asked_again(
     assert [p["startTime"] for p in fetcher.params].count("0") == 2  # once per job
     async with db.pool.acquire() as conn:
         assert await get_genesis(conn, soon) is None
+
+
+async def test_a_malformed_genesis_answer_is_asked_again(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    """A broken body to the genesis request must not fail the job."""
+
+    class BrokenFirstAnswer(RecordingFetcher):
+        async def fetch(self, req: HttpRequest) -> Response:
+            resp = await super().fetch(req)
+            first = len(self.params) == 1
+            return dataclasses.replace(resp, body=b"<html>maintenance</html>") if first else resp
+
+    exchange, url = sim
+    codec = BinanceCodec()
+    fetcher = BrokenFirstAnswer(url, codec, VenueThrottle(6000, 60, 5), retry_base_s=0.05)
+    store = CandleStore(db.pool)
+
+    async def sink(candles: Sequence[Candle]) -> None:
+        await store.write(candles)
+
+    b = Backfiller(codec, fetcher, sink, db.pool)
+    job = lookback(NEW_1M, days=1 / 24)
+    await run_jobs(b, job)
+
+    assert [r.complete for r in b.results] == [True]
+    assert [p["startTime"] for p in fetcher.params][:2] == ["0", "0"]  # the genesis, twice
+    assert await stored(db, NEW_1M) == exchange.truth.candles(NEW_1M, job.start, job.end, job.end)
