@@ -442,6 +442,13 @@ def _parse_series(t: _Table, venues: Mapping[str, VenueConfig]) -> SeriesConfig:
         validate_calendar(s.profile, s.calendar)
     except ValueError as e:
         raise ConfigError(t.key("calendar"), str(e)) from None
+    codec = venues[venue].codec()
+    for i, tf in enumerate(s.timeframes):
+        if not codec.timeframe_supported(tf):
+            raise ConfigError(
+                f"{t.key('timeframes')}[{i}]",
+                f'venue "{venue}" (kind {venues[venue].kind}) serves no {tf} bars',
+            )
     t.done()
     return s
 

@@ -176,12 +176,30 @@ def replace_line(old: str, new: str, nth: int = 0) -> str:
             ),
             "healing.calendar_overrides: cannot read /nonexistent.toml",
         ),
+        (
+            replace_line("batch = 5", 'batch = 5\noptions = { price = "B" }'),
+            "venues[0].options: binance takes no options, got price",
+        ),
+        (
+            replace_line("batch = 5", 'batch = 5\napi_key_env = "CANDLED_TEST_UNSET_KEY"'),
+            "venues[0].api_key_env: environment variable CANDLED_TEST_UNSET_KEY is not set",
+        ),
     ],
 )
 def test_errors_name_the_key_path(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, text), env={})
     assert message in str(e.value)
+
+
+def test_timeframes_the_venue_does_not_serve_are_refused(tmp_path: Path) -> None:
+    text = GOOD + (
+        '\n[[venues]]\nname = "cb"\nkind = "coinbase"\nrest_url = "http://x"\nws_url = "ws://x"\n'
+        '\n[[series]]\nvenue = "cb"\nsymbols = ["BTC-USD"]\ntimeframes = ["1m", "4h"]\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env={})
+    assert str(e.value) == 'series[2].timeframes[1]: venue "cb" (kind coinbase) serves no 4h bars'
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
