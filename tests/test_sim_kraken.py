@@ -21,6 +21,7 @@ from daemon.sim import SimExchange, parse_scenario
 from daemon.sim.kraken import KrakenPersonality
 from daemon.venues import FrameResult, VenueError, get_codec
 from daemon.venues.kraken import KrakenCodec
+from tests.daemon_proc import wait_until
 
 CODEC = get_codec("kraken")
 NOW = datetime(2024, 3, 1, 12, 0, 30, tzinfo=UTC)  # half a minute into a bar
@@ -175,8 +176,8 @@ async def test_the_request_log(start_sim: SimFactory) -> None:
 # --- WebSocket v2 ------------------------------------------------------------
 
 
-async def receive(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
-    async with asyncio.timeout(5):
+async def receive(ws: ClientConnection, count: int, within: float = 5) -> list[dict[str, Any]]:
+    async with asyncio.timeout(within):
         return [json.loads(await ws.recv()) for _ in range(count)]
 
 
@@ -190,7 +191,11 @@ async def test_stream_bars_finalised_by_their_successor_equal_truth(
     task = asyncio.create_task(
         collect(KrakenCodec(), f"ws://{address}", [AAA, BBB], total_timeout=15, max_candles=4)
     )
-    await asyncio.sleep(1.5)  # subscribed, snapshots and updates of the 12:00 bar
+
+    async def updated() -> bool:  # subscribed: snapshots and an update of the 12:00 bar
+        return sim.counters.frames_sent >= 2
+
+    await wait_until(updated, within=10)
     clock[0] = NOW.replace(minute=1, second=0, microsecond=500_000)  # 12:00 has closed
     result = await task
 
@@ -255,8 +260,8 @@ async def test_stream_refusals_pong_unsubscribe_and_heartbeats(start_sim: SimFac
         await ws.send(CODEC.unsubscribe_message([new], 4))
         (gone,) = await receive(ws, 1)
         assert (gone["method"], gone["success"], gone["req_id"]) == ("unsubscribe", True, 4)
-        with pytest.raises(TimeoutError):  # nothing subscribed: nothing sent
-            await receive(ws, 1)
+        with pytest.raises(TimeoutError):  # nothing subscribed: nothing sent, not even heartbeats
+            await receive(ws, 1, within=2.5)
 
 
 async def test_sparse_stream_skips_bars_without_trades(start_sim: SimFactory) -> None:
