@@ -34,3 +34,4 @@ class SimCounters:
     foreign_frames_sent: int = 0  # kline frames of streams the connection did not subscribe to
     ws_mute: int = 0  # connections on which nothing was ever sent
     pings_sent: int = 0
+    corrected_bars_sent: int = 0  # Alpaca: corrected minute bars ("T": "u") streamed

@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from daemon.sim.alpaca import AlpacaPersonality
 from daemon.sim.binance import BinancePersonality
 from daemon.sim.coinbase import CoinbasePersonality
 from daemon.sim.counters import SimCounters
@@ -27,6 +28,7 @@ PROTOCOLS: dict[str, type[Personality]] = {
     "kraken": KrakenPersonality,
     "coinbase": CoinbasePersonality,
     "oanda": OandaPersonality,
+    "alpaca": AlpacaPersonality,
 }
 
 
