@@ -204,9 +204,12 @@ class Backfiller:
         complete, empty answers from `empty_from` up to the bar `first` mark
         genesis at `first` once a deeper probe (the page before) is empty too.
         Errors and timeouts raise before this is reached, so they never mark it."""
-        tf, page = series.tf, self.codec.limits.page_size
-        probe = (tf.add(empty_from, -page), empty_from)
-        got, requests = await self._page(series, *probe, page)
+        tf, limits = series.tf, self.codec.limits
+        probe = (tf.add(empty_from, -limits.page_size), empty_from)
+        horizon = limits.history_horizon_bars
+        if horizon is not None and probe[0] < tf.add(tf.floor(self._clock()), -horizon):
+            return 0  # the venue no longer serves the probe's bars: it would prove nothing
+        got, requests = await self._page(series, *probe, limits.page_size)
         if any(probe[0] <= c.ts < probe[1] for c in got):
             return requests  # history goes deeper: the empty run was a gap
         evidence = {"method": "heuristic", "empty_from": empty_from.isoformat(),
