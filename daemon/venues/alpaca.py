@@ -208,7 +208,9 @@ class AlpacaCodec:
                 f"bars: a next_page_token came back ({len(str(token))} characters):"
                 " the answer holds only part of the window"
             )
-        bars = payload["bars"] or {}  # no bar in the window: {} (or null)
+        bars = payload["bars"]
+        if bars is None:  # no bar in the window: {} (or null)
+            bars = {}
         if not isinstance(bars, dict):
             raise CodecError("bars: `bars` is not an object keyed by symbol")
         if set(bars) - {series.symbol}:
