@@ -17,7 +17,14 @@ from daemon import logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.fetch import Fetcher, FetchError
 from daemon.store.series import get_genesis, set_genesis
-from daemon.venues import CodecError, HttpRequest, VenueCodec, VenueError
+from daemon.venues import (
+    CodecError,
+    HttpRequest,
+    RateFacts,
+    RateLimitedAnswer,
+    VenueCodec,
+    VenueError,
+)
 
 log = logs.get("candled.backfill")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
@@ -237,6 +244,16 @@ class Backfiller:
                 return self.codec.parse_history(
                     series, resp.status, resp.body, self._clock()
                 ), attempt
+            except RateLimitedAnswer as e:
+                # Refused in the body: the throttle holds every request to the
+                # venue as it would for a 429, then this page is asked again.
+                facts = RateFacts(None, e.retry_after_s, rate_limited=True, banned=False)
+                self.fetcher.throttle.observe(facts)
+                metrics.requests.labels(self.codec.venue, "rate-limited").inc()
+                if attempt == _PAGE_TRIES:
+                    raise
+                log.warning("venue refused for its rate limit; waiting", series=str(series),
+                            answer=e.msg)  # fmt: skip
             except CodecError:
                 metrics.malformed.labels(self.codec.venue, "http").inc()
                 if attempt == _PAGE_TRIES:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,11 +15,16 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from daemon.backfill import Backfiller, BackfillJob
 from daemon.collector import collect
 from daemon.domain import Candle, SeriesKey
+from daemon.fetch import Fetcher
 from daemon.sim import SimExchange, parse_scenario
 from daemon.sim.kraken import KrakenPersonality
-from daemon.venues import FrameResult, VenueError, get_codec
+from daemon.store.database import Database
+from daemon.store.migrations import migrate
+from daemon.throttle import VenueThrottle
+from daemon.venues import FrameResult, RateLimitedAnswer, VenueError, get_codec
 from daemon.venues.kraken import KrakenCodec
 from tests.daemon_proc import wait_until
 
@@ -158,11 +163,40 @@ async def test_over_a_request_a_second_is_too_many_requests(start_sim: SimFactor
     answers = [await get(address, pair="AAA/USD") for _ in range(61)]
     assert all(json.loads(body)["error"] == [] for _, body in answers[:60])
     status, body = answers[60]
-    with pytest.raises(VenueError, match="EGeneral:Too many requests"):
+    with pytest.raises(RateLimitedAnswer, match="EGeneral:Too many requests"):
         CODEC.parse_history(AAA, status, body, NOW)
     assert status == 200 and sim.counters.sent_429 == 1
-    assert not CODEC.rate_facts(status, {}).rate_limited  # the interface cannot see it
+    assert not CODEC.rate_facts(status, {}).rate_limited  # the status does not say it
     assert len(personality(sim).ohlc_requests) == 60  # refused requests are not served
+
+
+async def test_a_refusal_in_the_body_holds_the_throttle_like_a_429(
+    start_sim: SimFactory, tsdb_dsn: str
+) -> None:
+    now = datetime.now(UTC)
+    sim, address = await start_sim([now])
+    for _ in range(60):  # spend the minute's budget
+        await get(address, pair="AAA/USD")
+    db = await Database.connect(tsdb_dsn)
+    try:
+        async with db.pool.acquire() as conn:
+            await migrate(conn)
+        throttle = VenueThrottle(100, 1.0, 5, window_s=1.0)
+        async with Fetcher(f"http://{address}", CODEC, throttle, retry_base_s=0.05) as fetcher:
+
+            async def sink(candles: Sequence[Candle]) -> None:
+                raise AssertionError("a refused page has no candles")
+
+            backfiller = Backfiller(CODEC, fetcher, sink, db.pool)
+            end = AAA.tf.floor(now)
+            result = await backfiller.run_job(BackfillJob(AAA, end - timedelta(minutes=10), end,
+                                                          "repair"))  # fmt: skip
+    finally:
+        await db.close()
+    # Each refusal blocked the throttle; the page was asked three times, then given up.
+    assert not result.complete and result.error and "Too many requests" in result.error
+    assert throttle.rate_limited == 3 and sim.counters.sent_429 == 3
+    assert len(personality(sim).ohlc_requests) == 60
 
 
 async def test_the_request_log(start_sim: SimFactory) -> None:

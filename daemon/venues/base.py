@@ -42,6 +42,15 @@ class VenueError(Exception):
         self.msg = msg
 
 
+class RateLimitedAnswer(VenueError):
+    """An ordinary answer whose body says the request was refused for the
+    venue's rate limit (Kraken: HTTP 200 with "EGeneral:Too many requests")."""
+
+    def __init__(self, status: int, msg: str, retry_after_s: float | None = None) -> None:
+        super().__init__(status, None, msg)
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True, slots=True)
 class VenueLimits:
     """What a venue allows; the drivers size pages, buckets and connections from it."""
@@ -131,10 +140,11 @@ class VenueCodec(Protocol):
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
-        """Closed candles of a history response, in the venue's order.
+        """Closed candles of a history response, oldest first.
 
-        Bars still open at `now` are left out. Raises `VenueError` for an error
-        answer and `CodecError` for a malformed one.
+        Bars still open at `now` are left out. Raises `RateLimitedAnswer` for a
+        rate-limit refusal that the status does not show, `VenueError` for
+        another error answer and `CodecError` for a malformed one.
         """
         ...
 

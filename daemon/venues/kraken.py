@@ -34,6 +34,7 @@ from daemon.venues.base import (
     FrameResult,
     HttpRequest,
     RateFacts,
+    RateLimitedAnswer,
     VenueError,
     VenueLimits,
 )
@@ -78,6 +79,8 @@ _TIMEFRAMES = {minutes: tf for tf, minutes in INTERVALS.items()}
 _RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
 _ROW_FIELDS = 8  # time, open, high, low, close, vwap, volume, count
 _MALFORMED = FrameResult(malformed=True)
+# Refusals for the rate limit, sent in an HTTP 200 body (docs.kraken.com, "Errors").
+_RATE_LIMITED = frozenset({"EGeneral:Too many requests", "EAPI:Rate limit exceeded"})
 
 
 class KrakenCodec:
@@ -142,7 +145,9 @@ class KrakenCodec:
             raise CodecError(f"OHLC: expected a JSON object, got {type(payload).__name__}")
         if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
             raise CodecError("OHLC: `error` is not a list of strings")
-        if errors:  # e.g. "EQuery:Unknown asset pair", "EGeneral:Too many requests"
+        if any(e in _RATE_LIMITED for e in errors):
+            raise RateLimitedAnswer(status, _error_text(errors))
+        if errors:  # e.g. "EQuery:Unknown asset pair"
             raise VenueError(status, None, _error_text(errors))
         rows = _pair_rows(payload.get("result"))
         tf, now = series.tf, require_utc(now)
@@ -153,8 +158,8 @@ class KrakenCodec:
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
         # Kraken says "EGeneral:Too many requests" in an HTTP 200 body, which
-        # this interface does not see (parse_history raises it as a VenueError).
-        # It documents no usage or Retry-After header; a 429 from its edge counts.
+        # parse_history raises as RateLimitedAnswer. It documents no usage or
+        # Retry-After header; a 429 from its edge counts.
         return RateFacts(
             used_weight=None, retry_after_s=None, rate_limited=status == 429, banned=False
         )
