@@ -2,17 +2,18 @@
 
 from collections.abc import Callable, Mapping
 
+from daemon.venues.alpaca import AlpacaCodec
 from daemon.venues.base import (
     CodecError,
     Credentials,
     FrameResult,
     HttpRequest,
     RateFacts,
+    RateLimitedAnswer,
     VenueCodec,
     VenueError,
     VenueLimits,
 )
-from daemon.venues.alpaca import AlpacaCodec
 from daemon.venues.binance import BinanceCodec
 from daemon.venues.coinbase import CoinbaseCodec
 from daemon.venues.kraken import KrakenCodec
@@ -56,6 +57,7 @@ __all__ = [
     "FrameResult",
     "HttpRequest",
     "RateFacts",
+    "RateLimitedAnswer",
     "VenueCodec",
     "VenueError",
     "VenueLimits",
