@@ -309,8 +309,10 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+def _url(schemes: tuple[str, ...], optional: bool = False) -> Callable[[str], str]:
     def check(text: str) -> str:
+        if optional and not text:
+            return text
         if not text.startswith(tuple(f"{s}://" for s in schemes)):
             raise ValueError(f"expected a {' or '.join(schemes)} URL, got {text!r}")
         return text.rstrip("/")
@@ -390,7 +392,12 @@ def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> V
         name=t.get("name", str),
         kind=kind,
         rest_url=t.convert("rest_url", _url(("http", "https"))),
-        ws_url=t.convert("ws_url", _url(("ws", "wss"))),
+        # Venues polled for live bars have no stream to connect to.
+        ws_url=t.convert(
+            "ws_url",
+            _url(("ws", "wss"), optional=limits.live == "poll"),
+            "" if limits.live == "poll" else None,
+        ),
         batch=t.positive("batch", 5),
         rate_capacity=t.positive("rate_capacity", limits.rate_capacity),
         rate_period=t.convert(

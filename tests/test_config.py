@@ -202,6 +202,14 @@ def test_timeframes_the_venue_does_not_serve_are_refused(tmp_path: Path) -> None
     assert str(e.value) == 'series[2].timeframes[1]: venue "cb" (kind coinbase) serves no 4h bars'
 
 
+def test_a_polled_venue_needs_no_stream_url(tmp_path: Path) -> None:
+    polled = '\n[[venues]]\nname = "cb"\nkind = "coinbase"\nrest_url = "http://x"\n'
+    assert load_config(write(tmp_path, GOOD + polled), env={}).venue("cb").ws_url == ""
+    streamed = polled.replace("coinbase", "kraken")
+    with pytest.raises(ConfigError, match=r"venues\[1\].ws_url: required key is missing"):
+        load_config(write(tmp_path, GOOD + streamed), env={})
+
+
 def test_environment_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     env = {"CANDLED_CONFIG": str(path), "CANDLED_DATABASE_URL": "postgresql://u@h/db"}
