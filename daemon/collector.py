@@ -431,12 +431,16 @@ class Collector:
     def _check_sequence(self, candles: Sequence[Candle]) -> None:
         """Report bars skipped between two closed bars of a stream (a lost
         closing frame), so the caller can fetch them at once."""
+        sparse = self.codec.limits.sparse
         for c in candles:
             prev = self._last_closed.get(c.series)
             expected = c.series.tf.next(prev) if prev is not None else None
             # The first bar of a stream is reported too (expected None): the
-            # close of the bar in progress at connect time may never come.
-            if (expected is None or c.ts > expected) and self._on_gap is not None:
+            # close of the bar in progress at connect time may never come. On
+            # a sparse venue a skipped bar is most likely one without trades:
+            # not worth a request each; the heal cycle judges those.
+            skipped = expected is not None and c.ts > expected and not sparse
+            if (expected is None or skipped) and self._on_gap is not None:
                 self._on_gap(c.series, expected, c.ts)
             if prev is None or c.ts > prev:
                 self._last_closed[c.series] = c.ts

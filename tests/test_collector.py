@@ -5,6 +5,8 @@ bounded collection, make-before-break rotation, subscriptions by message."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -19,7 +21,8 @@ from daemon.collector import Collector, CollectorSettings, collect
 from daemon.domain import Candle, SeriesKey
 from daemon.domain.timeframe import SUPPORTED
 from daemon.sim import SimExchange, parse_scenario
-from daemon.venues import get_codec
+from daemon.venues import VenueLimits, get_codec
+from daemon.venues.binance import BinanceCodec
 
 pytestmark = pytest.mark.timeout(30)
 CODEC = get_codec("binance")
@@ -254,3 +257,36 @@ async def test_a_full_shard_connects(start_sim: StartSim) -> None:
 
     assert len(c.shards) == 1 and c.shards[0].connects == 1 and not c.reconnects
     assert_truth(sim, rec.candles)
+
+
+class SparseBinance(BinanceCodec):
+    """Binance's wire format, declared sparse: a skipped bar may be one without trades."""
+
+    @property
+    def limits(self) -> VenueLimits:
+        return dataclasses.replace(super().limits, sparse=True)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+async def test_lost_closing_frames_are_reported_as_gaps_on_dense_venues_only(
+    start_sim: StartSim, sparse: bool
+) -> None:
+    sim, url = await start_sim(faults={"lost_closing_frames": {"every": 2}})
+    rec = Recorder()
+    gaps: list[tuple[SeriesKey, datetime | None, datetime]] = []
+    codec = SparseBinance() if sparse else CODEC
+    c = Collector(codec, url, [BTC_1S], rec.sink, settings=CollectorSettings(**FAST),
+                  on_gap=lambda *gap: gaps.append(gap))  # fmt: skip
+    await run_until(c, lambda: len(rec.candles) >= 4, limit_s=15)
+
+    assert sim.counters.closing_frames_lost >= 3
+    first, *skipped = gaps
+    assert first == (BTC_1S, None, rec.candles[0].ts)  # a stream's first bar, always
+    if sparse:
+        assert skipped == []  # the heal cycle judges them, not a request each
+    else:
+        stamps = [c.ts for c in rec.candles]
+        holes = [
+            (BTC_1S.tf.next(a), b) for a, b in itertools.pairwise(stamps) if b > BTC_1S.tf.next(a)
+        ]
+        assert skipped[: len(holes)] == [(BTC_1S, a, b) for a, b in holes] and holes
