@@ -19,9 +19,8 @@ import asyncpg
 
 from daemon import logs, metrics
 from daemon.config import Config, ConfigError, SeriesSpec, load_config
-from daemon.domain import SeriesKey
 from daemon.healer import Healer, Repairer
-from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth
+from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth, lag_seconds
 from daemon.sdnotify import Notifier
 from daemon.store.database import Database
 from daemon.store.provision import StoppedWaiting, open_database
@@ -290,7 +289,7 @@ class Daemon:
             await self._export_lags()
 
     async def _export_lags(self) -> None:
-        """Per-series lag for /metrics (the newest stored bar's close to now)."""
+        """Per-series lag for /metrics (see `_lag_s`)."""
         assert self._db is not None
         specs = self.config.series_specs()
         try:
@@ -301,7 +300,7 @@ class Daemon:
         now = datetime.now(UTC)
         for key, (_, last) in bounds.items():
             metrics.series_lag.labels(key.venue, key.symbol, key.timeframe).set(
-                _lag_s(key, last, now)
+                self._lag_s(specs[key], last, now)
             )
 
     async def _health_facts(self) -> HealthFacts:
@@ -322,7 +321,7 @@ class Daemon:
         for key in sorted(specs):
             row = audited.get((key.venue, key.symbol, key.timeframe))
             last = bounds[key][1] if key in bounds else None
-            lag = _lag_s(key, last, now) if last else None
+            lag = self._lag_s(specs[key], last, now) if last else None
             series.append(SeriesHealth(
                 key.venue, key.symbol, key.timeframe,
                 row["status"] if row else "MISSING", last, lag,
@@ -348,10 +347,9 @@ class Daemon:
             spooled_candles=self._spool.pending_candles if self._spool else 0,
         )  # fmt: skip
 
-
-def _lag_s(key: SeriesKey, last: datetime, now: datetime) -> float:
-    """Seconds since the newest stored bar closed."""
-    return (now - key.tf.close_time(last)).total_seconds()
+    def _lag_s(self, spec: SeriesSpec, last: datetime, now: datetime) -> float:
+        overrides = self._healer_obj.overrides if self._healer_obj else None
+        return lag_seconds(spec, last, now, overrides)
 
 
 async def run_daemon(config: Config) -> int:

@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from daemon import __version__, metrics
+from daemon import __version__, calendars, metrics
+from daemon.config import SeriesSpec
 
 
 @dataclass(frozen=True)
@@ -144,3 +145,15 @@ class HealthServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(metrics.REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def lag_seconds(
+    spec: SeriesSpec, last: datetime, now: datetime, overrides: calendars.Overrides | None = None
+) -> float:
+    """Seconds since the oldest bar the store lacks closed: 0 when every bar
+    the calendar expects up to `now` is stored after `last` (so an equity
+    series is not behind over a weekend)."""
+    tf = spec.key.tf
+    expected = calendars.expected_ranges(spec.profile, spec.calendar, tf, tf.next(last),
+                                         tf.floor(now), overrides=overrides)  # fmt: skip
+    return (now - tf.close_time(expected[0][0])).total_seconds() if expected else 0.0

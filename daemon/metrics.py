@@ -48,7 +48,8 @@ heal_cycle_seconds = Histogram(
     "candled_heal_cycle_seconds", "Duration of one self-healing cycle", registry=REGISTRY
 )
 series_lag = Gauge(
-    "candled_series_lag_seconds", "Age of the newest stored bar beyond its expected close",
+    "candled_series_lag_seconds",
+    "Seconds since the oldest bar the store lacks (by the calendar) closed; 0 when up to date",
     ["venue", "symbol", "timeframe"], registry=REGISTRY,
 )  # fmt: skip
 bars_outside_calendar = Counter(
