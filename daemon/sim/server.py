@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from daemon.domain import DataProfile
 from daemon.sim.alpaca import AlpacaPersonality
 from daemon.sim.binance import BinancePersonality
 from daemon.sim.coinbase import CoinbasePersonality
@@ -20,7 +21,7 @@ from daemon.sim.oanda import OandaPersonality
 from daemon.sim.personality import Handler, Personality, SimContext
 from daemon.sim.rest import Clock
 from daemon.sim.scenario import Scenario, load_scenario
-from daemon.sim.truth import Truth
+from daemon.sim.truth import Market, Truth
 
 # --protocol name -> the personality serving it.
 PROTOCOLS: dict[str, type[Personality]] = {
@@ -30,6 +31,27 @@ PROTOCOLS: dict[str, type[Personality]] = {
     "oanda": OandaPersonality,
     "alpaca": AlpacaPersonality,
 }
+
+
+# Without a scenario, each protocol serves symbols named as its venue names them
+# (binance: the scenario defaults, BTCUSDT and ETHUSDT).
+_DEFAULT_MARKETS: dict[str, dict[str, Market]] = {
+    "coinbase": {"BTC-USD": Market(), "ETH-USD": Market(illiquid=0.05)},
+    "kraken": {"BTC/USD": Market(), "ETH/USD": Market(illiquid=0.05)},
+    "alpaca": {
+        "AAPL": Market(DataProfile.EQUITY, "XNYS", illiquid=0.02),
+        "MSFT": Market(DataProfile.EQUITY, "XNYS", illiquid=0.05),
+    },
+    "oanda": {"EUR_USD": Market(DataProfile.FOREX), "USD_JPY": Market(DataProfile.FOREX)},
+}
+
+
+def default_scenario(protocol: str) -> Scenario:
+    markets = _DEFAULT_MARKETS.get(protocol, {})
+    if not markets:
+        return Scenario()
+    listed = next(iter(Scenario().listings.values()))
+    return Scenario(listings=dict.fromkeys(markets, listed), markets=markets)
 
 
 def _utc_now() -> datetime:
@@ -46,7 +68,7 @@ class SimExchange:
             raise ValueError(
                 f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}"
             )
-        self.scenario = scenario or Scenario()
+        self.scenario = scenario or default_scenario(protocol)
         self.protocol = protocol
         self.truth = Truth(
             self.scenario.seed,
@@ -108,7 +130,7 @@ async def run_sim(listen: str, scenario_path: Path | None, protocol: str = "bina
     """`candled sim`: serve the simulated exchange until cancelled."""
     host, port = _parse_listen(listen)
     now = _utc_now()
-    scenario = Scenario() if scenario_path is None else load_scenario(scenario_path, now)
+    scenario = None if scenario_path is None else load_scenario(scenario_path, now)
     sim = SimExchange(scenario, protocol=protocol)
     bound_host, bound_port = await sim.start(host, port)
     log = structlog.get_logger("candled.sim")
