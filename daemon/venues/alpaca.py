@@ -25,7 +25,9 @@ Alpaca streams minute bars only: a series of another timeframe subscribes nothin
 and must be configured `live = false` (its bars come from the catch-up backfill and
 the heal cycle). Daily bars are labelled at midnight New York time (the docs'
 `"t": "2022-04-11T04:00:00Z"`); the codec stores each under the domain's 1d bar of
-the same date (00:00 UTC).
+the same date (00:00 UTC). The stream sends no heartbeat: at most one bar
+frame a minute, nothing while the market is closed (WebSocket pings only), so
+an `idle_timeout` under a minute reconnects an open market's healthy stream.
 """
 
 from __future__ import annotations
