@@ -26,6 +26,7 @@ import collections
 import contextlib
 import functools
 import itertools
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -349,19 +350,20 @@ class Collector:
         """Forward closed candles from `link` until `until` (monotonic) or, with
         `until_ready`, until the link is ready; raise when it is idle or broken."""
         s = self.settings
+        # A quiet venue's stream may be silent for hours while healthy.
+        idle_timeout_s = math.inf if self.codec.limits.quiet_stream else s.idle_timeout_s
         last_data = time.monotonic()
         non_data = 0
         while not (until_ready and link.ready):
             now = time.monotonic()
             if until is not None and now >= until:
                 return
-            idle_left = last_data + s.idle_timeout_s - now
+            idle_left = last_data + idle_timeout_s - now
             if idle_left <= 0:
                 raise IdleConnection(f"no data frame for {s.idle_timeout_s:g}s")
+            wait = idle_left if until is None else min(idle_left, until - now)
             try:
-                async with asyncio.timeout(
-                    idle_left if until is None else min(idle_left, until - now)
-                ):
+                async with asyncio.timeout(None if math.isinf(wait) else wait):
                     message = await link.ws.recv()
             except TimeoutError:
                 continue  # the loop head decides: idle or rotate
@@ -379,11 +381,11 @@ class Collector:
         result = self.codec.parse_frame(
             message if isinstance(message, str) else message.decode("utf-8", "replace")
         )
+        if result.error is not None:  # with an id or not (some venues give none)
+            log.error("venue refused a stream request", venue=self.codec.venue,
+                      error=result.error)  # fmt: skip
         if result.reply_id is not None:
             link.pending.discard(result.reply_id)
-            if result.error is not None:
-                log.error("venue refused a stream request", venue=self.codec.venue,
-                          error=result.error)  # fmt: skip
             return "reply"
         if result.malformed:
             self.malformed += 1

@@ -418,10 +418,17 @@ def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> V
     if secret and not key:
         raise ConfigError(t.key("api_key_env"), "an api secret is set but no api key")
     if limits.needs_credentials and v.credentials is None:
+        secret = " and api_secret_env or api_secret_file" if limits.needs_secret else ""
         raise ConfigError(
             t.path,
-            f'venue kind "{kind}" needs credentials: set api_key_env or api_key_file'
-            " (and api_secret_env or api_secret_file where the venue has a secret)",
+            f'venue "{v.name}" (kind {kind}) needs credentials: set api_key_env or api_key_file'
+            + secret,
+        )
+    if limits.needs_secret and key and not secret:
+        raise ConfigError(
+            t.key("api_secret_env"),
+            f'venue "{v.name}" (kind {kind}) needs an API secret with its key:'
+            " set api_secret_env or api_secret_file",
         )
     try:
         v.codec()

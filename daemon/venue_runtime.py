@@ -84,25 +84,35 @@ class VenueRuntime:
         self._covered_until: dict[SeriesKey, datetime] = {}
         self.backfill_queued = asyncio.Event()  # the startup backfill is queued
 
+    def _streamed(self, key: SeriesKey) -> bool:
+        limits = self.codec.limits
+        timeframes = limits.stream_timeframes
+        return limits.live == "stream" and (timeframes is None or key.timeframe in timeframes)
+
     def _live(self) -> list[SeriesKey]:
-        return [k for k, s in self.series.items() if s.live]
+        """Live series the venue streams."""
+        return [k for k, s in self.series.items() if s.live and self._streamed(k)]
 
     def _live_set(self) -> set[SeriesKey]:
-        return {k for k, s in self.series.items() if s.live}
+        return set(self._live())
+
+    def _polled(self) -> list[SeriesKey]:
+        """Live series the venue has no stream for: fetched after each close."""
+        return [k for k, s in self.series.items() if s.live and not self._streamed(k)]
 
     def _start_live(self, tg: asyncio.TaskGroup) -> None:
-        """Stream the live series, or poll them where the venue has no candle stream."""
-        if self.codec.limits.live == "poll":
-            self.poller = Poller(self.backfiller.run_job, self.backfiller.submit, self._live(),
+        """Stream the live series the venue streams, poll the others."""
+        if self._polled() and self.poller is None:
+            self.poller = Poller(self.backfiller.run_job, self.backfiller.submit, self._polled(),
                                  self.config.poll_delay)  # fmt: skip
             tg.create_task(self.poller.run())
-            return
-        settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds())
-        self.collector = Collector(
-            self.codec, self.config.ws_url, self._live(), self._ws_intake, self._hole_backfill,
-            settings, on_gap=self._live_gap,
-        )  # fmt: skip
-        tg.create_task(self.collector.run())
+        if self._live() and self.collector is None:
+            settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds())
+            self.collector = Collector(
+                self.codec, self.config.ws_url, self._live(), self._ws_intake,
+                self._hole_backfill, settings, on_gap=self._live_gap,
+            )  # fmt: skip
+            tg.create_task(self.collector.run())
 
     def configure(self, venue: VenueConfig) -> None:
         """Apply new limits (reload) to the running throttle and collector."""
@@ -114,21 +124,20 @@ class VenueRuntime:
             self.poller.delay = venue.poll_delay
 
     async def set_series(self, specs: Sequence[SeriesSpec]) -> None:
-        """Apply a reload's series: new ones backfill (and stream), removed ones
-        stop streaming; untouched streams keep their connections."""
-        old_live = set(self._live())
+        """Apply a reload's series: new ones backfill (and stream or poll),
+        removed ones stop; untouched streams keep their connections."""
+        old_keys, old_live = set(self.series), set(self._live())
         self.series = {s.key: s for s in specs}
         new_live = set(self._live())
-        added = [k for k in self.series if k not in old_live]
         if self.collector is not None:
             await self.collector.remove(sorted(old_live - new_live))
             await self.collector.add(sorted(new_live - old_live))
-        elif self.poller is not None:
-            self.poller.set_series(sorted(new_live))
-        elif new_live and self._tg is not None:
-            self._start_live(self._tg)
+        if self.poller is not None:
+            self.poller.set_series(self._polled())
+        if self._tg is not None:
+            self._start_live(self._tg)  # a first streamed or polled series
         # Subscribed first, then backfilled up to now: no bar falls between.
-        await self._catch_up(added, "lookback")
+        await self._catch_up([k for k in self.series if k not in old_keys], "lookback")
 
     async def _persist_ban(self, until: float) -> None:
         ends = datetime.fromtimestamp(until, UTC)
@@ -196,5 +205,4 @@ class VenueRuntime:
             # connect then only asks for what closed since.
             await self._catch_up(list(self.series), "lookback")
             self.backfill_queued.set()
-            if self._live():
-                self._start_live(tg)
+            self._start_live(tg)

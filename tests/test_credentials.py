@@ -65,15 +65,15 @@ def load_error(tmp_path: Path, credentials: str, env: dict[str, str] | None = No
 def test_alpaca_without_credentials_names_the_venue_and_the_keys_to_set(tmp_path: Path) -> None:
     message = load_error(tmp_path, "")
     assert message.startswith("venues[0]: ")
-    assert 'venue kind "alpaca" needs credentials' in message
+    assert 'venue "us-equities" (kind alpaca) needs credentials' in message
     for key in ("api_key_env", "api_key_file", "api_secret_env", "api_secret_file"):
         assert key in message
 
 
 def test_alpaca_with_a_key_and_no_secret_names_the_secret_keys(tmp_path: Path) -> None:
     message = load_error(tmp_path, 'api_key_env = "ALPACA_KEY"')
-    assert message.startswith("venues[0].")
-    assert "alpaca needs an API secret" in message
+    assert message.startswith("venues[0].api_secret_env: ")
+    assert "needs an API secret with its key" in message
     assert "api_secret_env or api_secret_file" in message
 
 
@@ -84,7 +84,7 @@ def test_check_config_refuses_alpaca_without_credentials(tmp_path: Path) -> None
         env={k: v for k, v in os.environ.items() if k not in ENV},
     )  # fmt: skip
     assert done.returncode == 78
-    assert 'venues[0]: venue kind "alpaca" needs credentials' in done.stderr
+    assert 'venues[0]: venue "us-equities" (kind alpaca) needs credentials' in done.stderr
 
 
 def test_credentials_from_environment_variables(tmp_path: Path) -> None:

@@ -80,6 +80,9 @@ LIMITS = VenueLimits(
     subscribe_in_url=False,  # channels are subscribed by message only
     acknowledges_requests=False,  # the `subscription` answer carries no id
     needs_credentials=True,  # key and secret on every request and on the stream
+    needs_secret=True,
+    stream_timeframes=frozenset({"1m"}),  # the stream has minute bars only
+    quiet_stream=True,  # no heartbeat; nothing at all while the market is closed
 )
 BARS_PATH = "/v2/stocks/bars"
 FEEDS = ("iex", "sip")

@@ -76,6 +76,13 @@ class VenueLimits:
     # The venue answers each subscribe message with a reply carrying its id.
     acknowledges_requests: bool = True
     needs_credentials: bool = False  # REST and streams need the config's api key
+    needs_secret: bool = False  # ... and its api secret
+    # Timeframes the stream carries (None: every supported one); live series of
+    # other timeframes are polled.
+    stream_timeframes: frozenset[str] | None = None
+    # A healthy stream may stay silent for long (no heartbeat, nothing while the
+    # market is closed): no idle detection; WebSocket pings still find a dead link.
+    quiet_stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
