@@ -75,9 +75,9 @@ async def test_equity_series_with_holiday_early_close_and_illiquid_bars_ends_ok(
             options='{ feed = "sip" }',
         )  # fmt: skip
         equity = {"profile": '"EQUITY"', "calendar": '"XNYS"'}
-        # Alpaca streams minute bars only: the 15m series is backfilled and healed.
+        # Alpaca streams minute bars only: the live 15m series is polled.
         body += series_toml("alpaca", [SYMBOL], ["15m"], lookback=f'"{lookback_days}d"',
-                            live="false", **equity)  # fmt: skip
+                            **equity)  # fmt: skip
         body += series_toml("alpaca", [SYMBOL], ["1m"], lookback=f'"{LIVE_LOOKBACK.days}d"',
                             **equity)  # fmt: skip
         config = write_config(tmp_path, body)
