@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import asyncpg
+
 from daemon import logs, metrics
 from daemon.backfill import Backfiller, BackfillJob, utcnow
 from daemon.collector import Collector, CollectorSettings
@@ -23,6 +25,7 @@ from daemon.store.writer import CandleWriter
 from daemon.throttle import VenueThrottle
 
 log = logs.get("candled.venue")
+_DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def catch_up_jobs(
@@ -155,8 +158,15 @@ class VenueRuntime:
                         venue=self.config.name, until=until.isoformat())  # fmt: skip
 
     async def _catch_up(self, keys: Sequence[SeriesKey], reason: str) -> None:
-        async with self._db.pool.acquire() as conn:
-            bounds = await stored_bounds(conn, keys)
+        try:
+            async with asyncio.timeout(5), self._db.pool.acquire() as conn:
+                bounds = await stored_bounds(conn, keys)
+        except _DB_DOWN as e:
+            # The store cannot say where it ends: start from what earlier jobs
+            # covered (the whole lookback where none did). The writer spools.
+            log.warning("database unreachable; catching up from what was asked before",
+                        reason=reason, error=repr(e))  # fmt: skip
+            bounds = {}
         now = utcnow()
         for key in keys:
             start = key.tf.floor(now - self.series[key].lookback)

@@ -69,7 +69,9 @@ async def health(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[s
 async def test_database_outage_mid_run_loses_and_duplicates_nothing(
     cluster: PostgresCluster, tmp_path: Path
 ) -> None:
-    sim = SimExchange(parse_scenario(scenario(), datetime.now(UTC)))
+    # Streams dropped every 15 s: some reconnect while the database is down.
+    faults = {"ws_drop": {"every": "15s"}}
+    sim = SimExchange(parse_scenario(scenario(faults), datetime.now(UTC)))
     _, sim_port = await sim.start("127.0.0.1", 0)
     config, hport = config_for(tmp_path, sim_port, DEPTH)
     try:
@@ -104,6 +106,10 @@ async def test_database_outage_mid_run_loses_and_duplicates_nothing(
             assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
             stopped = datetime.now(UTC)
             assert await stop(proc) == 0
+        # A reconnect during the outage planned its hole from memory.
+        log = (tmp_path / "daemon.log").read_text()
+        assert "catching up from what was asked before" in log
+        assert "could not plan the reconnect backfill" not in log
         await repair_pass(config, cluster.dsn, tmp_path)
         await assert_store_equals_truth(sim, cluster.dsn, started, stopped, lookback=DEPTH)
     finally:
