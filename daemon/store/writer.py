@@ -137,7 +137,9 @@ class CandleWriter:
         batch_size: int = 5_000,
         max_age: float = 0.05,
         capacity: int = 100_000,
-        retry_cap_s: float = 30.0,
+        # A refused connection costs the database nothing: retry often, so that
+        # writing resumes within seconds of its return.
+        retry_cap_s: float = 5.0,
         spool: Spool | None = None,
     ) -> None:
         if capacity < batch_size:
