@@ -89,10 +89,18 @@ class Daemon:
             log.info("stopped while waiting for the database")
             return 0
 
+    def _waiting_for_database(self, wait_s: float) -> None:
+        # Under systemd: still starting, not hung (start timeout and watchdog).
+        extend_us = int((wait_s + 30) * 1_000_000)
+        self.notifier.send("STATUS=waiting for the database", f"EXTEND_TIMEOUT_USEC={extend_us}",
+                           "WATCHDOG=1")  # fmt: skip
+
     async def _run(self) -> int:
         # Started during an outage (a restart, a crash loop), wait for the
         # database rather than exit: the spool is replayed once it is back.
-        async with open_database(self.config, wait_unless=self._stopping) as db:
+        async with open_database(
+            self.config, wait_unless=self._stopping, on_wait=self._waiting_for_database
+        ) as db:
             self._db = db
             await self._sync_series()
             spool = self._spool = Spool(self.config.daemon.state_dir / "spool")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -169,3 +170,23 @@ async def compare_with_truth(
         wrong=sorted(ts for ts in expected.keys() & stored.keys() if expected[ts] != stored[ts]),
         duplicated=len(rows) - len(stored),
     )
+
+
+class NotifyListener:
+    """A NOTIFY_SOCKET as systemd provides it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    async def wait_for(self, field: str, within: float = 60) -> str:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(within):
+            while True:
+                msg = (await loop.sock_recv(self.sock, 4096)).decode()
+                self.messages.append(msg)
+                if field in msg.split("\n"):
+                    return msg

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
 from tests.daemon_proc import (
+    NotifyListener,
     running_daemon,
     series_toml,
     stop,
@@ -28,26 +28,6 @@ from tests.daemon_proc import (
     write_config,
 )
 from tests.pg import free_port
-
-
-class NotifyListener:
-    """A NOTIFY_SOCKET as systemd provides it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-
-    async def wait_for(self, field: str, within: float = 60) -> str:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(within):
-            while True:
-                msg = (await loop.sock_recv(self.sock, 4096)).decode()
-                self.messages.append(msg)
-                if field in msg.split("\n"):
-                    return msg
 
 
 async def health(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:

@@ -6,6 +6,7 @@ twice, not even when the daemon is killed while candles wait in its spool."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from daemon.store.cluster import PostgresCluster
 from daemon.store.spool import Spool
 from tests import pg
 from tests.daemon_proc import (
+    NotifyListener,
     repair_pass,
     running_daemon,
     series_toml,
@@ -195,12 +197,21 @@ async def test_waits_for_an_unreachable_database_until_stopped(tmp_path: Path) -
     config, _ = config_for(tmp_path, free_port(), DEPTH)
     log = tmp_path / "daemon.log"
     nothing_there = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    async with running_daemon(config, nothing_there, log) as proc:
+    notify = NotifyListener(tmp_path / "notify")
+    os.environ["NOTIFY_SOCKET"] = str(notify.path)
+    try:
+        async with running_daemon(config, nothing_there, log) as proc:
 
-        async def waiting() -> bool:
-            return log.read_text().count("database unreachable; waiting for it") >= 2
+            async def waiting() -> bool:
+                return log.read_text().count("database unreachable; waiting for it") >= 2
 
-        await wait_until(waiting, within=30)
-        assert proc.returncode is None
-        assert await stop(proc, within=5) == 0
+            await wait_until(waiting, within=30)
+            # systemd hears that the start goes on, so its start timeout does not fire.
+            message = await notify.wait_for("STATUS=waiting for the database", within=10)
+            assert any(f.startswith("EXTEND_TIMEOUT_USEC=") for f in message.split("\n"))
+            assert proc.returncode is None
+            assert await stop(proc, within=5) == 0
+    finally:
+        os.environ.pop("NOTIFY_SOCKET", None)
     assert "stopped while waiting for the database" in log.read_text()
+    assert not any("READY=1" in m.split("\n") for m in notify.messages)

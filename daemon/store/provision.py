@@ -4,7 +4,7 @@ PostgreSQL under `state_dir` that we start and stop ourselves."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 import asyncpg
@@ -47,9 +47,12 @@ async def embedded_dsn(config: Config) -> AsyncIterator[str]:
             log.info("embedded database stopped")
 
 
-async def _connect(dsn: str, stop: asyncio.Event | None) -> Database:
+async def _connect(
+    dsn: str, stop: asyncio.Event | None, on_wait: Callable[[float], object] | None
+) -> Database:
     """Connect. With `stop`, an unreachable server is retried (capped backoff)
-    until it answers, or until `stop` is set (`StoppedWaiting`)."""
+    until it answers, or until `stop` is set (`StoppedWaiting`); `on_wait` is
+    told each wait's length."""
     delay = 0.5
     while True:
         try:
@@ -58,6 +61,8 @@ async def _connect(dsn: str, stop: asyncio.Event | None) -> Database:
             if stop is None:
                 raise
             log.warning("database unreachable; waiting for it", error=repr(e), retry_in_s=delay)
+            if on_wait is not None:
+                on_wait(delay)
         with suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await stop.wait()
@@ -67,12 +72,15 @@ async def _connect(dsn: str, stop: asyncio.Event | None) -> Database:
 
 @asynccontextmanager
 async def open_database(
-    config: Config, *, wait_unless: asyncio.Event | None = None
+    config: Config,
+    *,
+    wait_unless: asyncio.Event | None = None,
+    on_wait: Callable[[float], object] | None = None,
 ) -> AsyncIterator[Database]:
     """Connect, apply pending migrations, and yield the database. With
     `wait_unless`, wait for an unreachable database until that event is set."""
     async with embedded_dsn(config) as dsn:
-        db = await _connect(dsn, wait_unless)
+        db = await _connect(dsn, wait_unless, on_wait)
         try:
             async with db.pool.acquire() as conn:
                 applied = await migrate(conn)
