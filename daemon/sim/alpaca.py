@@ -52,7 +52,7 @@ from aiohttp import WSMsgType, web
 
 from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.sim import alpaca_wire as wire
-from daemon.sim.personality import SimContext
+from daemon.sim.personality import SimContext, send_json
 from daemon.sim.truth import Truth
 from daemon.sim.wire import SIM_VENUE
 
@@ -322,11 +322,7 @@ class _Stream:
             pusher.cancel()
 
     async def _send(self, messages: list[dict[str, Any]]) -> bool:
-        try:
-            await self._ws.send_str(json.dumps(messages))
-        except ConnectionError:
-            return False
-        return True
+        return await send_json(self._ws, messages)
 
     async def _read(self) -> None:
         try:

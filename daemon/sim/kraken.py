@@ -46,7 +46,7 @@ from daemon.sim.kraken_wire import (
     status_frame,
 )
 from daemon.sim.limiter import WeightLimiter
-from daemon.sim.personality import SimContext
+from daemon.sim.personality import SimContext, send_json
 from daemon.sim.truth import Truth
 from daemon.sim.wire import SIM_VENUE
 
@@ -195,11 +195,7 @@ class _Stream:
             pusher.cancel()
 
     async def _send(self, message: dict[str, Any]) -> bool:
-        try:
-            await self._ws.send_str(json.dumps(message))
-        except ConnectionError:
-            return False
-        return True
+        return await send_json(self._ws, message)
 
     async def _read(self) -> None:
         async for msg in self._ws:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -36,3 +37,12 @@ class Personality(Protocol):
     def __init__(self, context: SimContext) -> None: ...
 
     def routes(self) -> list[web.RouteDef]: ...
+
+
+async def send_json(ws: web.WebSocketResponse, payload: Any) -> bool:
+    """Send `payload` as one JSON text frame; False if the connection is gone."""
+    try:
+        await ws.send_str(json.dumps(payload))
+    except ConnectionError:
+        return False
+    return True

@@ -43,6 +43,7 @@ from zoneinfo import ZoneInfo
 from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.domain.timeframe import require_utc
 from daemon.venues.base import (
+    CodecBase,
     CodecError,
     Credentials,
     FrameResult,
@@ -50,10 +51,12 @@ from daemon.venues.base import (
     RateFacts,
     VenueError,
     VenueLimits,
+    empty_window,
+    json_number,
+    json_or_none,
+    only_option,
+    seconds_or_none,
 )
-
-# JSON bodies and Retry-After read as on Binance.
-from daemon.venues.binance import _json, _seconds_or_none
 
 LIMITS = VenueLimits(
     # `limit` may be 1-10000. One less per window, so that the request can ask for
@@ -120,26 +123,22 @@ class _KeyHeaders(Mapping[str, str]):
         return f"{{'{KEY_HEADER}': '<redacted>', '{SECRET_HEADER}': '<redacted>'}}"
 
 
-class AlpacaCodec:
+class AlpacaCodec(CodecBase):
+    LIMITS = LIMITS
+    TIMEFRAMES = TIMEFRAMES
+
     def __init__(
         self,
         venue: str = "alpaca",
         credentials: Credentials | None = None,
         options: Mapping[str, str] | None = None,
     ) -> None:
-        options = dict(options or {})
-        feed = options.pop("feed", "iex")
-        if options:
-            raise ValueError(f"alpaca takes only the option feed, got {', '.join(sorted(options))}")
-        if feed not in FEEDS:
-            raise ValueError(
-                f"alpaca option feed: expected one of {', '.join(FEEDS)}, got {feed!r}"
-            )
+        feed = only_option("alpaca", options, "feed", "iex", FEEDS)
         if credentials is not None and not credentials.secret:
             raise ValueError(
                 "alpaca needs an API secret with its key: set api_secret_env or api_secret_file"
             )
-        self._venue = venue
+        super().__init__(venue)
         self._feed = feed
         # Without credentials the codec only answers `limits` (config loading
         # refuses an Alpaca venue without them).
@@ -149,29 +148,17 @@ class AlpacaCodec:
     def __repr__(self) -> str:
         return f"AlpacaCodec(venue={self._venue!r}, feed={self._feed!r})"
 
-    @property
-    def venue(self) -> str:
-        return self._venue
-
-    @property
-    def limits(self) -> VenueLimits:
-        return LIMITS
-
-    def timeframe_supported(self, timeframe: str) -> bool:
-        return timeframe in TIMEFRAMES
-
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
-        if not 1 <= limit <= LIMITS.page_size:
-            raise ValueError(f"limit {limit} outside 1..{LIMITS.page_size}")
+        self.check_limit(limit)
         timeframe = _timeframe(series)
         tf = series.tf
         # `start` and `end` both include a bar opening on them: ask from the
         # first bar opening at or after `start` to the last one opening before `end`.
         first, last = tf.ceil(require_utc(start)), tf.add(tf.ceil(require_utc(end)), -1)
         if last < first:
-            raise ValueError(f"empty window [{start.isoformat()}, {end.isoformat()})")
+            raise empty_window(start, end)
         bars = tf.count_bars(first, tf.next(last))
         if bars > limit:
             raise ValueError(f"window of {bars} bars, more than the limit {limit}")
@@ -199,7 +186,7 @@ class AlpacaCodec:
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
-        payload = _json(body)
+        payload = json_or_none(body)
         if status != 200:
             raise _venue_error(status, payload)
         if not isinstance(payload, dict) or "bars" not in payload:
@@ -246,7 +233,7 @@ class AlpacaCodec:
         used = limit - remaining if limit is not None and remaining is not None else None
         return RateFacts(
             used_weight=max(0, used) if used is not None else None,
-            retry_after_s=_seconds_or_none(lowered.get("retry-after")),
+            retry_after_s=seconds_or_none(lowered.get("retry-after")),
             rate_limited=status == 429,
             banned=False,
         )
@@ -358,18 +345,8 @@ def _bar(series: SeriesKey, row: object) -> Candle:
     if not isinstance(row, dict):
         raise CodecError("expected an object")
     ts = domain_time(series.tf, parse_time(row.get("t")))
-    o, h, low, c, v = (_number(row.get(key)) for key in ("o", "h", "l", "c", "v"))
+    o, h, low, c, v = (json_number(row.get(key)) for key in ("o", "h", "l", "c", "v"))
     return Candle(series, ts, o, h, low, c, v)
-
-
-def _number(value: object) -> float:
-    # JSON numbers (bool is an int subclass, and no number).
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise CodecError(f"{value!r} is not a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise CodecError(f"{value!r} is not finite")
-    return number
 
 
 def _venue_error(status: int, payload: Any) -> VenueError:

@@ -8,10 +8,12 @@ adding a venue means adding one codec module and one registry entry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import math
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from daemon.domain import Candle, SeriesKey
 from daemon.domain.timeframe import EPOCH, require_utc
@@ -185,3 +187,109 @@ def to_ms(ts: datetime) -> int:
 
 def from_ms(ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)
+
+
+class CodecBase:
+    """What every codec shares: its venue name, `LIMITS` and `TIMEFRAMES`, the
+    checks of a history window. An implementation aid; `VenueCodec` is the interface."""
+
+    LIMITS: ClassVar[VenueLimits]
+    TIMEFRAMES: ClassVar[Collection[str]]  # the domain timeframes the venue serves
+
+    def __init__(self, venue: str) -> None:
+        self._venue = venue
+
+    @property
+    def venue(self) -> str:
+        return self._venue
+
+    @property
+    def limits(self) -> VenueLimits:
+        return self.LIMITS
+
+    def timeframe_supported(self, timeframe: str) -> bool:
+        return timeframe in self.TIMEFRAMES
+
+    def check_limit(self, limit: int) -> None:
+        """ValueError unless one page may hold `limit` bars."""
+        if not 1 <= limit <= self.LIMITS.page_size:
+            raise ValueError(f"limit {limit} outside 1..{self.LIMITS.page_size}")
+
+    def check_window(self, start: datetime, end: datetime, limit: int) -> None:
+        """ValueError for a bad `limit` (`check_limit`) or an empty [start, end)."""
+        self.check_limit(limit)
+        if require_utc(end) <= require_utc(start):
+            raise empty_window(start, end)
+
+
+def no_options(kind: str, options: Mapping[str, str] | None, only: str | None = None) -> None:
+    """ValueError naming what is left in `options` (a codec pops the `only` one it takes)."""
+    if options:
+        takes = f"only the option {only}" if only else "no options"
+        raise ValueError(f"{kind} takes {takes}, got {', '.join(sorted(options))}")
+
+
+def only_option(
+    kind: str,
+    options: Mapping[str, str] | None,
+    name: str,
+    default: str,
+    choices: Collection[str],
+    gloss: str = "",
+) -> str:
+    """The value of `name`, the one option the codec takes; ValueError for any
+    other option or a value not in `choices` (`gloss` explains them)."""
+    rest = dict(options or {})
+    value = rest.pop(name, default)
+    no_options(kind, rest, only=name)
+    if value not in choices:
+        raise ValueError(
+            f"{kind} option {name}: expected one of {', '.join(choices)}{gloss}, got {value!r}"
+        )
+    return value
+
+
+def empty_window(start: datetime, end: datetime) -> ValueError:
+    return ValueError(f"empty window [{start.isoformat()}, {end.isoformat()})")
+
+
+def json_or_none(body: bytes) -> Any:
+    """The JSON in `body`, or None where there is none."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None  # the caller decides: an error status, or a malformed body
+
+
+def decimal_string(value: object) -> float:
+    """A finite decimal sent as a string to keep its precision (Binance, OANDA)."""
+    if not isinstance(value, str):
+        raise CodecError(f"{value!r} is not a decimal string")
+    try:
+        number = float(value)
+    except ValueError:
+        raise CodecError(f"{value!r} is not a decimal") from None
+    if not math.isfinite(number):
+        raise CodecError(f"{value!r} is not finite")
+    return number
+
+
+def json_number(value: object) -> float:
+    """A finite JSON number (bool is an int subclass, and no number)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise CodecError(f"{value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise CodecError(f"{value!r} is not finite")
+    return number
+
+
+def seconds_or_none(text: str | None) -> float | None:
+    """A header's finite, non-negative number of seconds (Retry-After), or None."""
+    if text is None:
+        return None
+    try:
+        seconds = float(text.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

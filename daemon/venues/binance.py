@@ -8,7 +8,6 @@ and https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.domain.timeframe import SUPPORTED, require_utc
 from daemon.venues.base import (
+    CodecBase,
     CodecError,
     Credentials,
     FrameResult,
@@ -23,7 +23,11 @@ from daemon.venues.base import (
     RateFacts,
     VenueError,
     VenueLimits,
+    decimal_string,
     from_ms,
+    json_or_none,
+    no_options,
+    seconds_or_none,
     to_ms,
 )
 
@@ -43,35 +47,23 @@ _INTERVALS = frozenset(SUPPORTED)
 _MALFORMED = FrameResult(malformed=True)
 
 
-class BinanceCodec:
+class BinanceCodec(CodecBase):
+    LIMITS = LIMITS
+    TIMEFRAMES = _INTERVALS
+
     def __init__(
         self,
         venue: str = "binance",
         credentials: Credentials | None = None,  # market data needs no key
         options: Mapping[str, str] | None = None,
     ) -> None:
-        if options:
-            raise ValueError(f"binance takes no options, got {', '.join(sorted(options))}")
-        self._venue = venue
-
-    @property
-    def venue(self) -> str:
-        return self._venue
-
-    @property
-    def limits(self) -> VenueLimits:
-        return LIMITS
-
-    def timeframe_supported(self, timeframe: str) -> bool:
-        return timeframe in _INTERVALS
+        no_options("binance", options)
+        super().__init__(venue)
 
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
-        if not 1 <= limit <= LIMITS.page_size:
-            raise ValueError(f"limit {limit} outside 1..{LIMITS.page_size}")
-        if require_utc(end) <= require_utc(start):
-            raise ValueError(f"empty window [{start.isoformat()}, {end.isoformat()})")
+        self.check_window(start, end, limit)
         # Binance's endTime is inclusive; one millisecond less makes [start, end).
         return self._klines(
             series, startTime=str(to_ms(start)), endTime=str(to_ms(end) - 1), limit=str(limit)
@@ -91,7 +83,7 @@ class BinanceCodec:
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
-        payload = _json(body)
+        payload = json_or_none(body)
         if status != 200:
             raise _venue_error(status, payload)
         if not isinstance(payload, list):
@@ -110,7 +102,7 @@ class BinanceCodec:
         lowered = {name.lower(): value for name, value in headers.items()}
         return RateFacts(
             used_weight=_int_or_none(lowered.get(USED_WEIGHT_HEADER)),
-            retry_after_s=_seconds_or_none(lowered.get("retry-after")),
+            retry_after_s=seconds_or_none(lowered.get("retry-after")),
             rate_limited=status == 429,
             banned=status == 418,
         )
@@ -176,7 +168,7 @@ class BinanceCodec:
         series = SeriesKey(self._venue, symbol, interval)
         ts = _open_time(series.tf, k.get("t"))
         fields = (k.get(key) for key in ("o", "h", "l", "c", "v"))
-        o, h, low, c, v = (_price(value) for value in fields)
+        o, h, low, c, v = (decimal_string(value) for value in fields)
         return Candle(series, ts, o, h, low, c, v), closed
 
 
@@ -186,7 +178,7 @@ def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Ca
         raise CodecError(f"klines row {index}: expected an array of at least 6 fields")
     try:
         ts = _open_time(tf, row[0])
-        o, h, low, c, v = (_price(value) for value in row[1:6])
+        o, h, low, c, v = (decimal_string(value) for value in row[1:6])
     except CodecError as exc:
         raise CodecError(f"klines row {index}: {exc}") from None
     return Candle(series, ts, o, h, low, c, v)
@@ -200,26 +192,6 @@ def _open_time(tf: Timeframe, value: object) -> datetime:
     if not tf.is_aligned(ts):
         raise CodecError(f"open time {ts.isoformat()} is not aligned to {tf}")
     return ts
-
-
-def _price(value: object) -> float:
-    # Binance sends decimals as strings to keep their precision.
-    if not isinstance(value, str):
-        raise CodecError(f"{value!r} is not a decimal string")
-    try:
-        number = float(value)
-    except ValueError:
-        raise CodecError(f"{value!r} is not a decimal") from None
-    if not math.isfinite(number):
-        raise CodecError(f"{value!r} is not finite")
-    return number
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None  # the caller decides: an error status, or a malformed body
 
 
 def _venue_error(status: int, payload: Any) -> VenueError:
@@ -249,13 +221,3 @@ def _int_or_none(text: str | None) -> int | None:
     except ValueError:
         return None
     return value if value >= 0 else None
-
-
-def _seconds_or_none(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        seconds = float(text.strip())
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None

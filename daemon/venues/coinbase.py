@@ -22,8 +22,6 @@ Product ids are Coinbase's, e.g. "BTC-USD".
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +30,7 @@ from urllib.parse import quote
 from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.domain.timeframe import EPOCH, require_utc
 from daemon.venues.base import (
+    CodecBase,
     CodecError,
     Credentials,
     FrameResult,
@@ -39,6 +38,9 @@ from daemon.venues.base import (
     RateFacts,
     VenueError,
     VenueLimits,
+    json_number,
+    json_or_none,
+    no_options,
 )
 
 LIMITS = VenueLimits(
@@ -72,33 +74,23 @@ def iso(ts: datetime) -> str:
     return require_utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class CoinbaseCodec:
+class CoinbaseCodec(CodecBase):
+    LIMITS = LIMITS
+    TIMEFRAMES = GRANULARITY
+
     def __init__(
         self,
         venue: str = "coinbase",
         credentials: Credentials | None = None,  # market data needs no key
         options: Mapping[str, str] | None = None,
     ) -> None:
-        if options:
-            raise ValueError(f"coinbase takes no options, got {', '.join(sorted(options))}")
-        self._venue = venue
-
-    @property
-    def venue(self) -> str:
-        return self._venue
-
-    @property
-    def limits(self) -> VenueLimits:
-        return LIMITS
-
-    def timeframe_supported(self, timeframe: str) -> bool:
-        return timeframe in GRANULARITY
+        no_options("coinbase", options)
+        super().__init__(venue)
 
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
-        if not 1 <= limit <= LIMITS.page_size:
-            raise ValueError(f"limit {limit} outside 1..{LIMITS.page_size}")
+        self.check_limit(limit)
         granularity = _granularity(series)
         tf = series.tf
         first, last = tf.ceil(require_utc(start)), tf.add(tf.ceil(require_utc(end)), -1)
@@ -126,7 +118,7 @@ class CoinbaseCodec:
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
-        payload = _json(body)
+        payload = json_or_none(body)
         if status != 200:
             raise _venue_error(status, payload)
         if not isinstance(payload, list):
@@ -185,7 +177,7 @@ def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Ca
         raise CodecError(f"candles row {index}: expected an array of 6 numbers")
     try:
         ts = _bucket_start(tf, row[0])
-        low, high, o, c, v = (_number(value) for value in row[1:6])
+        low, high, o, c, v = (json_number(value) for value in row[1:6])
     except CodecError as exc:
         raise CodecError(f"candles row {index}: {exc}") from None
     return Candle(series, ts, o, high, low, c, v)
@@ -199,22 +191,6 @@ def _bucket_start(tf: Timeframe, value: object) -> datetime:
     if not tf.is_aligned(ts):
         raise CodecError(f"time {ts.isoformat()} is not aligned to {tf}")
     return ts
-
-
-def _number(value: object) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise CodecError(f"{value!r} is not a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise CodecError(f"{value!r} is not finite")
-    return number
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None  # the caller decides: an error status, or a malformed body
 
 
 def _venue_error(status: int, payload: Any) -> VenueError:

@@ -29,6 +29,7 @@ from typing import Any
 from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.domain.timeframe import EPOCH, require_utc
 from daemon.venues.base import (
+    CodecBase,
     CodecError,
     Credentials,
     FrameResult,
@@ -37,6 +38,9 @@ from daemon.venues.base import (
     RateLimitedAnswer,
     VenueError,
     VenueLimits,
+    json_number,
+    json_or_none,
+    no_options,
 )
 
 LIMITS = VenueLimits(
@@ -83,35 +87,23 @@ _MALFORMED = FrameResult(malformed=True)
 _RATE_LIMITED = frozenset({"EGeneral:Too many requests", "EAPI:Rate limit exceeded"})
 
 
-class KrakenCodec:
+class KrakenCodec(CodecBase):
+    LIMITS = LIMITS
+    TIMEFRAMES = INTERVALS
+
     def __init__(
         self,
         venue: str = "kraken",
         credentials: Credentials | None = None,  # market data needs no key
         options: Mapping[str, str] | None = None,
     ) -> None:
-        if options:
-            raise ValueError(f"kraken takes no options, got {', '.join(sorted(options))}")
-        self._venue = venue
-
-    @property
-    def venue(self) -> str:
-        return self._venue
-
-    @property
-    def limits(self) -> VenueLimits:
-        return LIMITS
-
-    def timeframe_supported(self, timeframe: str) -> bool:
-        return timeframe in INTERVALS
+        no_options("kraken", options)
+        super().__init__(venue)
 
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
-        if not 1 <= limit <= LIMITS.page_size:
-            raise ValueError(f"limit {limit} outside 1..{LIMITS.page_size}")
-        if require_utc(end) <= require_utc(start):
-            raise ValueError(f"empty window [{start.isoformat()}, {end.isoformat()})")
+        self.check_window(start, end, limit)
         # OHLC has no end and no count: it answers from `since` to now (within
         # the 720 newest entries), and the backfill keeps what lies in the window.
         # `since` is exclusive; one second earlier keeps the bar opening at `start`.
@@ -134,10 +126,7 @@ class KrakenCodec:
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            payload = None  # an error status, or a malformed body: decided below
+        payload = json_or_none(body)  # None: an error status, or a malformed body
         errors = payload.get("error") if isinstance(payload, dict) else None
         if status != 200:
             raise VenueError(status, None, _error_text(errors) or f"HTTP {status}")
@@ -227,8 +216,8 @@ class KrakenCodec:
             raise CodecError(f"ohlc interval {interval} minutes is not collected")
         series = SeriesKey(self._venue, symbol, timeframe)
         ts = _aligned(series.tf, _rfc3339(entry.get("interval_begin")))
-        fields = ("open", "high", "low", "close", "volume")
-        o, h, low, c, v = (_number(entry.get(k)) for k in fields)
+        fields = ("open", "high", "low", "close", "volume")  # JSON numbers on the v2 stream
+        o, h, low, c, v = (json_number(entry.get(k)) for k in fields)
         return Candle(series, ts, o, h, low, c, v)
 
 
@@ -292,13 +281,6 @@ def _decimal(value: object) -> float:
         return _finite(float(value))
     except ValueError:
         raise CodecError(f"{value!r} is not a decimal") from None
-
-
-def _number(value: object) -> float:
-    # The v2 stream sends JSON numbers.
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise CodecError(f"{value!r} is not a number")
-    return _finite(float(value))
 
 
 def _finite(number: float) -> float:

@@ -32,6 +32,7 @@ from urllib.parse import quote
 from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.domain.timeframe import require_utc
 from daemon.venues.base import (
+    CodecBase,
     CodecError,
     Credentials,
     FrameResult,
@@ -39,10 +40,12 @@ from daemon.venues.base import (
     RateFacts,
     VenueError,
     VenueLimits,
+    decimal_string,
+    empty_window,
+    json_or_none,
+    only_option,
+    seconds_or_none,
 )
-
-# Decimal strings, JSON bodies and Retry-After read as on Binance.
-from daemon.venues.binance import _json, _price, _seconds_or_none
 
 LIMITS = VenueLimits(
     page_size=5000,  # `count`: "[default=500, maximum=5000]" (instrument-ep)
@@ -99,23 +102,18 @@ class _BearerHeaders(Mapping[str, str]):
         return "{'Authorization': 'Bearer <redacted>'}"
 
 
-class OandaCodec:
+class OandaCodec(CodecBase):
+    LIMITS = LIMITS
+    TIMEFRAMES = _GRANULARITIES
+
     def __init__(
         self,
         venue: str = "oanda",
         credentials: Credentials | None = None,
         options: Mapping[str, str] | None = None,
     ) -> None:
-        options = dict(options or {})
-        price = options.pop("price", "M")
-        if options:
-            raise ValueError(f"oanda takes only the option price, got {', '.join(sorted(options))}")
-        if price not in PRICE_COMPONENTS:
-            raise ValueError(
-                f"oanda option price: expected one of {', '.join(PRICE_COMPONENTS)}"
-                f" (mid, bid, ask), got {price!r}"
-            )
-        self._venue = venue
+        price = only_option("oanda", options, "price", "M", PRICE_COMPONENTS, " (mid, bid, ask)")
+        super().__init__(venue)
         self._price = price
         self._component = PRICE_COMPONENTS[price]
         # Without credentials the codec only answers `limits` (config loading
@@ -127,22 +125,10 @@ class OandaCodec:
     def __repr__(self) -> str:
         return f"OandaCodec(venue={self._venue!r}, price={self._price!r})"
 
-    @property
-    def venue(self) -> str:
-        return self._venue
-
-    @property
-    def limits(self) -> VenueLimits:
-        return LIMITS
-
-    def timeframe_supported(self, timeframe: str) -> bool:
-        return timeframe in _GRANULARITIES
-
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
-        if not 1 <= limit <= LIMITS.page_size:
-            raise ValueError(f"limit {limit} outside 1..{LIMITS.page_size}")
+        self.check_limit(limit)
         granularity = _GRANULARITIES.get(series.timeframe)
         if granularity is None:
             raise ValueError(f"oanda has no {series.timeframe} candles")
@@ -151,7 +137,7 @@ class OandaCodec:
         first = tf.ceil(require_utc(start))
         end = min(require_utc(end), tf.add(first, limit))
         if end <= first:
-            raise ValueError(f"empty window [{start.isoformat()}, {end.isoformat()})")
+            raise empty_window(start, end)
         return HttpRequest(
             method="GET",
             path=f"/v3/instruments/{quote(series.symbol, safe='')}/candles",
@@ -175,7 +161,7 @@ class OandaCodec:
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
-        payload = _json(body)
+        payload = json_or_none(body)
         if status != 200:
             raise _venue_error(status, payload)
         if not isinstance(payload, dict):
@@ -216,7 +202,7 @@ class OandaCodec:
         data = row.get(self._component)
         if not isinstance(data, dict):
             raise CodecError(f"no `{self._component}` prices")
-        o, h, low, c = (_price(data.get(key)) for key in ("o", "h", "l", "c"))
+        o, h, low, c = (decimal_string(data.get(key)) for key in ("o", "h", "l", "c"))
         volume = row.get("volume")
         # The number of prices in the interval: an integer (bool is an int subclass).
         if not isinstance(volume, int) or isinstance(volume, bool) or volume < 0:
@@ -228,7 +214,7 @@ class OandaCodec:
         lowered = {name.lower(): value for name, value in headers.items()}
         return RateFacts(
             used_weight=None,
-            retry_after_s=_seconds_or_none(lowered.get("retry-after")),
+            retry_after_s=seconds_or_none(lowered.get("retry-after")),
             rate_limited=status == 429,
             banned=False,
         )
