@@ -211,7 +211,7 @@ async def test_candled_sim_speaks_coinbase() -> None:
         async with aiohttp.ClientSession() as http:
             for _ in range(100):
                 try:
-                    url = f"http://127.0.0.1:{port}/products/BTCUSDT/candles?granularity=3600"
+                    url = f"http://127.0.0.1:{port}/products/BTC-USD/candles?granularity=3600"
                     async with http.get(url) as resp:
                         assert resp.status == 200 and len(await resp.json()) == 300
                         break
