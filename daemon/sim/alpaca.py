@@ -52,7 +52,7 @@ from aiohttp import WSMsgType, web
 
 from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.sim import alpaca_wire as wire
-from daemon.sim.personality import SimContext, send_json
+from daemon.sim.personality import SimContext, send_json, websocket
 from daemon.sim.truth import Truth
 from daemon.sim.wire import SIM_VENUE
 
@@ -262,20 +262,13 @@ class AlpacaPersonality:
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["feed"] not in wire.FEEDS:
             raise web.HTTPNotFound()
-        ctx = self._ctx
-        ws = web.WebSocketResponse(autoping=True)
-        await ws.prepare(request)
-        ctx.sockets.add(ws)
-        ctx.counters.ws_connections += 1
-        ctx.counters.ws_open += 1
-        stream = _Stream(ws, ctx, self)
-        try:
-            await stream.run()
-        finally:
-            if stream.key is not None:
-                self.authenticated.discard(stream.key)
-            ctx.sockets.discard(ws)
-            ctx.counters.ws_open -= 1
+        async with websocket(request, self._ctx) as ws:
+            stream = _Stream(ws, self._ctx, self)
+            try:
+                await stream.run()
+            finally:
+                if stream.key is not None:
+                    self.authenticated.discard(stream.key)
         return ws
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.sim.personality import SimContext
+from daemon.sim.personality import SimContext, websocket
 from daemon.sim.rest import RestApi
 from daemon.sim.stream import StreamSession
 from daemon.sim.wire import error_body, stream_series
@@ -39,18 +39,9 @@ class BinancePersonality:
             body = error_body(-1121, f"Invalid stream(s): {bad or len(streams)}")
             return web.json_response(body, status=400)
         ctx = self._ctx
-        ws = web.WebSocketResponse(autoping=True)  # answers client pings; we send our own
-        await ws.prepare(request)
-        ctx.sockets.add(ws)
-        ctx.counters.ws_connections += 1
-        ctx.counters.ws_open += 1
-        session = StreamSession(
-            ws, request, streams, combined, ctx.truth, ctx.scenario, ctx.counters, ctx.clock,
-            ctx.rng,
-        )  # fmt: skip
-        try:
-            await session.run()
-        finally:
-            ctx.sockets.discard(ws)
-            ctx.counters.ws_open -= 1
+        async with websocket(request, ctx) as ws:
+            await StreamSession(
+                ws, request, streams, combined, ctx.truth, ctx.scenario, ctx.counters, ctx.clock,
+                ctx.rng,
+            ).run()  # fmt: skip
         return ws

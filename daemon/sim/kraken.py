@@ -46,7 +46,7 @@ from daemon.sim.kraken_wire import (
     status_frame,
 )
 from daemon.sim.limiter import WeightLimiter
-from daemon.sim.personality import SimContext, send_json
+from daemon.sim.personality import SimContext, send_json, websocket
 from daemon.sim.truth import Truth
 from daemon.sim.wire import SIM_VENUE
 
@@ -150,17 +150,8 @@ class KrakenPersonality:
         return web.json_response(ohlc_answer(pair, committed + forming, last))
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
-        ctx = self._ctx
-        ws = web.WebSocketResponse(autoping=True)
-        await ws.prepare(request)
-        ctx.sockets.add(ws)
-        ctx.counters.ws_connections += 1
-        ctx.counters.ws_open += 1
-        try:
-            await _Stream(ws, ctx).run()
-        finally:
-            ctx.sockets.discard(ws)
-            ctx.counters.ws_open -= 1
+        async with websocket(request, self._ctx) as ws:
+            await _Stream(ws, self._ctx).run()
         return ws
 
 

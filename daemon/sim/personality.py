@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -46,3 +47,20 @@ async def send_json(ws: web.WebSocketResponse, payload: Any) -> bool:
     except ConnectionError:
         return False
     return True
+
+
+@asynccontextmanager
+async def websocket(
+    request: web.Request, context: SimContext
+) -> AsyncIterator[web.WebSocketResponse]:
+    """Accept a WebSocket, counted and known to the exchange until it ends."""
+    ws = web.WebSocketResponse(autoping=True)  # answers client pings; personalities send theirs
+    await ws.prepare(request)
+    context.sockets.add(ws)
+    context.counters.ws_connections += 1
+    context.counters.ws_open += 1
+    try:
+        yield ws
+    finally:
+        context.sockets.discard(ws)
+        context.counters.ws_open -= 1
