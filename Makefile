@@ -43,13 +43,13 @@ chaos: .venv/.synced timescaledb
 	$(PY) scripts/chaos.py --minutes $(CHAOS_MINUTES)
 
 lint: .venv/.synced
-	.venv/bin/ruff check daemon tests bench
-	.venv/bin/ruff format --check daemon tests bench
+	.venv/bin/ruff check daemon tests bench scripts
+	.venv/bin/ruff format --check daemon tests bench scripts
 	.venv/bin/mypy daemon
 
 fmt: .venv/.synced
-	.venv/bin/ruff check --fix daemon tests bench
-	.venv/bin/ruff format daemon tests bench
+	.venv/bin/ruff check --fix daemon tests bench scripts
+	.venv/bin/ruff format daemon tests bench scripts
 
 clean:
 	rm -rf .venv .tools var .pytest_cache .mypy_cache .ruff_cache
