@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ Clock = Callable[[], datetime]
 PAGES_PER_JOB = 10  # a long window is cut into jobs so that BATCH workers share it
 _PRIORITY = {"live-gap": 0, "reconnect": 0, "repair": 1}  # anything else (lookback) after
 _PAGE_TRIES = 3  # a malformed page is asked for again this many times
+# A queued job that fails for a reason that may pass is queued again, after a
+# pause that doubles, until it has run this often; the heal cycle finds the rest.
+_JOB_TRIES = 4
 _KEPT_RESULTS = 1_000  # recent job results kept for inspection; the daemon runs for months
 # A job stops on these and reports them; the workers go on with the next job.
 _JOB_ERRORS = (FetchError, VenueError, CodecError, asyncpg.PostgresError, asyncpg.InterfaceError,
@@ -47,7 +51,8 @@ class BackfillJob:
     series: SeriesKey
     start: datetime
     end: datetime
-    reason: str  # lookback | backfill | reconnect | live-gap | repair
+    reason: str  # lookback | backfill | reconnect | live-gap | repair | poll
+    attempt: int = 0  # runs of this window that failed before
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class JobResult:
     requests: int
     complete: bool  # False when the job stopped on an error
     error: str | None = None
+    # The error may pass (a malformed page, retries run out, the database);
+    # not the venue's answer that the request is wrong.
+    transient: bool = False
 
 
 def split_window(job: BackfillJob, page_size: int) -> list[BackfillJob]:
@@ -67,7 +75,7 @@ def split_window(job: BackfillJob, page_size: int) -> list[BackfillJob]:
     end = job.end
     while end > job.start:
         start = max(job.start, tf.add(tf.ceil(end), -span))
-        pieces.append(BackfillJob(job.series, start, end, job.reason))
+        pieces.append(BackfillJob(job.series, start, end, job.reason, job.attempt))
         end = start
     return pieces
 
@@ -132,7 +140,13 @@ class Backfiller:
                 result = await self.run_job(job)
                 self.results.append(result)
                 if result.error:
-                    log.error("backfill job failed", series=str(job.series), error=result.error)
+                    retry = result.transient and job.attempt + 1 < _JOB_TRIES
+                    log.error("backfill job failed", series=str(job.series), error=result.error,
+                              attempt=job.attempt + 1, retrying=retry)  # fmt: skip
+                    if retry:
+                        # Held by this worker, so that join() waits for the retry too.
+                        await asyncio.sleep(2.0**job.attempt)
+                        self.submit(dataclasses.replace(job, attempt=job.attempt + 1))
             finally:
                 self._queue.task_done()
 
@@ -201,9 +215,9 @@ class Backfiller:
                         seen.update(c.ts for c in got)
                 cursor = stop
         except _JOB_ERRORS as e:
-            return JobResult(
-                job, candles, requests, complete=False, error=f"{type(e).__name__}: {e}"
-            )
+            transient = not isinstance(e, VenueError) or isinstance(e, RateLimitedAnswer)
+            return JobResult(job, candles, requests, complete=False,
+                             error=f"{type(e).__name__}: {e}", transient=transient)  # fmt: skip
         return JobResult(job, candles, requests, complete=True)
 
     async def _probe_genesis(self, series: SeriesKey, empty_from: datetime, first: datetime) -> int:

@@ -314,3 +314,36 @@ async def test_a_malformed_genesis_answer_is_asked_again(
     assert [r.complete for r in b.results] == [True]
     assert [p["startTime"] for p in fetcher.params][:2] == ["0", "0"]  # the genesis, twice
     assert await stored(db, NEW_1M) == exchange.truth.candles(NEW_1M, job.start, job.end, job.end)
+
+
+class GarbledFirst(RecordingFetcher):
+    """The first `n` answers arrive garbled (as from a broken proxy); the rest as sent."""
+
+    def __init__(self, *args: Any, n: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.garbled = n
+
+    async def fetch(self, req: HttpRequest) -> Response:
+        response = await super().fetch(req)
+        if self.garbled:
+            self.garbled -= 1
+            return dataclasses.replace(response, body=b"<html>502 Bad Gateway</html>")
+        return response
+
+
+async def test_a_job_failing_for_a_passing_reason_is_queued_again(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    exchange, url = sim
+    job = lookback(OLD_1M, days=1 / 24)
+    codec = BinanceCodec()
+    # Three garbled answers in a row: the page's tries run out and the job fails once.
+    fetcher = GarbledFirst(url, codec, VenueThrottle(6000, 60, 5), retry_base_s=0.05, n=3)
+    b = Backfiller(codec, fetcher, CandleStore(db.pool).write, db.pool)
+    await run_jobs(b, job)
+
+    first, second = b.results
+    assert not first.complete and first.transient and "CodecError" in (first.error or "")
+    assert second.complete and second.job.attempt == 1
+    truth = exchange.truth.candles(OLD_1M, job.start, job.end, job.end)
+    assert await stored(db, OLD_1M) == truth
