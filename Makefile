@@ -30,8 +30,9 @@ run: .venv/.synced timescaledb
 sim: .venv/.synced
 	$(PY) -m daemon sim --listen $(SIM_LISTEN)
 
+# Two workers, a test file each: the end-to-end tests mostly wait on the clock.
 test: .venv/.synced timescaledb
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q -n 2 --dist loadfile
 
 bench: .venv/.synced timescaledb
 	$(PY) -m bench
