@@ -6,6 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 CONFIG ?= config.toml
 SIM_LISTEN ?= 127.0.0.1:9100
+SIM_PROTOCOL ?= binance
 
 .PHONY: run test bench lint fmt sim timescaledb clean chaos
 
@@ -28,7 +29,7 @@ run: .venv/.synced timescaledb
 	$(PY) -m daemon run --config $(CONFIG)
 
 sim: .venv/.synced
-	$(PY) -m daemon sim --listen $(SIM_LISTEN)
+	$(PY) -m daemon sim --listen $(SIM_LISTEN) --protocol $(SIM_PROTOCOL)
 
 # Two workers, a test file each: the end-to-end tests mostly wait on the clock.
 test: .venv/.synced timescaledb
