@@ -36,6 +36,7 @@ _PAGE_TRIES = 3  # a malformed page is asked for again this many times
 # A queued job that fails for a reason that may pass is queued again, after a
 # pause that doubles, until it has run this often; the heal cycle finds the rest.
 _JOB_TRIES = 4
+_GENESIS_PROBES = (1, 10, 100)  # pages before an empty run that must be empty too
 _KEPT_RESULTS = 1_000  # recent job results kept for inspection; the daemon runs for months
 # A job stops on these and reports them; the workers go on with the next job.
 _JOB_ERRORS = (FetchError, VenueError, CodecError, asyncpg.PostgresError, asyncpg.InterfaceError,
@@ -223,18 +224,26 @@ class Backfiller:
     async def _probe_genesis(self, series: SeriesKey, empty_from: datetime, first: datetime) -> int:
         """The genesis heuristic for venues that cannot say where history starts:
         complete, empty answers from `empty_from` up to the bar `first` mark
-        genesis at `first` once a deeper probe (the page before) is empty too.
-        Errors and timeouts raise before this is reached, so they never mark it."""
+        genesis at `first` once deeper probes are empty too: a page 1, 10 and
+        100 pages before (a quiet spell on a sparse venue can outlast a page or
+        two). Errors and timeouts raise before this is reached, so they never
+        mark it."""
         tf, limits = series.tf, self.codec.limits
-        probe = (tf.add(empty_from, -limits.page_size), empty_from)
         horizon = limits.history_horizon_bars
-        if horizon is not None and probe[0] < tf.add(tf.floor(self._clock()), -horizon):
-            return 0  # the venue no longer serves the probe's bars: it would prove nothing
-        got, requests = await self._page(series, *probe, limits.page_size)
-        if any(probe[0] <= c.ts < probe[1] for c in got):
-            return requests  # history goes deeper: the empty run was a gap
+        reachable = None if horizon is None else tf.add(tf.floor(self._clock()), -horizon)
+        requests, probes = 0, []
+        for pages in _GENESIS_PROBES:
+            end = tf.add(empty_from, -(pages - 1) * limits.page_size)
+            probe = (tf.add(end, -limits.page_size), end)
+            if reachable is not None and probe[0] < reachable:
+                return requests  # the venue no longer serves these bars: no proof either way
+            got, n = await self._page(series, *probe, limits.page_size)
+            requests += n
+            if any(probe[0] <= c.ts < probe[1] for c in got):
+                return requests  # history goes deeper: the empty run was a gap
+            probes.append([t.isoformat() for t in probe])
         evidence = {"method": "heuristic", "empty_from": empty_from.isoformat(),
-                    "first_bar": first.isoformat(), "probe": [t.isoformat() for t in probe],
+                    "first_bar": first.isoformat(), "probes": probes,
                     "asked_at": self._clock().isoformat()}  # fmt: skip
         async with self._pool.acquire() as conn:
             await set_genesis(conn, series, first, evidence)

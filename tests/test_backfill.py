@@ -219,10 +219,15 @@ async def test_genesis_heuristic_where_the_venue_cannot_answer_it(
     assert evidence["method"] == "heuristic"
     assert evidence["first_bar"] == genesis.isoformat()
     assert all(p["startTime"] != "0" for p in fetcher.params)  # no exact question asked
-    # The probe asked for the page before the empty run.
-    probe = [datetime.fromisoformat(t) for t in evidence["probe"]]
-    assert probe[1] == datetime.fromisoformat(evidence["empty_from"]) < genesis
-    assert str(to_ms(probe[0])) in [p["startTime"] for p in fetcher.params]
+    # The probes asked for a page 1, 10 and 100 pages before the empty run.
+    empty_from = datetime.fromisoformat(evidence["empty_from"])
+    assert empty_from < genesis
+    probes = [[datetime.fromisoformat(t) for t in probe] for probe in evidence["probes"]]
+    assert [(end - start, empty_from - end) for start, end in probes] == [
+        (timedelta(minutes=100), timedelta(minutes=100 * n)) for n in (0, 9, 99)
+    ]
+    asked = [p["startTime"] for p in fetcher.params]
+    assert all(str(to_ms(start)) in asked for start, _ in probes)
 
     # Nothing before genesis is asked for again.
     again, fetcher = backfiller(url, db, codec=SmallPages(100, exact_genesis=False))
@@ -243,6 +248,26 @@ async def test_an_empty_run_with_history_before_it_is_no_genesis(
     assert await stored(db, MAINT_1M) == exchange.truth.candles(MAINT_1M, job.start, end, end)
     async with db.pool.acquire() as conn:
         assert await get_genesis(conn, MAINT_1M) is None  # the probe found older bars
+
+
+async def test_a_quiet_spell_longer_than_a_page_is_no_genesis_either(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    """Three-bar pages (one job, not split): the empty run and the first probe
+    both fall in the 10-minute gap; the probe ten pages back finds older bars."""
+    exchange, url = sim
+    end = MAINT_1M.tf.floor(datetime.now(UTC))
+    job = BackfillJob(MAINT_1M, end - timedelta(minutes=26), end, "lookback")
+    b, fetcher = backfiller(url, db, codec=SmallPages(3, exact_genesis=False))
+    await run_jobs(b, job)
+
+    assert all(r.complete for r in b.results)
+    assert await stored(db, MAINT_1M) == exchange.truth.candles(MAINT_1M, job.start, end, end)
+    async with db.pool.acquire() as conn:
+        assert await get_genesis(conn, MAINT_1M) is None
+    asked = [p["startTime"] for p in fetcher.params]
+    assert str(to_ms(job.start - timedelta(minutes=3))) in asked  # the page before: empty
+    assert str(to_ms(job.start - timedelta(minutes=30))) in asked  # ten pages before: bars
 
 
 async def test_batch_bounds_concurrent_requests(sim: tuple[SimExchange, str], db: Database) -> None:
