@@ -190,10 +190,10 @@ class Backfiller:
             genesis = await self.genesis(job.series)
             tf, limits = job.series.tf, self.codec.limits
             cursor = tf.ceil(max(job.start, genesis) if genesis else job.start)
-            if limits.history_horizon_bars is not None:
+            served = limits.oldest_served(tf, self._clock())
+            if served is not None:
                 # Older bars are unreachable: the venue would answer with its newest ones.
-                horizon = tf.add(tf.floor(self._clock()), -limits.history_horizon_bars)
-                cursor = max(cursor, horizon)
+                cursor = max(cursor, served)
             # Where the job's leading run of empty pages began (None: the first
             # page had data): empty pages then data may be the series' genesis.
             empty_from = cursor if genesis is None and not limits.exact_genesis else None
@@ -229,8 +229,7 @@ class Backfiller:
         two). Errors and timeouts raise before this is reached, so they never
         mark it."""
         tf, limits = series.tf, self.codec.limits
-        horizon = limits.history_horizon_bars
-        reachable = None if horizon is None else tf.add(tf.floor(self._clock()), -horizon)
+        reachable = limits.oldest_served(tf, self._clock())
         requests, probes = 0, []
         for pages in _GENESIS_PROBES:
             end = tf.add(empty_from, -(pages - 1) * limits.page_size)

@@ -17,6 +17,7 @@ from audits and never requested again, and never block older holes.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -89,10 +90,8 @@ class Repairer:
     def confirm_after(self, hole: Range, tf: Timeframe, now: datetime, default: int) -> int:
         """Empty answers that confirm `hole` empty: one where an empty answer is
         the venue's last word (no bar without trades; history it no longer serves)."""
-        horizon = self.limits.history_horizon_bars
-        if self.limits.sparse or (
-            horizon is not None and hole[1] <= tf.add(tf.floor(now), -horizon)
-        ):
+        served = self.limits.oldest_served(tf, now)
+        if self.limits.sparse or (served is not None and hole[1] <= served):
             return 1
         return default
 
@@ -295,8 +294,9 @@ class Healer:
                 # can fill one hole and show another (a halt, say) empty.
                 holes = [(max(a, w.start), min(b, w.end)) for a, b in audit.gaps
                          if a < w.end and b > w.start]  # fmt: skip
+                stamps = sorted(seen)
                 for hole in holes:
-                    got = sum(1 for ts in seen if hole[0] <= ts < hole[1])
+                    got = bisect_left(stamps, hole[1]) - bisect_left(stamps, hole[0])
                     confirm = repairer.confirm_after(hole, tf, now, self.confirm_after)
                     await self._record(row.id, hole, result, got, states, self.policy(confirm),
                                        report)  # fmt: skip

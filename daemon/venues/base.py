@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal, Protocol
 
-from daemon.domain import Candle, SeriesKey
+from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.domain.timeframe import EPOCH, require_utc
 
 
@@ -85,6 +85,12 @@ class VenueLimits:
     # A healthy stream may stay silent for long (no heartbeat, nothing while the
     # market is closed): no idle detection; WebSocket pings still find a dead link.
     quiet_stream: bool = False
+
+    def oldest_served(self, tf: Timeframe, now: datetime) -> datetime | None:
+        """Open time of the oldest bar the venue still serves at `now` (None: all)."""
+        if self.history_horizon_bars is None:
+            return None
+        return tf.add(tf.floor(now), -self.history_horizon_bars)
 
 
 @dataclass(frozen=True, slots=True)
