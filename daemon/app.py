@@ -15,14 +15,12 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
-import asyncpg
-
 from daemon import logs, metrics
 from daemon.config import Config, ConfigError, SeriesSpec, load_config
 from daemon.healer import Healer, Repairer
 from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth, lag_seconds
 from daemon.sdnotify import Notifier
-from daemon.store.database import Database
+from daemon.store.database import UNAVAILABLE, Database
 from daemon.store.provision import StoppedWaiting, open_database
 from daemon.store.series import stored_bounds, sync_configured
 from daemon.store.spool import Spool
@@ -303,7 +301,7 @@ class Daemon:
         try:
             async with asyncio.timeout(3), self._db.pool.acquire() as conn:
                 bounds = await stored_bounds(conn, specs)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except UNAVAILABLE:
             return  # the database is down: /health says so; the gauges keep their last value
         now = datetime.now(UTC)
         for key, (_, last) in bounds.items():
@@ -321,7 +319,7 @@ class Daemon:
                     "SELECT venue, symbol, timeframe, status, missing_bars FROM series_status"
                 )
                 bounds = await stored_bounds(conn, specs)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except UNAVAILABLE as e:
             db_ok, db_error = False, repr(e)
         audited = {(r["venue"], r["symbol"], r["timeframe"]): r for r in rows}
         now = datetime.now(UTC)

@@ -8,7 +8,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,6 +17,7 @@ import asyncpg
 from daemon import logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.fetch import Fetcher, FetchError
+from daemon.store.database import UNAVAILABLE
 from daemon.store.series import get_genesis, set_genesis
 from daemon.venues import (
     CodecError,
@@ -166,8 +167,14 @@ class Backfiller:
             return self._genesis[series]
 
     async def _load_genesis(self, series: SeriesKey) -> datetime | None:
-        async with self._pool.acquire() as conn:
-            stored = await get_genesis(conn, series)
+        """Genesis only saves requests: while the database is down, a job goes
+        on without it (its candles spool) and the next job looks again."""
+        try:
+            async with self._pool.acquire() as conn:
+                stored = await get_genesis(conn, series)
+        except UNAVAILABLE as e:
+            log.warning("genesis unknown: database unavailable", series=str(series), error=repr(e))
+            return None
         if stored is not None or not self.codec.limits.exact_genesis:
             return stored
         req = self.codec.genesis_request(series)
@@ -177,10 +184,24 @@ class Backfiller:
         evidence = {"method": "exact", "request": req.path, "params": dict(req.params),
                     "first_bar": first[0].ts.isoformat(),
                     "asked_at": self._clock().isoformat()}  # fmt: skip
-        async with self._pool.acquire() as conn:
-            await set_genesis(conn, series, first[0].ts, evidence)
-        log.info("genesis recorded", series=str(series), genesis=first[0].ts.isoformat())
+        if not await self._record_genesis(series, first[0].ts, evidence):
+            return None  # not cached: recorded by a later job
         return first[0].ts
+
+    async def _record_genesis(
+        self, series: SeriesKey, ts: datetime, evidence: Mapping[str, object]
+    ) -> bool:
+        """Persist a series' genesis; False while the database is unavailable."""
+        try:
+            async with self._pool.acquire() as conn:
+                await set_genesis(conn, series, ts, evidence)
+        except UNAVAILABLE as e:
+            log.warning("genesis not recorded: database unavailable", series=str(series),
+                        error=repr(e))  # fmt: skip
+            return False
+        log.info("genesis recorded", series=str(series), genesis=ts.isoformat(),
+                 method=evidence["method"])  # fmt: skip
+        return True
 
     async def run_job(self, job: BackfillJob, seen: set[datetime] | None = None) -> JobResult:
         """Fetch every bar of the job's window, oldest page first; add the open
@@ -244,11 +265,8 @@ class Backfiller:
         evidence = {"method": "heuristic", "empty_from": empty_from.isoformat(),
                     "first_bar": first.isoformat(), "probes": probes,
                     "asked_at": self._clock().isoformat()}  # fmt: skip
-        async with self._pool.acquire() as conn:
-            await set_genesis(conn, series, first, evidence)
-        self._genesis[series] = first
-        log.info("genesis recorded (no data before it)", series=str(series),
-                 genesis=first.isoformat())  # fmt: skip
+        if await self._record_genesis(series, first, evidence):
+            self._genesis[series] = first
         return requests
 
     async def _page(

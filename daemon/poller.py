@@ -35,7 +35,6 @@ class Poller:
         self._clock = clock
         # Per series, the open time of the oldest bar not polled yet.
         self._cursor: dict[SeriesKey, datetime] = {}
-        self.polls = 0
         self.failures = 0
         self.set_series(series)
 
@@ -69,7 +68,6 @@ class Poller:
     async def _poll(self, key: SeriesKey, start: datetime, stop: datetime) -> None:
         job = BackfillJob(key, start, stop, "poll")
         result = await self._run_job(job)
-        self.polls += 1
         if not result.complete:
             self.failures += 1
             log.warning("poll failed; fetching the bars as a hole", series=str(key),

@@ -7,8 +7,6 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import asyncpg
-
 from daemon import logs, metrics
 from daemon.backfill import Backfiller, BackfillJob, utcnow
 from daemon.collector import Collector, CollectorSettings
@@ -18,14 +16,13 @@ from daemon.domain.timeframe import EPOCH
 from daemon.fetch import Fetcher
 from daemon.intake import Intake
 from daemon.poller import Poller
-from daemon.store.database import Database
+from daemon.store.database import UNAVAILABLE, Database
 from daemon.store.series import stored_bounds
 from daemon.store.venues import get_banned_until, set_banned_until
 from daemon.store.writer import CandleWriter
 from daemon.throttle import VenueThrottle
 
 log = logs.get("candled.venue")
-_DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def catch_up_jobs(
@@ -161,7 +158,7 @@ class VenueRuntime:
         try:
             async with asyncio.timeout(5), self._db.pool.acquire() as conn:
                 bounds = await stored_bounds(conn, keys)
-        except _DB_DOWN as e:
+        except UNAVAILABLE as e:
             # The store cannot say where it ends: start from what earlier jobs
             # covered (the whole lookback where none did). The writer spools.
             log.warning("database unreachable; catching up from what was asked before",

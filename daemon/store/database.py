@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
+# What a query raises when the database is down, restarting or too slow: the
+# caller reports it and goes on without the answer.
+UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 
 @dataclass(frozen=True)
 class ServerInfo:
