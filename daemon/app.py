@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from daemon import logs, metrics
+from daemon import clock, logs, metrics
 from daemon.config import Config, ConfigError, SeriesSpec, load_config
 from daemon.healer import Healer, Repairer
 from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth, lag_seconds
@@ -43,7 +43,7 @@ class Daemon:
         self.config = config
         self.notifier = notifier or Notifier()
         self.started = time.monotonic()
-        self.loaded_at = datetime.now(UTC)
+        self.loaded_at = clock.now()
         self.last_reload = "ok"
         self.runtimes: dict[str, VenueRuntime] = {}
         self._wakeup = asyncio.Event()  # a signal arrived
@@ -81,6 +81,9 @@ class Daemon:
 
     async def run(self) -> int:
         self._install_signals()
+        if clock.OFFSET_S:
+            log.warning("clock offset in force: a test hook, never for production",
+                        offset_s=clock.OFFSET_S, now=clock.now().isoformat())  # fmt: skip
         try:
             return await self._run()
         except StoppedWaiting:
@@ -263,7 +266,7 @@ class Daemon:
                 await runtime.set_series(grouped[name])
         for name in diff.venues_added:
             self._start_venue(name)
-        self.loaded_at = datetime.now(UTC)
+        self.loaded_at = clock.now()
         self.last_reload = "ok"
         log.info("config reloaded", venues_added=diff.venues_added,
                  venues_removed=diff.venues_removed, venues_changed=diff.venues_changed,
@@ -303,7 +306,7 @@ class Daemon:
                 bounds = await stored_bounds(conn, specs)
         except UNAVAILABLE:
             return  # the database is down: /health says so; the gauges keep their last value
-        now = datetime.now(UTC)
+        now = clock.now()
         for key, (_, last) in bounds.items():
             metrics.series_lag.labels(key.venue, key.symbol, key.timeframe).set(
                 self._lag_s(specs[key], last, now)
@@ -322,7 +325,7 @@ class Daemon:
         except UNAVAILABLE as e:
             db_ok, db_error = False, repr(e)
         audited = {(r["venue"], r["symbol"], r["timeframe"]): r for r in rows}
-        now = datetime.now(UTC)
+        now = clock.now()
         series = []
         for key in sorted(specs):
             row = audited.get((key.venue, key.symbol, key.timeframe))

@@ -10,11 +10,11 @@ import dataclasses
 import itertools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 
-from daemon import logs, metrics
+from daemon import clock, logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.fetch import Fetcher, FetchError
 from daemon.store.database import UNAVAILABLE
@@ -42,10 +42,6 @@ _KEPT_RESULTS = 1_000  # recent job results kept for inspection; the daemon runs
 # A job stops on these and reports them; the workers go on with the next job.
 _JOB_ERRORS = (FetchError, VenueError, CodecError, asyncpg.PostgresError, asyncpg.InterfaceError,
                OSError)  # fmt: skip
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,7 @@ class Backfiller:
         pool: asyncpg.Pool,
         *,
         workers: int = 16,
-        clock: Clock = utcnow,
+        clock: Clock = clock.now,
     ) -> None:
         self.codec = codec
         self.fetcher = fetcher

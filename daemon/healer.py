@@ -20,11 +20,11 @@ import asyncio
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
-from daemon import calendars, logs, metrics
+from daemon import calendars, clock, logs, metrics
 from daemon.backfill import BackfillJob, JobResult
 from daemon.config import Config, SeriesSpec
 from daemon.domain import SeriesKey, Timeframe
@@ -49,10 +49,6 @@ SAFETY_BARS = 10
 SAFETY_MIN = timedelta(minutes=10)
 SETTLE = timedelta(seconds=30)
 AUDIT_CONCURRENCY = 4
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -120,7 +116,7 @@ class Healer:
         interval: timedelta,
         confirm_after: int = 3,
         overrides: calendars.Overrides | None = None,
-        clock: Clock = utcnow,
+        clock: Clock = clock.now,
     ) -> None:
         self._pool = pool
         self.overrides = overrides

@@ -4,11 +4,10 @@ go on; the rest are quarantined with their reason and counted."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import UTC, datetime
 
 import asyncpg
 
-from daemon import logs, metrics
+from daemon import clock, logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.store.quarantine import quarantine
 from daemon.validate import problem
@@ -31,7 +30,7 @@ class Intake:
         self.rejected = 0
 
     async def __call__(self, candles: Sequence[Candle]) -> None:
-        now = datetime.now(UTC)
+        now = clock.now()
         wanted = self._series()
         good: list[Candle] = []
         bad: list[tuple[Candle, str]] = []

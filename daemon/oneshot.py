@@ -11,11 +11,12 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from tqdm import tqdm
 
+from daemon import clock
 from daemon.app import _by_venue
 from daemon.backfill import BackfillJob
 from daemon.config import Config
@@ -140,7 +141,7 @@ async def repair(
 async def backfill(config: Config, series: Sequence[SeriesKey], since: timedelta | None) -> int:
     keys = _selected(config, series)
     specs = config.series_specs()
-    now = datetime.now(UTC)
+    now = clock.now()
     async with _database(config) as db, _venues(config, db) as runtimes:
         pieces = 0
         for key in keys:
@@ -172,7 +173,7 @@ async def export_returns(
     config: Config, series: Sequence[SeriesKey], since: timedelta, out: Path
 ) -> int:
     overrides = config.healing.overrides()
-    now = datetime.now(UTC)
+    now = clock.now()
     async with _database(config) as db:
         frame = await load_returns(db.pool, series, now - since, now, overrides=overrides)
     write_frame(frame, out)

@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from daemon import logs
-from daemon.backfill import BackfillJob, JobResult, utcnow
+from daemon import clock, logs
+from daemon.backfill import BackfillJob, JobResult
 from daemon.domain import SeriesKey
 
 log = logs.get("candled.poller")
@@ -27,7 +27,7 @@ class Poller:
         submit: Callable[[BackfillJob], None],
         series: Sequence[SeriesKey],
         delay: timedelta,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] = clock.now,
     ) -> None:
         self._run_job = run_job
         self._submit = submit

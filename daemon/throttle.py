@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from daemon import clock
 from daemon.venues import RateFacts
 
 Clock = Callable[[], float]
@@ -39,7 +39,7 @@ class VenueThrottle:
         batch: int,
         *,
         window_s: float = 60.0,
-        clock: Clock = time.time,
+        clock: Clock = clock.epoch,
         sleep: Sleep = asyncio.sleep,
         banned_until: float | None = None,
     ) -> None:

@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from daemon import logs, metrics
-from daemon.backfill import Backfiller, BackfillJob, utcnow
+from daemon import clock, logs, metrics
+from daemon.backfill import Backfiller, BackfillJob
 from daemon.collector import Collector, CollectorSettings
 from daemon.config import SeriesSpec, VenueConfig
 from daemon.domain import SeriesKey
@@ -149,7 +149,7 @@ class VenueRuntime:
     async def restore_ban(self) -> None:
         async with self._db.pool.acquire() as conn:
             until = await get_banned_until(conn, self.config.name)
-        if until is not None and until > utcnow():
+        if until is not None and until > clock.now():
             self.throttle.banned_until = until.timestamp()
             log.warning("venue ban still in force; no request until it ends",
                         venue=self.config.name, until=until.isoformat())  # fmt: skip
@@ -164,7 +164,7 @@ class VenueRuntime:
             log.warning("database unreachable; catching up from what was asked before",
                         reason=reason, error=repr(e))  # fmt: skip
             bounds = {}
-        now = utcnow()
+        now = clock.now()
         for key in keys:
             start = key.tf.floor(now - self.series[key].lookback)
             # Queued jobs may not have written yet: trust them, don't ask twice.

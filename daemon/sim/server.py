@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from daemon import clock
 from daemon.domain import DataProfile
 from daemon.sim.alpaca import AlpacaPersonality
 from daemon.sim.binance import BinancePersonality
@@ -54,15 +54,11 @@ def default_scenario(protocol: str) -> Scenario:
     return Scenario(listings=dict.fromkeys(markets, listed), markets=markets)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class SimExchange:
     """A venue's REST and WebSocket market data over one aiohttp server."""
 
     def __init__(
-        self, scenario: Scenario | None = None, clock: Clock = _utc_now, protocol: str = "binance"
+        self, scenario: Scenario | None = None, clock: Clock = clock.now, protocol: str = "binance"
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(
@@ -129,7 +125,7 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 async def run_sim(listen: str, scenario_path: Path | None, protocol: str = "binance") -> None:
     """`candled sim`: serve the simulated exchange until cancelled."""
     host, port = _parse_listen(listen)
-    now = _utc_now()
+    now = clock.now()
     scenario = None if scenario_path is None else load_scenario(scenario_path, now)
     sim = SimExchange(scenario, protocol=protocol)
     bound_host, bound_port = await sim.start(host, port)
