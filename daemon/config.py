@@ -84,6 +84,10 @@ class DatabaseConfig:
 @dataclass(frozen=True)
 class HealingConfig:
     interval: timedelta = timedelta(minutes=15)
+    # Every so often an audit scans each series' whole history, whatever the
+    # incremental audits saw: a hole can arise anywhere (a dropped chunk, a
+    # restored backup).
+    full_audit_interval: timedelta = timedelta(hours=24)
     lookback: timedelta = timedelta(days=200)
     max_fills: int = 10
     # Empty answers after which a range is confirmed empty and never asked again.
@@ -493,6 +497,7 @@ def parse_config(
     h = _optional_table(root, "healing")
     healing = HealingConfig(
         interval=h.convert("interval", parse_duration, "15m"),
+        full_audit_interval=h.convert("full_audit_interval", parse_duration, "24h"),
         lookback=h.convert("lookback", parse_duration, "200d"),
         max_fills=h.positive("max_fills", 10),
         confirm_empty_after=h.positive("confirm_empty_after", 3),

@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 import asyncpg
 
@@ -54,7 +55,7 @@ AUDIT_CONCURRENCY = 4
 @dataclass(frozen=True)
 class AuditResult:
     key: SeriesKey
-    status: str  # OK | DEGRADED | STALE | MISSING
+    status: SeriesStatus
     gaps: list[Range]
     missing_bars: int
     confirmed_empty_bars: int
@@ -92,19 +93,38 @@ class Repairer:
         return default
 
 
+class SeriesStatus(StrEnum):
+    """What an audit concluded about a series (`series_status.status`)."""
+
+    OK = "OK"  # every settled bar is stored or confirmed empty
+    DEGRADED = "DEGRADED"  # holes remain
+    STALE = "STALE"  # the newest settled bars are missing for longer than the allowance
+    MISSING = "MISSING"  # no bar stored at all
+
+
+def stale_allowance(tf: Timeframe) -> timedelta:
+    """How long the newest bars may be missing before a series is STALE rather
+    than DEGRADED: two bars, at least five minutes (a stream reconnecting)."""
+    return timedelta(seconds=max(tf.nominal_seconds * 2, 300))
+
+
 def classify(
-    *, has_data: bool, last_ts: datetime | None, last_expected: datetime | None,
-    missing_bars: int, key: SeriesKey,
-) -> str:  # fmt: skip
-    """MISSING > STALE > DEGRADED > OK."""
-    if not has_data or last_ts is None:
-        return "MISSING"
-    if last_expected is not None:
-        tf = key.tf
-        allowance = max(tf.nominal_seconds * 2, 300)
-        if (last_expected - last_ts).total_seconds() > allowance:
-            return "STALE"
-    return "DEGRADED" if missing_bars else "OK"
+    *, has_data: bool, gaps: Sequence[Range], settled_end: datetime, tf: Timeframe
+) -> SeriesStatus:
+    """MISSING > STALE > DEGRADED > OK, from what one audit found.
+
+    `gaps` are the holes up to `settled_end` (exclusive: bars that closed too
+    recently to judge are not in them); confirmed-empty bars are not holes. A
+    series is STALE when a hole runs up to `settled_end` and began more than
+    the allowance before it: the venue has newer bars than the store. A tail
+    the venue confirmed empty (a session's last minutes without trades) is up
+    to date, however old the newest stored bar is.
+    """
+    if not has_data:
+        return SeriesStatus.MISSING
+    if gaps and gaps[-1][1] >= settled_end and settled_end - gaps[-1][0] > stale_allowance(tf):
+        return SeriesStatus.STALE
+    return SeriesStatus.DEGRADED if gaps else SeriesStatus.OK
 
 
 class Healer:
@@ -174,9 +194,6 @@ class Healer:
         spec, tf, now = self.specs[key], key.tf, self._clock()
         row = await store.series_row(conn, *_parts(key))
         assert row is not None
-        last_expected = calendars.last_expected_bar(
-            spec.profile, spec.calendar, tf, now, overrides=self.overrides
-        )
         # Bars that closed moments ago may still be on their way to the store:
         # judge them at the next audit.
         settled = calendars.last_expected_bar(
@@ -219,8 +236,7 @@ class Healer:
         confirmed_bars = count_bars(
             [(max(s, lo), min(e, hi)) for s, e in confirmed if s < hi and e > lo], tf
         )
-        status = classify(has_data=bounds is not None, last_ts=last_ts,
-                          last_expected=last_expected, missing_bars=missing, key=key)  # fmt: skip
+        status = classify(has_data=bounds is not None, gaps=gaps, settled_end=hi, tf=tf)
         expected_bars = count_bars(expected, tf)
         await store.save_audit(
             conn, row.id, status=status, first_ts=first_ts, last_ts=last_ts,

@@ -1,0 +1,158 @@
+"""Series status semantics at the edges (DESIGN §2 "OK means complete").
+
+`classify` is pure and tested on its own; the audit cases then run the real
+healer against a real store at pinned instants (the healer's clock), so each
+case is the same at any hour the suite runs: a confirmed-empty tail after the
+close, a bar the venue has not yet published, a weekend, a holiday, an early
+close, a series listed minutes ago.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from daemon.config import SeriesSpec
+from daemon.domain import Candle, DataProfile, SeriesKey, Timeframe
+from daemon.gaps import Range, RepairState
+from daemon.healer import Healer, SeriesStatus, classify, stale_allowance
+from daemon.store import healing
+from daemon.store.database import Database
+from daemon.store.migrations import migrate
+from daemon.store.series import set_genesis, sync_configured
+from daemon.store.writer import CandleStore
+
+M1, M15 = Timeframe.parse("1m"), Timeframe.parse("15m")
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# --- classify ------------------------------------------------------------------
+
+
+def test_no_stored_bar_is_missing() -> None:
+    assert classify(has_data=False, gaps=[], settled_end=T0, tf=M1) is SeriesStatus.MISSING
+
+
+def test_no_hole_is_ok() -> None:
+    assert classify(has_data=True, gaps=[], settled_end=T0, tf=M1) is SeriesStatus.OK
+
+
+def test_a_hole_in_the_middle_is_degraded() -> None:
+    gaps = [(T0 - timedelta(hours=2), T0 - timedelta(hours=1))]
+    assert classify(has_data=True, gaps=gaps, settled_end=T0, tf=M1) is SeriesStatus.DEGRADED
+
+
+def test_a_tail_hole_within_the_allowance_is_degraded_and_past_it_stale() -> None:
+    allowance = stale_allowance(M1)
+    assert allowance == timedelta(minutes=5)
+    short = [(T0 - allowance, T0)]
+    assert classify(has_data=True, gaps=short, settled_end=T0, tf=M1) is SeriesStatus.DEGRADED
+    long = [(T0 - allowance - timedelta(minutes=1), T0)]
+    assert classify(has_data=True, gaps=long, settled_end=T0, tf=M1) is SeriesStatus.STALE
+
+
+def test_the_allowance_is_two_bars_for_long_timeframes() -> None:
+    assert stale_allowance(M15) == timedelta(minutes=30)
+    assert stale_allowance(Timeframe.parse("1d")) == timedelta(days=2)
+
+
+# --- audits at pinned instants ---------------------------------------------------
+
+EQ15 = SeriesKey("alpaca", "EQTY", "15m")
+EQ1 = SeriesKey("alpaca", "EQTY", "1m")
+BTC = SeriesKey("binance", "BTCUSDT", "1m")
+
+
+def specs(lookback: timedelta = timedelta(days=3)) -> dict[SeriesKey, SeriesSpec]:
+    return {
+        EQ15: SeriesSpec(EQ15, DataProfile.EQUITY, "XNYS", True, lookback),
+        EQ1: SeriesSpec(EQ1, DataProfile.EQUITY, "XNYS", True, lookback),
+        BTC: SeriesSpec(BTC, DataProfile.CRYPTO, "", True, lookback),
+    }
+
+
+@pytest.fixture
+async def db(tsdb_dsn: str) -> AsyncIterator[Database]:
+    db = await Database.connect(tsdb_dsn)
+    async with db.pool.acquire() as conn:
+        await migrate(conn)
+        await sync_configured(conn, {k: (s.profile, s.calendar) for k, s in specs().items()})
+    yield db
+    await db.close()
+
+
+async def store_bars(db: Database, key: SeriesKey, start: datetime, end: datetime) -> None:
+    """Every bar of `key` in [start, end), market hours or not: the audit only
+    counts bars its calendar expects."""
+    candles = [Candle(key, ts, 1.0, 1.0, 1.0, 1.0, 1.0) for ts in key.tf.bars(start, end)]
+    await CandleStore(db.pool).write(candles)
+
+
+async def confirm_empty(db: Database, key: SeriesKey, ranges: Sequence[Range]) -> None:
+    async with db.pool.acquire() as conn:
+        row = await healing.series_row(conn, key.venue, key.symbol, key.timeframe)
+        assert row is not None
+        for r in ranges:
+            state = RepairState(1, None, confirmed_empty=True)
+            await healing.save_empty_state(conn, row.id, r, state, r[1])
+
+
+async def audit(db: Database, key: SeriesKey, now: datetime) -> tuple[SeriesStatus, int]:
+    healer = Healer(db.pool, specs(), interval=timedelta(minutes=15), clock=lambda: now)
+    (result,) = await healer.audit([key], full=True)
+    return result.status, result.missing_bars
+
+
+async def test_a_session_ending_in_untraded_bars_confirmed_empty_is_ok(db: Database) -> None:
+    # Monday 2026-11-30, NYSE 14:30-21:00 UTC; the last three 15m bars had no
+    # trades (a sparse venue publishes none) and the venue said so.
+    await store_bars(db, EQ15, at("2026-11-27 00:00"), at("2026-11-30 20:15"))
+    now = at("2026-12-01 11:15")
+    status, missing = await audit(db, EQ15, now)
+    assert (status, missing) == (SeriesStatus.STALE, 3), "the tail is a hole until confirmed"
+    await confirm_empty(db, EQ15, [(at("2026-11-30 20:15"), at("2026-11-30 21:00"))])
+    assert await audit(db, EQ15, now) == (SeriesStatus.OK, 0)
+
+
+async def test_a_bar_the_venue_has_not_yet_published_is_not_a_hole(db: Database) -> None:
+    # 20:00:20 UTC: the 19:59 bar closed 20 s ago, inside the settling time.
+    await store_bars(db, EQ1, at("2026-11-28 00:00"), at("2026-11-30 19:59"))
+    assert await audit(db, EQ1, at("2026-11-30 20:00:20")) == (SeriesStatus.OK, 0)
+    # Once settled, the same missing bar is a hole (one bar: DEGRADED, not STALE).
+    assert await audit(db, EQ1, at("2026-11-30 20:01:00")) == (SeriesStatus.DEGRADED, 1)
+
+
+async def test_over_a_weekend_the_friday_close_is_up_to_date(db: Database) -> None:
+    # Friday 2026-12-04 closes 21:00 UTC; Saturday noon nothing is due.
+    await store_bars(db, EQ1, at("2026-12-02 00:00"), at("2026-12-04 21:00"))
+    assert await audit(db, EQ1, at("2026-12-05 12:00")) == (SeriesStatus.OK, 0)
+    assert await audit(db, EQ1, at("2026-12-06 23:00")) == (SeriesStatus.OK, 0)
+
+
+async def test_over_a_holiday_and_an_early_close_nothing_is_due(db: Database) -> None:
+    # Thanksgiving (Thursday 2026-11-26) is closed; Friday closes at 13:00 New York (18:00 UTC).
+    await store_bars(db, EQ1, at("2026-11-23 00:00"), at("2026-11-25 21:00"))
+    assert await audit(db, EQ1, at("2026-11-26 18:00")) == (SeriesStatus.OK, 0)
+    await store_bars(db, EQ1, at("2026-11-27 14:30"), at("2026-11-27 18:00"))
+    assert await audit(db, EQ1, at("2026-11-27 22:00")) == (SeriesStatus.OK, 0)
+
+
+async def test_a_series_listed_minutes_ago_is_ok_from_its_genesis(db: Database) -> None:
+    now = at("2026-11-30 12:00:40")
+    genesis = at("2026-11-30 11:55")
+    async with db.pool.acquire() as conn:
+        await set_genesis(conn, BTC, genesis, {"method": "test"})
+    await store_bars(db, BTC, genesis, at("2026-11-30 12:00"))
+    assert await audit(db, BTC, now) == (SeriesStatus.OK, 0)
+
+
+async def test_a_crypto_stream_silent_past_the_allowance_is_stale(db: Database) -> None:
+    await store_bars(db, BTC, at("2026-11-27 12:00"), at("2026-11-30 11:50"))
+    # 12:00:40: bars 11:50 to 11:59 are settled and missing (10 minutes > 5).
+    assert await audit(db, BTC, at("2026-11-30 12:00:40")) == (SeriesStatus.STALE, 10)
