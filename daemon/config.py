@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +25,9 @@ from daemon.venues import Credentials, VenueCodec, get_codec, known_kinds
 EX_CONFIG = 78  # sysexits.h: configuration error
 _DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# A century: more than any lookback or period needs, and short enough that
+# "now - lookback" and every timer stay within what datetime and the loop hold.
+MAX_DURATION = timedelta(days=36500)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 
@@ -44,7 +48,12 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text.strip())
     if not m or int(m.group(1)) == 0:
         raise ValueError(f'expected a duration like "30s", "15m", "6h" or "200d", got {text!r}')
-    return timedelta(seconds=int(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    seconds = int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    # Compared as integers: timedelta itself overflows on "999999999w".
+    if seconds > MAX_DURATION.total_seconds():
+        limit = format_duration(MAX_DURATION)
+        raise ValueError(f'expected a duration of at most {limit}, got "{text.strip()}"')
+    return timedelta(seconds=seconds)
 
 
 def format_duration(td: timedelta) -> str:
@@ -371,6 +380,8 @@ def _secret(t: _Table, what: str, env: Mapping[str, str]) -> str:
             raise ConfigError(
                 t.key(f"api_{what}_file"), f"cannot read {path}: {e.strerror}"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(t.key(f"api_{what}_file"), f"{path} is not UTF-8 text") from None
         if not value:
             raise ConfigError(t.key(f"api_{what}_file"), f"{path} is empty")
         return value
@@ -526,6 +537,39 @@ def parse_config(
     return Config(daemon, database, healing, tuple(venues.values()), tuple(series), source)
 
 
+def _decode(path: Path, data: bytes) -> str:
+    """The file's text; bytes that are not UTF-8 (TOML's only encoding) are
+    a `ConfigError` naming the key whose value holds them, and the line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        key = ""  # where the text is not TOML either, the line alone says where
+        with suppress(tomllib.TOMLDecodeError):
+            key = _key_holding(tomllib.loads(data.decode("utf-8", errors="replace")), "\ufffd")
+        reason = f"{path} line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save it as UTF-8"
+        raise ConfigError(key, reason) from None
+
+
+def _key_holding(value: object, text: str, path: str = "") -> str:
+    """Path of the first key or string value containing `text` ("" for none)."""
+    items: list[tuple[str, object]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else k
+            if text in k:
+                return sub
+            items.append((sub, v))
+    elif isinstance(value, list):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, str) and text in value:
+        return path
+    for sub, v in items:
+        if found := _key_holding(v, text, sub):
+            return found
+    return ""
+
+
 def config_path(explicit: str | Path | None, env: Mapping[str, str] = os.environ) -> Path:
     """--config, else $CANDLED_CONFIG, else ./config.toml."""
     return Path(explicit or env.get("CANDLED_CONFIG") or "config.toml")
@@ -535,7 +579,7 @@ def load_config(explicit: str | Path | None = None, env: Mapping[str, str] = os.
     """Read the config file and apply environment overrides."""
     path = config_path(explicit, env)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(_decode(path, path.read_bytes()))
     except FileNotFoundError:
         raise ConfigError("", f"config file not found: {path}") from None
     except OSError as e:

@@ -262,3 +262,59 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     assert (
         'series[1].profile: expected one of CRYPTO, EQUITY, FUTURES, FOREX, got "CRYPT"' in r.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            replace_line('interval = "15m"', 'interval = "999999999w"'),
+            'healing.interval: expected a duration of at most 36500d, got "999999999w"',
+        ),
+        # Within timedelta's range, but "now - lookback" is before year 1.
+        (
+            replace_line('lookback = "200d"', 'lookback = "9999999d"', 1),
+            'series[0].lookback: expected a duration of at most 36500d, got "9999999d"',
+        ),
+        (
+            replace_line('rate_period = "60s"', 'rate_period = "99999999999999999999999s"'),
+            "venues[0].rate_period: expected a duration of at most 36500d",
+        ),
+    ],
+)
+def test_out_of_range_durations_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env={})
+    assert message in str(e.value)
+
+
+def test_the_longest_duration_loads(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, replace_line('lookback = "200d"', 'lookback = "36500d"')),
+                    env={})  # fmt: skip
+    assert c.healing.lookback == timedelta(days=36500)
+
+
+def test_a_file_that_is_not_utf8_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(GOOD.replace('"SOLUSDT"', '"SOL\xe9"').encode("latin-1"))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env={})
+    assert e.value.path == "series[1].symbols[0]"
+    assert "line 36: not UTF-8 (byte 0xe9)" in str(e.value)
+    # In a comment no key holds the byte: the line still says where.
+    path.write_bytes((GOOD + "# caf\xe9\n").encode("latin-1"))
+    with pytest.raises(ConfigError, match="line 40: not UTF-8"):
+        load_config(path, env={})
+
+
+def test_check_config_names_the_key_of_an_unreadable_value(tmp_path: Path) -> None:
+    """Never a traceback: exit 78 and the key, for bytes and for numbers."""
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(GOOD.replace('"SOLUSDT"', '"SOL\xe9"').encode("latin-1"))
+    r = run_cli("check-config", "--config", str(bad))
+    assert (r.returncode, "Traceback" in r.stderr) == (78, False), r.stderr
+    assert "series[1].symbols[0]" in r.stderr
+    bad.write_text(replace_line('interval = "15m"', 'interval = "999999999w"'))
+    r = run_cli("check-config", "--config", str(bad))
+    assert (r.returncode, "Traceback" in r.stderr) == (78, False), r.stderr
+    assert "healing.interval" in r.stderr
