@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
+
+# `CANDLED_TEST_AT=2026-12-05T12:00Z make test` runs the whole suite (this
+# process, the daemons and simulators it starts) as if the clock read that
+# instant now: set before anything imports daemon.clock, which reads it once.
+if at := os.environ.get("CANDLED_TEST_AT"):
+    instant = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(UTC)
+    os.environ["CANDLED_CLOCK_OFFSET"] = str((instant - datetime.now(UTC)).total_seconds())
+
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 

@@ -7,11 +7,12 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
+from daemon import clock
 from daemon.backfill import Backfiller, BackfillJob
 from daemon.domain import Candle, SeriesKey
 from daemon.fetch import Fetcher, Response
@@ -78,7 +79,7 @@ async def sim() -> AsyncIterator[tuple[SimExchange, str]]:
             # Slow enough that the workers would pile up without the BATCH bound.
             "faults": {"slow_responses": {"every": 1, "delay": "20ms"}},
         },
-        datetime.now(UTC),
+        clock.now(),
     )
     exchange = SimExchange(scenario)
     host, port = await exchange.start("127.0.0.1", 0)
@@ -128,7 +129,7 @@ async def stored(db: Database, series: SeriesKey) -> list[Candle]:
 
 
 def lookback(series: SeriesKey, days: float = 1) -> BackfillJob:
-    end = series.tf.floor(datetime.now(UTC))  # aligned: every bar before it has closed
+    end = series.tf.floor(clock.now())  # aligned: every bar before it has closed
     return BackfillJob(series, end - timedelta(days=days), end, "lookback")
 
 
@@ -239,7 +240,7 @@ async def test_an_empty_run_with_history_before_it_is_no_genesis(
     sim: tuple[SimExchange, str], db: Database
 ) -> None:
     exchange, url = sim
-    end = MAINT_1M.tf.floor(datetime.now(UTC))
+    end = MAINT_1M.tf.floor(clock.now())
     job = BackfillJob(MAINT_1M, end - timedelta(minutes=28), end, "lookback")  # starts in the gap
     b, _ = backfiller(url, db, codec=SmallPages(4, exact_genesis=False))
     await run_jobs(b, job)
@@ -256,7 +257,7 @@ async def test_a_quiet_spell_longer_than_a_page_is_no_genesis_either(
     """Three-bar pages (one job, not split): the empty run and the first probe
     both fall in the 10-minute gap; the probe ten pages back finds older bars."""
     exchange, url = sim
-    end = MAINT_1M.tf.floor(datetime.now(UTC))
+    end = MAINT_1M.tf.floor(clock.now())
     job = BackfillJob(MAINT_1M, end - timedelta(minutes=26), end, "lookback")
     b, fetcher = backfiller(url, db, codec=SmallPages(3, exact_genesis=False))
     await run_jobs(b, job)

@@ -10,13 +10,13 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from daemon import metrics
+from daemon import clock, metrics
 from daemon.collector import Collector, CollectorSettings, collect
 from daemon.domain import Candle, SeriesKey
 from daemon.domain.timeframe import SUPPORTED
@@ -41,7 +41,7 @@ async def start_sim() -> AsyncIterator[StartSim]:
     async def start(**scenario: Any) -> tuple[SimExchange, str]:
         symbols = [{"symbol": s, "listed": "-1d"} for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
         data = {"seed": 5, "symbols": symbols, **scenario}
-        sim = SimExchange(parse_scenario(data, datetime.now(UTC)))
+        sim = SimExchange(parse_scenario(data, clock.now()))
         sims.append(sim)
         host, port = await sim.start("127.0.0.1", 0)
         return sim, f"ws://{host}:{port}"
@@ -54,7 +54,7 @@ async def start_sim() -> AsyncIterator[StartSim]:
 def assert_truth(sim: SimExchange, candles: Sequence[Candle]) -> None:
     """Every candle is a closed, published bar with exactly the venue's values."""
     assert candles
-    now = datetime.now(UTC)
+    now = clock.now()
     for c in candles:
         assert c.series.tf.close_time(c.ts) <= now
         assert sim.truth.exists(c.series, c.ts) and c == sim.truth.bar(c.series, c.ts)

@@ -8,12 +8,12 @@ import asyncio
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from unittest.mock import patch
 
 import pytest
 
+from daemon import clock
 from daemon.config import ConfigError, load_config
 from daemon.sim import SimExchange, parse_scenario
 from daemon.sim.alpaca import SIM_KEY, SIM_SECRET
@@ -151,7 +151,7 @@ async def test_the_secret_never_shows_in_the_daemons_log(tmp_path: Path, tsdb_ds
     """The daemon at debug level against the Alpaca sim: it backfills and
     streams with the credentials, and no log line holds the secret."""
     sim = SimExchange(parse_scenario({"symbols": [{"symbol": "AAPL", "listed": "-3d"}]},
-                                     datetime.now(UTC)), protocol="alpaca")  # fmt: skip
+                                     clock.now()), protocol="alpaca")  # fmt: skip
     host, port = await sim.start("127.0.0.1", 0)
     try:
         path = config(

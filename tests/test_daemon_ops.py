@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import signal
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon import clock
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
 from tests.daemon_proc import (
@@ -53,7 +54,7 @@ async def written(session: aiohttp.ClientSession, port: int) -> float:
 async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> None:
     sim = SimExchange(parse_scenario({"seed": 3, "symbols": [
         {"symbol": s, "listed": "-1d"} for s in ("AAAUSDT", "BBBUSDT", "CCCUSDT")
-    ]}, datetime.now(UTC)))  # fmt: skip
+    ]}, clock.now()))  # fmt: skip
     _, sim_port = await sim.start("127.0.0.1", 0)
     hport = free_port()
     venue = venue_toml("binance", sim_port)
@@ -158,7 +159,7 @@ async def test_restart_during_a_ban_sends_nothing_until_it_ends(
     tsdb_dsn: str, tmp_path: Path
 ) -> None:
     sim = SimExchange(parse_scenario({"symbols": [{"symbol": "AAAUSDT", "listed": "-1h"}]},
-                                     datetime.now(UTC)))  # fmt: skip
+                                     clock.now()))  # fmt: skip
     _, sim_port = await sim.start("127.0.0.1", 0)
     conn = await asyncpg.connect(tsdb_dsn)
     try:
@@ -179,7 +180,7 @@ async def test_restart_during_a_ban_sends_nothing_until_it_ends(
             def requests() -> int:
                 return sum(sim.counters.requests_by_status.values())
 
-            while datetime.now(UTC) < ban_ends - timedelta(seconds=1):
+            while clock.now() < ban_ends - timedelta(seconds=1):
                 assert requests() == 0, "a request went out during the ban"
                 await asyncio.sleep(0.2)
             await wait_until(lambda: asyncio.sleep(0, requests() > 0), within=30)
@@ -188,4 +189,71 @@ async def test_restart_during_a_ban_sends_nothing_until_it_ends(
         assert sim.counters.requests_during_ban == 0 and sim.counters.sent_418 == 0
     finally:
         await conn.close()
+        await sim.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_a_venue_started_while_the_database_is_down_fetches_then_honours_the_ban(
+    tmp_path: Path,
+) -> None:
+    """The venue runtime starts during an outage: it fetches (no crash loop on
+    the ban lookup); once the database answers, the ban an earlier run
+    persisted holds every request until it ends."""
+    from daemon.backfill import BackfillJob
+    from daemon.config import SeriesSpec, VenueConfig
+    from daemon.domain import DataProfile, SeriesKey
+    from daemon.store.database import Database
+    from daemon.store.migrations import migrate
+    from daemon.store.spool import Spool
+    from daemon.store.writer import CandleStore, CandleWriter
+    from daemon.venue_runtime import VenueRuntime
+    from tests import pg
+
+    sim = SimExchange(parse_scenario({"symbols": [{"symbol": "AAAUSDT", "listed": "-2d"}]},
+                                     clock.now()))  # fmt: skip
+    _, sim_port = await sim.start("127.0.0.1", 0)
+    key = SeriesKey("binance", "AAAUSDT", "1m")
+    venue = VenueConfig("binance", "binance", f"http://127.0.0.1:{sim_port}",
+                        f"ws://127.0.0.1:{sim_port}")  # fmt: skip
+    spec = SeriesSpec(key, DataProfile.CRYPTO, "", live=False, lookback=timedelta(hours=6))
+
+    def requests() -> int:
+        return sum(sim.counters.requests_by_status.values())
+
+    try:
+        with pg.own_cluster("venue-ban") as cluster:
+            db = await Database.connect(cluster.dsn, min_size=0)
+            async with db.pool.acquire() as conn:
+                await migrate(conn)
+                ban_ends = await conn.fetchval(
+                    "INSERT INTO venue_state (venue, banned_until)"
+                    " VALUES ('binance', now() + interval '40 seconds') RETURNING banned_until"
+                )
+            await asyncio.to_thread(cluster.stop)
+            spool = Spool(tmp_path / "spool")
+            writer = CandleWriter(CandleStore(db.pool), spool=spool, retry_cap_s=0.5)
+            runtime = VenueRuntime(venue, [spec], db, writer)
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(writer.run()), tg.create_task(runtime.run())]
+                # Down: the ban is unknown, requests go ahead.
+                await wait_until(lambda: asyncio.sleep(0, requests() > 0), within=30)
+                assert not runtime.throttle.banned
+                await asyncio.to_thread(cluster.start)
+                # Back: the persisted ban is found and held.
+                await wait_until(lambda: asyncio.sleep(0, runtime.throttle.banned), within=30)
+                assert runtime.throttle.banned_until == ban_ends.timestamp()
+                await asyncio.sleep(1)  # requests already past the throttle land
+                before = requests()
+                now = clock.now()
+                runtime.backfiller.submit(BackfillJob(key, now - timedelta(days=1), now, "test"))
+                while clock.now() < ban_ends - timedelta(seconds=1):
+                    assert requests() == before, "a request went out during the ban"
+                    await asyncio.sleep(0.2)
+                await wait_until(lambda: asyncio.sleep(0, requests() > before), within=30)
+                assert not any(t.done() for t in tasks), [t for t in tasks if t.done()]
+                for t in tasks:
+                    t.cancel()
+            spool.close()
+            await db.close()
+    finally:
         await sim.stop()

@@ -20,6 +20,7 @@ import pandas as pd
 import pandas_market_calendars as mcal
 import pytest
 
+from daemon import clock
 from daemon.domain import SeriesKey
 from daemon.sim.alpaca import SIM_KEY, SIM_SECRET
 from daemon.sim.scenario import parse_scenario
@@ -55,7 +56,7 @@ def last_holiday_and_early_close(now: datetime) -> tuple[date, datetime]:
 async def test_equity_series_with_holiday_early_close_and_illiquid_bars_ends_ok(
     tsdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    now = datetime.now(UTC)
+    now = clock.now()
     holiday, early_close = last_holiday_and_early_close(now)
     oldest = min(datetime.combine(holiday, datetime.min.time(), UTC), early_close)
     lookback_days = (now - oldest).days + 2
@@ -81,11 +82,11 @@ async def test_equity_series_with_holiday_early_close_and_illiquid_bars_ends_ok(
         body += series_toml("alpaca", [SYMBOL], ["1m"], lookback=f'"{LIVE_LOOKBACK.days}d"',
                             **equity)  # fmt: skip
         config = write_config(tmp_path, body)
-        started = datetime.now(UTC)
+        started = clock.now()
         async with running_daemon(config, tsdb_dsn, tmp_path / "daemon.log") as proc:
             await asyncio.sleep(RUN_S)
             assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
-            stopped = datetime.now(UTC)
+            stopped = clock.now()
             assert await stop(proc) == 0
         assert sim.counters.ws_connections >= 1, "the daemon never opened the stream"
         await repair_pass(config, tsdb_dsn, tmp_path)

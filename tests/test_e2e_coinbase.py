@@ -7,12 +7,13 @@ empty answer instead of being asked for again every cycle."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from daemon import clock
 from daemon.domain import SeriesKey
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
@@ -56,7 +57,7 @@ async def _clear_of_the_settle_boundary() -> None:
     """The repair pass audits twice, a few seconds apart; if a bar settles in
     between (at second 30 of a minute), the second audit finds a hole the
     first did not plan. Start it where that cannot happen."""
-    while 18 <= datetime.now(UTC).second < 31:
+    while 18 <= clock.now().second < 31:
         await asyncio.sleep(0.5)
 
 
@@ -64,7 +65,7 @@ async def _clear_of_the_settle_boundary() -> None:
 async def test_coinbase_store_equals_sparse_truth_and_illiquid_minutes_end_confirmed_empty(
     tsdb_dsn: str, tmp_path: Path
 ) -> None:
-    sim = SimExchange(parse_scenario(SCENARIO, datetime.now(UTC)), protocol="coinbase")
+    sim = SimExchange(parse_scenario(SCENARIO, clock.now()), protocol="coinbase")
     _, port = await sim.start("127.0.0.1", 0)
     try:
         # 10 requests a minute is far below Coinbase's 10 a second and above what
@@ -73,14 +74,14 @@ async def test_coinbase_store_equals_sparse_truth_and_illiquid_minutes_end_confi
                           poll_delay='"1s"')  # fmt: skip
         body += series_toml("coinbase", [BTC.symbol, ETH.symbol], ["1m"], lookback='"3h"')
         config = write_config(tmp_path, body)
-        started = datetime.now(UTC)
+        started = clock.now()
         polled = BTC.tf.floor(started)  # in progress at startup: only a poll fetches it
         conn = await asyncpg.connect(tsdb_dsn)
         try:
             async with running_daemon(config, tsdb_dsn, tmp_path / "daemon.log") as proc:
                 await wait_until(lambda: _stored(conn, BTC, polled), within=75)
                 assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
-                stopped = datetime.now(UTC)
+                stopped = clock.now()
                 assert await stop(proc) == 0
             await _clear_of_the_settle_boundary()
             await repair_pass(config, tsdb_dsn, tmp_path)

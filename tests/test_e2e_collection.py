@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import signal
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from daemon import clock
 from daemon.domain import SeriesKey, Timeframe
 from daemon.sim.counters import SimCounters
 from daemon.sim.scenario import parse_scenario
@@ -57,7 +58,7 @@ async def run_against(
     lookback: dict[str, timedelta] = LOOKBACK,
     align_to_minute: bool = False,
 ) -> tuple[SimExchange, SimCounters, datetime, datetime]:
-    sim = SimExchange(parse_scenario(sim_scenario, datetime.now(UTC)))
+    sim = SimExchange(parse_scenario(sim_scenario, clock.now()))
     _, port = await sim.start("127.0.0.1", 0)
     try:
         body = venue_toml("binance", port, rate_capacity=rate_capacity)
@@ -68,14 +69,14 @@ async def run_against(
                                 if depth.days else f'"{depth.seconds // 3600}h"')  # fmt: skip
         if align_to_minute:
             # Start early in a venue minute, so the first window holds the burst.
-            while datetime.now(UTC).second >= 40:
+            while clock.now().second >= 40:
                 await asyncio.sleep(0.5)
         config = write_config(tmp_path, body)
-        started = datetime.now(UTC)
+        started = clock.now()
         async with running_daemon(config, dsn, tmp_path / "daemon.log") as proc:
             await asyncio.sleep(run_s)
             assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
-            stopped = datetime.now(UTC)
+            stopped = clock.now()
             assert await stop(proc) == 0
         # What the daemon did, before a heal pass adds requests of its own.
         daemon_counters = copy.deepcopy(sim.counters)
@@ -188,14 +189,14 @@ async def test_kill_9_and_restart_lose_and_duplicate_nothing(tsdb_dsn: str, tmp_
     """kill -9 mid-run, restart: the reconnect backfill and one heal pass
     bring back whatever was only in memory; nothing is duplicated."""
     depth = {"1s": timedelta(hours=1), "1m": timedelta(hours=6)}
-    sim = SimExchange(parse_scenario(scenario(), datetime.now(UTC)))
+    sim = SimExchange(parse_scenario(scenario(), clock.now()))
     _, port = await sim.start("127.0.0.1", 0)
     try:
         body = venue_toml("binance", port)
         for tf, d in depth.items():
             body += series_toml("binance", SYMBOLS, [tf], lookback=f'"{d.seconds // 3600}h"')
         config = write_config(tmp_path, body)
-        started = datetime.now(UTC)
+        started = clock.now()
         async with running_daemon(config, tsdb_dsn, tmp_path / "first.log") as proc:
             await asyncio.sleep(15)
             proc.send_signal(signal.SIGKILL)
@@ -203,7 +204,7 @@ async def test_kill_9_and_restart_lose_and_duplicate_nothing(tsdb_dsn: str, tmp_
         await asyncio.sleep(5)  # bars close while nothing runs
         async with running_daemon(config, tsdb_dsn, tmp_path / "second.log") as proc:
             await asyncio.sleep(20)
-            stopped = datetime.now(UTC)
+            stopped = clock.now()
             assert await stop(proc) == 0
         await repair_pass(config, tsdb_dsn, tmp_path)
         await assert_store_equals_truth(sim, tsdb_dsn, started, stopped, lookback=depth)

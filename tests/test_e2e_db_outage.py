@@ -9,7 +9,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from daemon import clock
 from daemon.domain import Candle
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
@@ -73,11 +74,11 @@ async def test_database_outage_mid_run_loses_and_duplicates_nothing(
 ) -> None:
     # Streams dropped every 15 s: some reconnect while the database is down.
     faults = {"ws_drop": {"every": "15s"}}
-    sim = SimExchange(parse_scenario(scenario(faults), datetime.now(UTC)))
+    sim = SimExchange(parse_scenario(scenario(faults), clock.now()))
     _, sim_port = await sim.start("127.0.0.1", 0)
     config, hport = config_for(tmp_path, sim_port, DEPTH)
     try:
-        started = datetime.now(UTC)
+        started = clock.now()
         async with (
             running_daemon(config, cluster.dsn, tmp_path / "daemon.log") as proc,
             aiohttp.ClientSession() as session,
@@ -106,7 +107,7 @@ async def test_database_outage_mid_run_loses_and_duplicates_nothing(
             assert back["database"]["ok"] is True
             await asyncio.sleep(15)  # streaming on after the outage
             assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
-            stopped = datetime.now(UTC)
+            stopped = clock.now()
             assert await stop(proc) == 0
         # A reconnect during the outage planned its hole from memory.
         log = (tmp_path / "daemon.log").read_text()
@@ -138,7 +139,7 @@ async def test_kill_9_with_candles_spooled_then_database_returns(
     in the store exactly once, with the spooled values."""
     # A day of 1s bars: the backfill outgrows the writer's memory buffer
     # during the outage, so the overflow goes to the spool.
-    sim = SimExchange(parse_scenario(scenario(), datetime.now(UTC)))
+    sim = SimExchange(parse_scenario(scenario(), clock.now()))
     _, sim_port = await sim.start("127.0.0.1", 0)
     config, hport = config_for(tmp_path, sim_port, {"1s": timedelta(days=1)})
     spool_dir = tmp_path / "state" / "spool"

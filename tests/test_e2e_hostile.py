@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon import clock
 from daemon.domain import SeriesKey
 from daemon.sim.limiter import IN_FLIGHT_GRACE_S
 from daemon.sim.scenario import parse_scenario
@@ -114,7 +115,7 @@ async def assert_nothing_quarantined(dsn: str) -> None:
 async def provoke_a_ban_on_our_ip(url: str) -> None:
     """Another client on our IP spends the venue's budget and is told to wait
     (429): the venue bans the next request from the IP, which will be ours."""
-    while datetime.now(UTC).second >= 40:  # the wait (to the minute's end) must outlast our start
+    while clock.now().second >= 40:  # the wait (to the minute's end) must outlast our start
         await asyncio.sleep(0.5)
     async with aiohttp.ClientSession() as other:
         while True:
@@ -141,7 +142,7 @@ async def test_hostile_venue_loses_nothing_and_a_ban_outlives_kill_9(
         "ws_mute": {"every": 2},  # every other connection: open, and then nothing
         "ws_drop": {"every": "15s"},  # the connections that follow a mute one
     }
-    sim = SimExchange(parse_scenario(scenario(faults, weight=600), datetime.now(UTC)))
+    sim = SimExchange(parse_scenario(scenario(faults, weight=600), clock.now()))
     _, port = await sim.start("127.0.0.1", 0)
     health_port = free_port()
     try:
@@ -154,11 +155,11 @@ async def test_hostile_venue_loses_nothing_and_a_ban_outlives_kill_9(
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
         ban_ends = await banned_until(tsdb_dsn)
-        assert ban_ends is not None and ban_ends > datetime.now(UTC) + timedelta(seconds=5)
+        assert ban_ends is not None and ban_ends > clock.now() + timedelta(seconds=5)
         assert sim.counters.sent_418 == 1
 
         config = write_config(tmp_path, config_body(port, DEPTH), health_port=health_port)
-        started = datetime.now(UTC)
+        started = clock.now()
         async with running_daemon(config, tsdb_dsn, tmp_path / "second.log") as proc:
             await asyncio.sleep(75)
             # The ban and the spent budget hold the lookback back for a while;
@@ -168,7 +169,7 @@ async def test_hostile_venue_loses_nothing_and_a_ban_outlives_kill_9(
             await wait_until(lambda: reached_back(tsdb_dsn, sim, started), within=180)
             assert proc.returncode is None, (tmp_path / "second.log").read_text()[-3000:]
             malformed = await malformed_counts(health_port)
-            stopped = datetime.now(UTC)
+            stopped = clock.now()
             assert await stop(proc) == 0
         second_log = (tmp_path / "second.log").read_text()
         assert "venue ban still in force" in second_log
@@ -207,17 +208,17 @@ async def test_5xx_storm_is_waited_out_quietly_and_then_filled(
     storm_s = 80.0
     depth = {"1s": timedelta(hours=1), "1m": timedelta(hours=6)}
     data = scenario({"http_storm": {"start": "+0s", "duration": f"{storm_s:g}s"}})
-    storm_start = datetime.now(UTC)
+    storm_start = clock.now()
     sim = SimExchange(parse_scenario(data, storm_start))
     _, port = await sim.start("127.0.0.1", 0)
     try:
         config = write_config(tmp_path, config_body(port, depth))
-        started = datetime.now(UTC)
+        started = clock.now()
         async with running_daemon(config, tsdb_dsn, tmp_path / "daemon.log") as proc:
             # Measure once the daemon is up (imports, migrations) and waiting.
             await asyncio.sleep(15)
             cpu0, wall0, storm0 = cpu_seconds(proc.pid), time.monotonic(), sim.counters.storm_errors
-            storm_left = storm_s - (datetime.now(UTC) - storm_start).total_seconds()
+            storm_left = storm_s - (clock.now() - storm_start).total_seconds()
             await asyncio.sleep(storm_left - 2)
             cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
             requests_per_s = (sim.counters.storm_errors - storm0) / (time.monotonic() - wall0)
@@ -229,7 +230,7 @@ async def test_5xx_storm_is_waited_out_quietly_and_then_filled(
                 await asyncio.sleep(2.5)  # a whole comparison per look: not too often
                 try:
                     await assert_store_equals_truth(
-                        sim, tsdb_dsn, started, datetime.now(UTC), settle_s=5, lookback=depth
+                        sim, tsdb_dsn, started, clock.now(), settle_s=5, lookback=depth
                     )
                 except AssertionError:
                     return False

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from daemon import clock
 from daemon.domain import SeriesKey, Timeframe
 from daemon.sim.kraken import KrakenPersonality, OhlcRequest
 from daemon.sim.scenario import parse_scenario
@@ -54,7 +55,7 @@ def _run_s(started: datetime) -> float:
 
 async def _outside_seconds(low: int, high: int) -> None:
     """Wait while the second of the minute lies in [low, high)."""
-    while low <= datetime.now(UTC).second < high:
+    while low <= clock.now().second < high:
         await asyncio.sleep(0.5)
 
 
@@ -86,7 +87,7 @@ async def test_kraken_horizon_backfill_stream_and_heal(tsdb_dsn: str, tmp_path: 
         "symbols": [{"symbol": s, "listed": "-30d"} for s in SYMBOLS],
         "ws": {"update_interval": "1s"},
     }
-    sim = SimExchange(parse_scenario(scenario, datetime.now(UTC)), protocol="kraken")
+    sim = SimExchange(parse_scenario(scenario, clock.now()), protocol="kraken")
     assert isinstance(sim.personality, KrakenPersonality)
     log = sim.personality.ohlc_requests
     _, port = await sim.start("127.0.0.1", 0)
@@ -94,11 +95,11 @@ async def test_kraken_horizon_backfill_stream_and_heal(tsdb_dsn: str, tmp_path: 
         body = venue_toml("kraken", port, kind="kraken", rate_capacity=60)
         body += series_toml("kraken", SYMBOLS, ["1m"], lookback='"1d"')
         config = write_config(tmp_path, body)
-        started = datetime.now(UTC)
+        started = clock.now()
         async with running_daemon(config, tsdb_dsn, tmp_path / "daemon.log") as proc:
             await asyncio.sleep(_run_s(started))
             assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
-            stopped = datetime.now(UTC)
+            stopped = clock.now()
             assert await stop(proc) == 0
         assert log, "the daemon never asked for history"
         assert sim.counters.ws_connections >= 1 and sim.counters.frames_sent > 0

@@ -7,12 +7,13 @@ without a price (no candle on OANDA) are confirmed empty."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from daemon import clock
 from daemon.domain import Candle, SeriesKey
 from daemon.sim import SimExchange, Truth, parse_scenario
 from daemon.sim.oanda import SIM_TOKEN
@@ -58,9 +59,9 @@ async def test_forex_series_across_a_weekend_ends_ok(tsdb_dsn: str, tmp_path: Pa
     # Starting 10 s or more before that bar closes leaves the catch-up (three
     # requests for what has closed; about 2 s) done by then: only the poll
     # can fetch the bar.
-    while datetime.now(UTC).second >= 50:
+    while clock.now().second >= 50:
         await asyncio.sleep(0.5)
-    sim = SimExchange(parse_scenario(SCENARIO, datetime.now(UTC)), protocol="oanda")
+    sim = SimExchange(parse_scenario(SCENARIO, clock.now()), protocol="oanda")
     _, port = await sim.start("127.0.0.1", 0)
     conn: asyncpg.Connection | None = None
     try:
@@ -71,7 +72,7 @@ async def test_forex_series_across_a_weekend_ends_ok(tsdb_dsn: str, tmp_path: Pa
         body += series_toml("oanda", [KEY.symbol], [KEY.timeframe], profile='"FOREX"',
                             lookback=f'"{LOOKBACK.days}d"')  # fmt: skip
         config = write_config(tmp_path, body)
-        started = datetime.now(UTC)
+        started = clock.now()
         polled = tf.floor(started)
         polled_close = tf.next(polled)
         # The market may be closed (a weekend) or the minute may have had no price.
@@ -92,7 +93,7 @@ async def test_forex_series_across_a_weekend_ends_ok(tsdb_dsn: str, tmp_path: Pa
 
                 await wait_until(polled_bar_stored, within=90)
             else:
-                wait = polled_close + timedelta(seconds=4) - datetime.now(UTC)
+                wait = polled_close + timedelta(seconds=4) - clock.now()
                 await asyncio.sleep(wait.total_seconds())
             assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
             assert await stop(proc) == 0

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from daemon import clock as wallclock
 from daemon import metrics
 from daemon.domain import SeriesKey
 from daemon.fetch import Fetcher, FetchError
@@ -80,7 +81,7 @@ class RecordingThrottle(VenueThrottle):
 
 
 def klines(series: SeriesKey = BTC_1M, limit: int = 5) -> HttpRequest:
-    end = series.tf.floor(datetime.now(UTC))
+    end = series.tf.floor(wallclock.now())
     return CODEC.history_request(series, series.tf.add(end, -limit), end, limit)
 
 
@@ -94,11 +95,11 @@ async def test_a_full_page_arrives_whole(start_sim: StartSim) -> None:
     req = klines(BTC_1S, limit=1000)  # ~150 kB: more than one read's worth
     async with fetcher(url, VenueThrottle(6000, 60, 5)) as f:
         resp = await f.fetch(req)
-    candles = CODEC.parse_history(BTC_1S, resp.status, resp.body, datetime.now(UTC))
+    candles = CODEC.parse_history(BTC_1S, resp.status, resp.body, wallclock.now())
     start = datetime.fromtimestamp(int(req.params["startTime"]) / 1000, UTC)
     assert len(candles) == 1000
     end = start + timedelta(seconds=1000)
-    assert candles == sim.truth.candles(BTC_1S, start, end, datetime.now(UTC))
+    assert candles == sim.truth.candles(BTC_1S, start, end, wallclock.now())
 
 
 async def test_5xx_burst_is_retried_until_it_succeeds(start_sim: StartSim) -> None:
@@ -112,7 +113,7 @@ async def test_5xx_burst_is_retried_until_it_succeeds(start_sim: StartSim) -> No
     assert [a.status for a in answers] == [200] * 4
     assert statuses == [200, 200, 200, 502, 502, 502, 200]  # the fourth fetch, retried
     assert sim.counters.http_errors_injected == 3
-    assert CODEC.parse_history(BTC_1M, 200, answers[3].body, datetime.now(UTC))
+    assert CODEC.parse_history(BTC_1M, 200, answers[3].body, wallclock.now())
 
 
 async def test_connection_resets_and_timeouts_are_retried(start_sim: StartSim) -> None:
@@ -178,9 +179,9 @@ async def test_broken_answers_are_counted_and_asked_again(
         assert answer.status == 200
         if i == broken_json:
             with pytest.raises(CodecError):
-                CODEC.parse_history(BTC_1M, 200, answer.body, datetime.now(UTC))
+                CODEC.parse_history(BTC_1M, 200, answer.body, wallclock.now())
         else:
-            assert len(CODEC.parse_history(BTC_1M, 200, answer.body, datetime.now(UTC))) == 5
+            assert len(CODEC.parse_history(BTC_1M, 200, answer.body, wallclock.now())) == 5
     c = sim.counters
     fired = c.html_errors + c.oversized_bodies + c.truncated_bodies + c.never_answered
     assert fired == (2 if broken_json else 3)
@@ -201,7 +202,7 @@ async def test_unknown_symbol_is_answered_without_retry(start_sim: StartSim) -> 
         resp = await f.fetch(klines(bad))
     assert resp.status == 400
     with pytest.raises(VenueError, match="Invalid symbol"):
-        CODEC.parse_history(bad, resp.status, resp.body, datetime.now(UTC))
+        CODEC.parse_history(bad, resp.status, resp.body, wallclock.now())
     assert sim.counters.requests_by_status == {400: 1}
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from daemon import calendars, metrics
+from daemon import clock as wallclock
 from daemon.backfill import Backfiller, BackfillJob
 from daemon.config import SeriesSpec
 from daemon.domain import Candle, DataProfile, SeriesKey
@@ -34,7 +35,7 @@ from daemon.throttle import VenueThrottle
 from daemon.venues import get_codec
 from tests.daemon_proc import REPO, series_toml, venue_toml, write_config
 
-NOW = datetime.now(UTC)
+NOW = wallclock.now()
 CRYPTO = SeriesKey("binance", "AAAUSDT", "1m")
 EARLY_GAP = SeriesKey("binance", "CCCUSDT", "1m")  # the venue lacks part of its history
 EQUITY = SeriesKey("binance", "EQQUSD", "1m")
@@ -89,7 +90,7 @@ async def rig(tsdb_dsn: str) -> AsyncIterator[Rig]:
 
 
 async def backfill_everything(rig: Rig) -> None:
-    now = datetime.now(UTC)
+    now = wallclock.now()
     for key, spec in specs().items():
         result = await rig.backfiller.run_job(
             BackfillJob(key, now - spec.lookback, now, "lookback")

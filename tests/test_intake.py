@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from daemon import clock as wallclock
 from daemon.domain import Candle, SeriesKey
 from daemon.intake import Intake
 from daemon.store.migrations import migrate
@@ -63,7 +64,7 @@ async def test_intake_quarantines_bad_and_forwards_good(tsdb_dsn: str) -> None:
 
         other = SeriesKey("binance", "DOGEUSDT", "1m")
         intake = Intake(put, pool, lambda: {KEY}, "ws")
-        now = datetime.now(UTC)
+        now = wallclock.now()
         ts = KEY.tf.floor(now) - timedelta(minutes=1)
         good = candle(ts=ts)
         await intake([good, candle(ts=ts, h=1), candle(ts=ts, key=other)])

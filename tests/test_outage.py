@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from daemon import clock
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
 from daemon.store.cluster import PostgresCluster
@@ -111,7 +111,7 @@ async def test_health_is_503_while_the_database_is_down(
     own_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
     sim = SimExchange(parse_scenario({"symbols": [{"symbol": "AAAUSDT", "listed": "-1d"}]},
-                                     datetime.now(UTC)))  # fmt: skip
+                                     clock.now()))  # fmt: skip
     _, sim_port = await sim.start("127.0.0.1", 0)
     hport = free_port()
     body = venue_toml("binance", sim_port) + series_toml(

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from daemon import clock
 from daemon.backfill import BackfillJob, JobResult
 from daemon.domain import SeriesKey
 from daemon.poller import Poller
@@ -27,10 +28,10 @@ async def test_each_closed_bar_is_polled_once_after_its_close() -> None:
     jobs: list[tuple[BackfillJob, datetime]] = []
 
     async def run_job(job: BackfillJob) -> JobResult:
-        jobs.append((job, datetime.now(UTC)))
+        jobs.append((job, clock.now()))
         return JobResult(job, 1, 1, complete=True)
 
-    started = datetime.now(UTC)
+    started = clock.now()
     poller = Poller(run_job, lambda job: None, [ONE_S, TWO_S], DELAY)
     await run_for(poller, 4.5)
 
@@ -81,7 +82,7 @@ async def test_series_added_and_removed_on_reload() -> None:
         task = tg.create_task(poller.run())
         await asyncio.sleep(1.5)
         poller.set_series([TWO_S])
-        switched = datetime.now(UTC)
+        switched = clock.now()
         polled.clear()
         await asyncio.sleep(3)
         task.cancel()

@@ -23,6 +23,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from daemon import clock as wallclock
 from daemon.domain import Candle, SeriesKey
 from daemon.domain.timeframe import SUPPORTED
 from daemon.sim import (
@@ -260,7 +261,7 @@ async def start_sim() -> AsyncIterator[SimFactory]:
         listed: object = LISTED if frozen_at else "-3h"
         data = {"seed": 7, "symbols": [{"symbol": "BTCUSDT", "listed": listed}], **(scenario or {})}
         if frozen_at is None:
-            sim = SimExchange(parse_scenario(data, datetime.now(UTC)))
+            sim = SimExchange(parse_scenario(data, wallclock.now()))
         else:
             cell = clock or [frozen_at]
             sim = SimExchange(parse_scenario(data, frozen_at), clock=lambda: cell[0])
@@ -539,7 +540,7 @@ async def test_ws_closed_1s_bars_match_truth(start_sim: SimFactory) -> None:
     assert {r.stream for r in results} == {"btcusdt@kline_1s", "btcusdt@kline_1m"}
     closed = [c for r in results for c in r.candles if c.series.timeframe == "1s"]
     assert len(closed) >= 2
-    now = datetime.now(UTC)
+    now = wallclock.now()
     for candle in closed:
         assert [candle] == sim.truth.candles(
             candle.series, candle.ts, candle.ts + timedelta(seconds=1), now
@@ -647,7 +648,7 @@ async def test_ws_foreign_frames_carry_real_bars_of_streams_not_subscribed(
     # the symbol not subscribed here (1m): real data, not asked for.
     assert foreign and {r.stream for r in foreign} == {"btcusdt@kline_1m"}
     assert len(foreign) == sum(r.stream == "btcusdt@kline_1s" for r in results)
-    now = datetime.now(UTC)
+    now = wallclock.now()
     for bar in (c for r in foreign for c in r.candles):
         assert [bar] == sim.truth.candles(BTC_1M, bar.ts, bar.ts + timedelta(minutes=1), now)
     assert sim.counters.foreign_frames_sent == len(foreign)

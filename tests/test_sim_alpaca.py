@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from daemon import clock as wallclock
 from daemon.collector import collect
 from daemon.domain import Candle, SeriesKey
 from daemon.sim import SimExchange, parse_scenario
@@ -266,8 +267,8 @@ async def test_over_the_minute_budget_too_many_requests(start_sim: SimFactory) -
 
 def shifted_clock(target: datetime) -> Callable[[], datetime]:
     """A clock running at real speed from `target` (the stream sleeps in real time)."""
-    offset = target - datetime.now(UTC)
-    return lambda: datetime.now(UTC) + offset
+    offset = target - wallclock.now()
+    return lambda: wallclock.now() + offset
 
 
 async def receive(ws: ClientConnection, within: float = 5) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from daemon import clock as wallclock
 from daemon.backfill import Backfiller, BackfillJob
 from daemon.collector import collect
 from daemon.domain import Candle, SeriesKey
@@ -173,7 +174,7 @@ async def test_over_a_request_a_second_is_too_many_requests(start_sim: SimFactor
 async def test_a_refusal_in_the_body_holds_the_throttle_like_a_429(
     start_sim: SimFactory, tsdb_dsn: str
 ) -> None:
-    now = datetime.now(UTC)
+    now = wallclock.now()
     sim, address = await start_sim([now])
     for _ in range(60):  # spend the minute's budget
         await get(address, pair="AAA/USD")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import aiohttp
 import pytest
 
+from daemon import clock
 from daemon.domain import Candle, SeriesKey
 from daemon.sim import alpaca, oanda
 from daemon.sim.server import PROTOCOLS, SimExchange
@@ -57,7 +58,7 @@ async def test_each_protocol_serves_its_default_symbols(protocol: str) -> None:
     try:
         symbols = sim.truth.symbols
         assert len(symbols) == 2
-        now = datetime.now(UTC)
+        now = clock.now()
         for symbol in symbols:
             got = await newest_bars(protocol, f"http://{host}:{port}", symbol, now)
             assert prices(got) == prices(expected(protocol, symbol, now))
@@ -76,7 +77,7 @@ async def test_the_cli_speaks_the_protocol_it_is_given() -> None:
         async with asyncio.timeout(30):
             while True:
                 try:
-                    now = datetime.now(UTC)
+                    now = clock.now()
                     got = await newest_bars("oanda", f"http://127.0.0.1:{port}", "USD_JPY", now)
                     break
                 except aiohttp.ClientConnectionError:
