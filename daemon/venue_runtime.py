@@ -146,11 +146,31 @@ class VenueRuntime:
         async with self._db.pool.acquire() as conn:
             await set_banned_until(conn, self.config.name, ends)
 
-    async def restore_ban(self) -> None:
-        async with self._db.pool.acquire() as conn:
-            until = await get_banned_until(conn, self.config.name)
+    async def restore_ban(self, asked: asyncio.Event | None = None, *, cap_s: float = 10.0) -> None:
+        """Honour a ban an earlier run persisted. While the database does not
+        answer, requests go ahead and the lookup is retried (capped backoff)
+        until it does; `asked` is set once the first lookup is over, however
+        it ended."""
+        delay, warned = 0.5, False
+        while True:
+            try:
+                async with asyncio.timeout(5), self._db.pool.acquire() as conn:
+                    until = await get_banned_until(conn, self.config.name)
+                break
+            except UNAVAILABLE as e:
+                if not warned:
+                    warned = True
+                    log.warning("database unreachable; a persisted venue ban is unknown until it"
+                                " answers, requests go ahead", venue=self.config.name,
+                                error=repr(e))  # fmt: skip
+            finally:
+                if asked is not None:
+                    asked.set()
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, cap_s)
         if until is not None and until > clock.now():
-            self.throttle.banned_until = until.timestamp()
+            # A 418 seen meanwhile may end later: keep the later end.
+            self.throttle.banned_until = max(self.throttle.banned_until, until.timestamp())
             log.warning("venue ban still in force; no request until it ends",
                         venue=self.config.name, until=until.isoformat())  # fmt: skip
 
@@ -204,9 +224,13 @@ class VenueRuntime:
             log.error("could not plan the reconnect backfill", error=repr(e))
 
     async def run(self) -> None:
-        await self.restore_ban()
         async with self.fetcher, asyncio.TaskGroup() as tg:
             self._tg = tg
+            # Requests wait for the first ban lookup (bounded by its timeout),
+            # not for the database to come back.
+            asked = asyncio.Event()
+            tg.create_task(self.restore_ban(asked))
+            await asked.wait()
             tg.create_task(self.backfiller.run())
             # The orchestrated backfill of every series; a stream's first
             # connect then only asks for what closed since.
