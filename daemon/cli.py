@@ -36,12 +36,20 @@ def _parser() -> argparse.ArgumentParser:
     series.add_argument(
         "--series", nargs="+", type=_series, metavar="V:S:TF", help="only these series"
     )
+    # Run by hand, an audit scans each series' whole history: a hole can be
+    # anywhere. --full stays accepted (it was the opt-in before).
+    scan = argparse.ArgumentParser(add_help=False)
+    depth = scan.add_mutually_exclusive_group()
+    depth.add_argument("--full", action="store_true", help="scan whole histories (the default)")
+    depth.add_argument(
+        "--incremental", action="store_true",
+        help="scan only what changed since the last audit (plus any series purged since)",
+    )  # fmt: skip
     audit = sub.add_parser(
-        "audit", parents=[common, series], help="audit now; exit 1 if any series is not OK"
+        "audit", parents=[common, series, scan], help="audit now; exit 1 if any series is not OK"
     )
     audit.add_argument("--json", action="store_true", help="machine-readable output")
-    audit.add_argument("--full", action="store_true", help="re-scan everything, not only new bars")
-    repair = sub.add_parser("repair", parents=[common, series], help="targeted repair now")
+    repair = sub.add_parser("repair", parents=[common, series, scan], help="targeted repair now")
     repair.add_argument("--max-fills", type=int, metavar="N", help="requests per series")
     repair.add_argument(
         "--reset-genesis", action="store_true", help="forget the genesis of the series first"
@@ -113,13 +121,16 @@ async def _sim(args: argparse.Namespace) -> int:
 
 
 async def _audit(args: argparse.Namespace) -> int:
-    return await oneshot.audit(_load(args), args.series, as_json=args.json, full=args.full)
+    return await oneshot.audit(
+        _load(args), args.series, as_json=args.json, full=not args.incremental
+    )
 
 
 async def _repair(args: argparse.Namespace) -> int:
     return await oneshot.repair(
-        _load(args), args.series, max_fills=args.max_fills, reset=args.reset_genesis
-    )
+        _load(args), args.series, max_fills=args.max_fills, reset=args.reset_genesis,
+        full=not args.incremental,
+    )  # fmt: skip
 
 
 async def _backfill(args: argparse.Namespace) -> int:

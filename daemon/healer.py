@@ -134,6 +134,7 @@ class Healer:
         specs: Mapping[SeriesKey, SeriesSpec],
         *,
         interval: timedelta,
+        full_audit_interval: timedelta = timedelta(hours=24),
         confirm_after: int = 3,
         overrides: calendars.Overrides | None = None,
         clock: Clock = clock.now,
@@ -143,6 +144,7 @@ class Healer:
         self._alarmed: set[tuple[SeriesKey, datetime]] = set()  # ranges already reported
         self.specs = dict(specs)
         self.interval = interval
+        self.full_audit_interval = full_audit_interval
         self.confirm_after = confirm_after
         self._clock = clock
 
@@ -150,6 +152,7 @@ class Healer:
         """Follow the (possibly reloaded) config: series, interval, K, overrides."""
         h = config.healing
         self.specs, self.interval = config.series_specs(), h.interval
+        self.full_audit_interval = h.full_audit_interval
         self.confirm_after, self.overrides = h.confirm_empty_after, h.overrides()
 
     @classmethod
@@ -174,9 +177,21 @@ class Healer:
     # --- audit -----------------------------------------------------------------
 
     async def audit(
-        self, keys: Iterable[SeriesKey] | None = None, *, full: bool = False
+        self,
+        keys: Iterable[SeriesKey] | None = None,
+        *,
+        full: bool = False,
+        at: datetime | None = None,
     ) -> list[AuditResult]:
+        """Audit the series (all configured ones by default) as of `at` (now).
+
+        Incremental unless `full`; a series whose last full audit is older than
+        `full_audit_interval`, or whose candles were deleted since its last
+        audit, is scanned in full anyway. Audits that must agree (before and
+        after a repair) pass the same `at`.
+        """
         selected = self._keys(keys)
+        now = at or self._clock()
         async with self._pool.acquire() as conn:
             await ensure_series(conn, selected)  # a configured series may have no row yet
         # A few series at a time: each audit is a chain of short round trips.
@@ -184,16 +199,24 @@ class Healer:
 
         async def one(key: SeriesKey) -> AuditResult:
             async with slots, self._pool.acquire() as conn:
-                return await self._audit_one(conn, key, full)
+                return await self._audit_one(conn, key, full, now)
 
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(one(key)) for key in selected]
         return [t.result() for t in tasks]
 
-    async def _audit_one(self, conn: asyncpg.Connection, key: SeriesKey, full: bool) -> AuditResult:
-        spec, tf, now = self.specs[key], key.tf, self._clock()
+    async def _audit_one(
+        self, conn: asyncpg.Connection, key: SeriesKey, full: bool, now: datetime
+    ) -> AuditResult:
+        spec, tf = self.specs[key], key.tf
         row = await store.series_row(conn, *_parts(key))
         assert row is not None
+        full = (
+            full
+            or row.audited_until is None
+            or row.last_full_audit is None
+            or now - row.last_full_audit >= self.full_audit_interval
+        )
         # Bars that closed moments ago may still be on their way to the store:
         # judge them at the next audit.
         settled = calendars.last_expected_bar(
@@ -242,7 +265,7 @@ class Healer:
             conn, row.id, status=status, first_ts=first_ts, last_ts=last_ts,
             gaps=[(s, e, tf.count_bars(s, e)) for s, e in gaps], missing_bars=missing,
             confirmed_empty_bars=confirmed_bars, expected_bars=expected_bars,
-            audited_at=now, audited_until=hi,
+            audited_at=now, audited_until=hi, full=full, purged_at=row.purged_at,
         )  # fmt: skip
         metrics.gaps_found.labels(key.venue).inc(len(gaps))
         return AuditResult(key, status, gaps, missing, confirmed_bars, expected_bars,

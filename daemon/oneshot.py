@@ -107,7 +107,7 @@ async def audit(
 
 async def repair(
     config: Config, series: Sequence[SeriesKey] | None, *, max_fills: int | None,
-    reset: bool,
+    reset: bool, full: bool = True,
 ) -> int:  # fmt: skip
     keys = _selected(config, series)
     async with _database(config) as db:
@@ -119,7 +119,10 @@ async def repair(
                         await reset_genesis(conn, row.id)
             print(f"genesis cleared for {len(keys)} series")
         healer = Healer.for_config(db.pool, config)
-        audits = await healer.audit(keys)
+        # Both audits judge the same instant: a bar that comes due during the
+        # repair is the next run's business, not a hole this run left.
+        at = clock.now()
+        audits = await healer.audit(keys, full=full, at=at)
         async with _venues(config, db) as runtimes:
             repairers = {n: Repairer(rt.codec.limits, rt.backfiller.run_job)
                          for n, rt in runtimes.items()}  # fmt: skip
@@ -130,7 +133,7 @@ async def repair(
                 report = await healer.repair(
                     repairers, holes, max_fills=fills, on_request=lambda: bar.update(1)
                 )
-        results = await healer.audit(keys)
+        results = await healer.audit(keys, full=full, at=at)
     print(f"repair: {report.requests} requests, {report.candles} candles, "
           f"{report.empty} empty answers ({report.confirmed_empty} confirmed empty), "
           f"{report.errors} errors")  # fmt: skip

@@ -52,19 +52,25 @@ async def islands(
 class SeriesRow:
     id: int
     genesis: datetime | None
-    audited_until: datetime | None
+    audited_until: datetime | None  # None: the next audit scans everything
+    last_full_audit: datetime | None
+    purged_at: datetime | None  # the last delete of its candles (a trigger sets it)
 
 
 async def series_row(
     conn: asyncpg.Connection, venue: str, symbol: str, tf: str
 ) -> SeriesRow | None:
     r = await conn.fetchrow(
-        """SELECT s.id, s.genesis_ts, st.audited_until
+        """SELECT s.id, s.genesis_ts, s.purged_at, st.audited_until, st.last_full_audit_at
            FROM series s LEFT JOIN series_state st ON st.series_id = s.id
            WHERE s.venue = $1 AND s.symbol = $2 AND s.timeframe = $3""",
         venue, symbol, tf,
     )  # fmt: skip
-    return None if r is None else SeriesRow(r["id"], r["genesis_ts"], r["audited_until"])
+    if r is None:
+        return None
+    return SeriesRow(
+        r["id"], r["genesis_ts"], r["audited_until"], r["last_full_audit_at"], r["purged_at"]
+    )
 
 
 async def recorded_gaps(conn: asyncpg.Connection, series_id: int) -> list[Range]:
@@ -88,7 +94,12 @@ async def save_audit(
     expected_bars: int,
     audited_at: datetime,
     audited_until: datetime,
+    full: bool,
+    purged_at: datetime | None,
 ) -> None:
+    """Record one audit. `purged_at` is what the series said when the audit
+    began: if candles were deleted since, the audit may have read them before
+    the delete, so the next audit must scan everything again."""
     async with conn.transaction():
         await conn.execute("DELETE FROM series_gaps WHERE series_id = $1", series_id)
         await conn.executemany(
@@ -96,18 +107,27 @@ async def save_audit(
             [(series_id, s, e, n) for s, e, n in gaps],
         )
         await conn.execute(
-            """INSERT INTO series_state (series_id, status, first_ts, last_ts, missing_bars,
-                   confirmed_empty_bars, expected_bars, last_audit_at, audited_until)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            """WITH purge AS (
+                   SELECT purged_at IS NOT DISTINCT FROM $10::timestamptz AS unchanged
+                   FROM series WHERE id = $1)
+               INSERT INTO series_state (series_id, status, first_ts, last_ts, missing_bars,
+                   confirmed_empty_bars, expected_bars, last_audit_at, audited_until,
+                   last_full_audit_at)
+               SELECT $1, $2, $3, $4, $5, $6, $7, $8::timestamptz,
+                      CASE WHEN purge.unchanged THEN $9::timestamptz END,
+                      CASE WHEN $11::boolean AND purge.unchanged THEN $8::timestamptz END
+               FROM purge
                ON CONFLICT (series_id) DO UPDATE SET
                    status = EXCLUDED.status, first_ts = EXCLUDED.first_ts,
                    last_ts = EXCLUDED.last_ts, missing_bars = EXCLUDED.missing_bars,
                    confirmed_empty_bars = EXCLUDED.confirmed_empty_bars,
                    expected_bars = EXCLUDED.expected_bars,
                    last_audit_at = EXCLUDED.last_audit_at,
-                   audited_until = EXCLUDED.audited_until""",
+                   audited_until = EXCLUDED.audited_until,
+                   last_full_audit_at = coalesce(EXCLUDED.last_full_audit_at,
+                                                 series_state.last_full_audit_at)""",
             series_id, status, first_ts, last_ts, missing_bars, confirmed_empty_bars,
-            expected_bars, audited_at, audited_until,
+            expected_bars, audited_at, audited_until, purged_at, full,
         )  # fmt: skip
 
 
