@@ -202,7 +202,8 @@ class Daemon:
         assert self._writer is not None
         started = time.monotonic()
         healer = self._healer()
-        audits = await healer.audit()
+        at = clock.now()  # both audits judge the same instant
+        audits = await healer.audit(at=at)
         repairers = {
             name: Repairer(rt.codec.limits, rt.backfiller.run_job)
             for name, rt in self.runtimes.items()
@@ -210,7 +211,8 @@ class Daemon:
         report = await healer.repair(repairers, audits, max_fills=self.config.healing.max_fills)
         if report.requests:
             await self._writer.drain()  # repaired bars must be stored before the re-audit
-            repaired = {a.key: a for a in await healer.audit([a.key for a in audits if a.gaps])}
+            again = [a.key for a in audits if a.gaps]
+            repaired = {a.key: a for a in await healer.audit(again, at=at)}
             audits = [repaired.get(a.key, a) for a in audits]
         seconds = time.monotonic() - started
         metrics.heal_cycle_seconds.observe(seconds)
