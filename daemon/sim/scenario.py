@@ -24,7 +24,9 @@ symbol = "BTCUSDT"
 listed = "-2h"                 # listing time (default 2017-08-17T04:00Z): the first bar
                                # of each timeframe is the one holding it
 profile = "EQUITY"             # CRYPTO (default, 24/7), EQUITY, FUTURES or FOREX: bars
-calendar = "XNYS"              # exist only where they overlap the calendar's sessions
+calendar = "XNYS"              # exist only where they overlap the calendar's sessions, taken
+                               # from the simulator's own table (daemon/sim/sessions.py:
+                               # XNYS or NYSE, CME_Equity; sessions dated 2023-2027)
 illiquid = 0.1                 # fraction of bars without trades: sparse venues skip them
 
 [[maintenance]]                # bars lying wholly inside the window are not published
@@ -86,10 +88,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from daemon.calendars import validate_calendar
 from daemon.domain import DataProfile
 from daemon.domain.timeframe import require_utc
 from daemon.fetch import MAX_BODY
+from daemon.sim.sessions import calendar_name
 from daemon.sim.truth import Maintenance, Market
 
 T = TypeVar("T")
@@ -216,7 +218,7 @@ def _market(table: _Table) -> Market:
     illiquid = table.number("illiquid", 0.0)
     try:
         profile = DataProfile(profile_name)
-        validate_calendar(profile, calendar)
+        calendar_name(profile, calendar)  # only calendars the session table knows
     except ValueError as exc:
         raise ScenarioError(f"{table.path}: {exc}") from None
     if not 0.0 <= illiquid < 1.0:

@@ -12,17 +12,15 @@ one closed, on every timeframe. Wicks and volume are hashed per bar.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
-from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from daemon.calendars import expected_ranges
 from daemon.domain import Candle, DataProfile, SeriesKey, Timeframe
 from daemon.domain.timeframe import EPOCH, require_utc
+from daemon.sim import sessions
 
 _MASK = (1 << 64) - 1
 _SIGMA = 1e-4  # relative volatility per sqrt(second)
@@ -54,24 +52,13 @@ class Market:
     illiquid: float = 0.0  # fraction of bars without trades (sparse venues publish none)
 
     def has_bar(self, tf: Timeframe, open_ts: datetime) -> bool:
-        """A bar is published iff it overlaps a session (the healer's rule too)."""
-        if self.profile == DataProfile.CRYPTO:
-            return True
-        week = int(_seconds(open_ts) // _WEEK_S)
-        starts, ends = _week_grid(self, tf, week)
-        i = bisect_right(starts, open_ts) - 1
-        return i >= 0 and open_ts < ends[i]
+        """A bar is published iff it overlaps a session (the healer's rule too).
 
-
-_WEEK_S = 7 * 86_400
-
-
-@functools.lru_cache(maxsize=1024)
-def _week_grid(market: Market, tf: Timeframe, week: int) -> tuple[list[datetime], list[datetime]]:
-    """The expected-bar ranges of one week, cached: truth asks bar by bar."""
-    start = EPOCH + timedelta(seconds=week * _WEEK_S)
-    found = expected_ranges(market.profile, market.calendar, tf, start, start + timedelta(days=7))
-    return [a for a, _ in found], [b for _, b in found]
+        Sessions come from the simulator's hand-checked table, never from the
+        daemon's calendars, so a calendar bug shows up as a difference.
+        """
+        name = sessions.calendar_name(self.profile, self.calendar)
+        return sessions.has_bar(name, tf, open_ts)
 
 
 _ALWAYS = Market()
