@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
+import pytest
+from aiohttp import web
 
-from daemon.domain import SeriesKey
-from daemon.sim.truth import Truth
+from daemon import clock
+from daemon.domain import Candle, SeriesKey
+from daemon.sim.personality import Personality
+from daemon.sim.server import SimExchange
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+
+def pinned(instant: datetime, monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Run at `instant`: the daemon and CLI processes started after this (they
+    inherit os.environ) read it as now, and so does the returned clock, for the
+    in-process simulator and the test. Both then run on with the wall clock."""
+    offset = clock.offset_for(instant)
+    monkeypatch.setenv(clock.OFFSET_ENV, repr(offset))
+    shift = timedelta(seconds=offset)
+    return lambda: datetime.now(UTC) + shift
+
+
+def at(text: str) -> datetime:
+    """An instant written `2026-11-27T17:20:30Z`."""
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def venue_toml(
@@ -98,7 +119,8 @@ async def stop(proc: asyncio.subprocess.Process, within: float = 30.0) -> int:
 
 async def repair_pass(config: Path, dsn: str, log_dir: Path) -> None:
     """One `candled repair` pass (the heal cycle the daemon would run next);
-    its output goes to `log_dir/repair.log`. Exit 1 (series not OK) is no error."""
+    its output goes to `log_dir/repair.log`. It must end with every series OK
+    (exit 0): a series left DEGRADED or STALE fails the test here."""
     env = {**os.environ, "CANDLED_DATABASE_URL": dsn}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "daemon", "repair", "--config", str(config),
@@ -107,16 +129,97 @@ async def repair_pass(config: Path, dsn: str, log_dir: Path) -> None:
     async with asyncio.timeout(120):
         out, _ = await proc.communicate()
     (log_dir / "repair.log").write_bytes(out)
-    assert proc.returncode in (0, 1), out.decode()[-2000:]
+    assert proc.returncode == 0, out.decode()[-2000:]
 
 
-async def wait_until(check: Callable[[], Awaitable[T]], within: float = 60) -> T:
+async def wait_until(check: Callable[[], Awaitable[T | None]], within: float = 60) -> T:
     """Poll `check` every 0.5 s until it returns something true; a hang past
     `within` seconds raises TimeoutError."""
     async with asyncio.timeout(within):
         while not (result := await check()):
             await asyncio.sleep(0.5)
         return result
+
+
+def tail(log: Path, chars: int = 3000) -> str:
+    """The end of a log, for an assertion's message."""
+    return log.read_text(errors="replace")[-chars:]
+
+
+def log_events(log: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a daemon's log (others, e.g. a traceback, skipped)."""
+    events = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+async def wait_for_event(
+    log: Path, event: str, proc: asyncio.subprocess.Process | None = None, within: float = 90
+) -> dict[str, Any]:
+    """Wait until the daemon logs `event` (a process that exits meanwhile fails)."""
+
+    async def logged() -> dict[str, Any] | None:
+        if proc is not None and proc.returncode is not None:
+            raise AssertionError(f"the daemon exited ({proc.returncode}): {tail(log)}")
+        return next((e for e in log_events(log) if e.get("event") == event), None)
+
+    return await wait_until(logged, within)
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    """One request the simulator answered, with its times by the simulator's clock."""
+
+    at: datetime  # arrived
+    answered: datetime
+    path: str
+    params: Mapping[str, str]
+    status: int
+
+
+class _Recording:
+    """A personality whose every route also appends to a request log."""
+
+    def __init__(self, inner: Personality, now: Clock, log: list[SimRequest]) -> None:
+        self._inner = inner
+        self._now = now
+        self._log = log
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.RouteDef(r.method, r.path, self._wrap(r.handler), r.kwargs)
+                for r in self._inner.routes()]  # fmt: skip
+
+    def _wrap(self, handler: Any) -> Any:
+        async def recorded(request: web.Request) -> web.StreamResponse:
+            arrived = self._now()
+            response: web.StreamResponse = await handler(request)
+            self._log.append(SimRequest(arrived, self._now(), request.path,
+                                        dict(request.query), response.status))  # fmt: skip
+            return response
+
+        return recorded
+
+
+def record_requests(sim: SimExchange, now: Clock) -> list[SimRequest]:
+    """The requests `sim` answers from now on, in the order answered (call
+    before `sim.start`; `now` is the clock the simulator was given)."""
+    requests: list[SimRequest] = []
+    sim.personality = _Recording(sim.personality, now, requests)
+    return requests
+
+
+class Bars(Protocol):
+    """The simulator's truth, or a view of it as a venue publishes it."""
+
+    def candles(
+        self, series: SeriesKey, start: datetime, end: datetime, now: datetime, *, sparse: bool
+    ) -> list[Candle]: ...
 
 
 @dataclass(frozen=True)
@@ -143,7 +246,7 @@ class StoreDiff:
 
 async def compare_with_truth(
     conn: asyncpg.Connection,
-    truth: Truth,
+    truth: Bars,
     key: SeriesKey,
     lo: datetime,
     hi: datetime,

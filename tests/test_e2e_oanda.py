@@ -1,25 +1,33 @@
 """End to end on the OANDA personality: the daemon process backfills a FOREX
-series across the most recent weekend, polls its live bars (OANDA has no
-candle stream), and after one heal cycle the store equals the simulator's
+series whose lookback holds a whole FX weekend, polls its live bars (OANDA has
+no candle stream), and after one heal cycle the store equals the simulator's
 truth and the series is OK: the closed FX market is no hole, and minutes
-without a price (no candle on OANDA) are confirmed empty."""
+without a price (no candle on OANDA) are confirmed empty.
+
+It runs at pinned market instants (tests.daemon_proc.pinned), so it proves
+the same at every hour: the FX Sunday open (the first bar of the week comes
+only by the poll) and a minute inside the week."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from daemon import clock
 from daemon.domain import Candle, SeriesKey
 from daemon.sim import SimExchange, Truth, parse_scenario
 from daemon.sim.oanda import SIM_TOKEN
 from daemon.sim.oanda_wire import as_published
+from daemon.venues.oanda import parse_time
 from tests.daemon_proc import (
+    SimRequest,
+    at,
     compare_with_truth,
+    pinned,
+    record_requests,
+    repair_pass,
     running_daemon,
     series_toml,
     stop,
@@ -27,16 +35,26 @@ from tests.daemon_proc import (
     wait_until,
     write_config,
 )
-from tests.test_e2e_collection import repair_pass
 
 KEY = SeriesKey("oanda", "EUR_USD", "1m")
 SIM_KEY = SeriesKey("sim", "EUR_USD", "1m")
+TF = KEY.tf
 # Eight days always hold one whole weekend (Friday 17:00 to Sunday 17:00 New York).
 LOOKBACK = timedelta(days=8)
+POLL_DELAY = timedelta(seconds=1)
 SCENARIO = {
     "seed": 21,
     "symbols": [{"symbol": "EUR_USD", "listed": "-60d", "profile": "FOREX", "illiquid": 0.01}],
 }
+# 40 s into a minute: the catch-up (three requests) is done long before the
+# bar in progress closes, so that bar comes by the poll alone.
+INSTANTS = [
+    # Sunday 17:00:40 New York: the market opened 40 s ago; the bar in progress
+    # is the week's first, the lookback ends with the weekend.
+    pytest.param(at("2026-11-29T22:00:40Z"), id="sunday-open"),
+    # Wednesday mid-morning in New York: an ordinary minute of the week.
+    pytest.param(at("2026-11-25T14:30:40Z"), id="midweek"),
+]
 
 
 class AsPublished:
@@ -52,62 +70,89 @@ class AsPublished:
         return [as_published(c) for c in bars]
 
 
+def _window(request: SimRequest) -> tuple[datetime, datetime]:
+    """The bars [first, end) a candles request asked for (`to` is a
+    microsecond before the end, as the codec writes it)."""
+    return parse_time(request.params["from"]), parse_time(request.params["to"]) + timedelta(
+        microseconds=1
+    )
+
+
+def _candle_requests(requests: list[SimRequest]) -> list[SimRequest]:
+    return [r for r in requests if r.path.endswith("/candles")]
+
+
+@pytest.mark.parametrize("instant", INSTANTS)
 @pytest.mark.timeout(180)
-async def test_forex_series_across_a_weekend_ends_ok(tsdb_dsn: str, tmp_path: Path) -> None:
-    tf = KEY.tf
-    # The bar in progress when the daemon starts is the first one it polls.
-    # Starting 10 s or more before that bar closes leaves the catch-up (three
-    # requests for what has closed; about 2 s) done by then: only the poll
-    # can fetch the bar.
-    while clock.now().second >= 50:
-        await asyncio.sleep(0.5)
-    sim = SimExchange(parse_scenario(SCENARIO, clock.now()), protocol="oanda")
+async def test_forex_series_polled_at_a_pinned_instant_ends_ok(
+    instant: datetime, tsdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = pinned(instant, monkeypatch)
+    sim = SimExchange(parse_scenario(SCENARIO, now()), clock=now, protocol="oanda")
+    requests = record_requests(sim, now)
+    # The instant is chosen so that its minute has a price: the poll has a bar to fetch.
+    assert sim.truth.candles(SIM_KEY, TF.floor(instant), TF.next(instant), TF.next(instant),
+                             sparse=True)  # fmt: skip
     _, port = await sim.start("127.0.0.1", 0)
     conn: asyncpg.Connection | None = None
     try:
         token = tmp_path / "oanda.token"
         token.write_text(SIM_TOKEN + "\n")
         body = venue_toml("oanda", port, kind="oanda", api_key_file=f'"{token}"',
-                          poll_delay='"1s"')  # fmt: skip
+                          poll_delay=f'"{POLL_DELAY.seconds}s"')  # fmt: skip
         body += series_toml("oanda", [KEY.symbol], [KEY.timeframe], profile='"FOREX"',
                             lookback=f'"{LOOKBACK.days}d"')  # fmt: skip
         config = write_config(tmp_path, body)
-        started = clock.now()
-        polled = tf.floor(started)
-        polled_close = tf.next(polled)
-        # The market may be closed (a weekend) or the minute may have had no price.
-        expect_poll = bool(sim.truth.candles(SIM_KEY, polled, polled_close, polled_close,
-                                             sparse=True))  # fmt: skip
-        async with running_daemon(config, tsdb_dsn, tmp_path / "daemon.log") as proc:
+        log = tmp_path / "daemon.log"
+        started = now()
+        async with running_daemon(config, tsdb_dsn, log) as proc:
             conn = await asyncpg.connect(tsdb_dsn)
-            if expect_poll:
 
-                async def polled_bar_stored() -> bool:
-                    try:
-                        return bool(await conn.fetchval(
-                            "SELECT count(*) FROM candles WHERE venue = 'oanda' AND ts = $1",
-                            polled,
-                        ))  # fmt: skip
-                    except asyncpg.UndefinedTableError:
-                        return False  # not migrated yet
+            def polls() -> list[SimRequest]:
+                # Requests for bars none of which had closed when the daemon
+                # started: the catch-up asks only for closed ones (up to its
+                # start), the daemon's first heal cycle for settled ones.
+                return [r for r in _candle_requests(requests)
+                        if _window(r)[0] >= TF.floor(started)]  # fmt: skip
 
-                await wait_until(polled_bar_stored, within=90)
-            else:
-                wait = polled_close + timedelta(seconds=4) - clock.now()
-                await asyncio.sleep(wait.total_seconds())
-            assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            async def a_polled_bar_stored() -> datetime | None:
+                assert proc.returncode is None, log.read_text()[-3000:]
+                for r in polls():
+                    first, end = _window(r)
+                    stored = await _stored(conn, first, end)
+                    if stored:
+                        return stored[0]
+                return None
+
+            await wait_until(a_polled_bar_stored, within=120)
+            stopped = now()
             assert await stop(proc) == 0
+        polled = polls()
         # Only what OANDA answers with 200: no bad parameter, no `to` in the
         # future, no missing token, never over the rate limit.
         assert set(sim.counters.requests_by_status) == {200}, sim.counters.requests_by_status
-        await repair_pass(config, tsdb_dsn, tmp_path)
 
+        # Every bar from the first polled one on that closed while the daemon
+        # ran (and its poll was due) was asked for only after it closed, by a
+        # poll, and is stored.
+        first_polled = min(_window(r)[0] for r in polled)
+        assert first_polled <= TF.next(TF.floor(started)), "the poll started late"
+        due = TF.floor(stopped - POLL_DELAY)
+        truth_bars = sim.truth.candles(SIM_KEY, first_polled, due, due, sparse=True)
+        assert truth_bars, "no bar with a price closed during the run"
+        for bar in truth_bars:
+            close = TF.close_time(bar.ts)
+            asked = [r for r in polled if _window(r)[0] <= bar.ts < _window(r)[1]]
+            assert asked and all(r.at >= close for r in asked), (bar.ts, asked)
+        assert set(await _stored(conn, first_polled, due)) == {c.ts for c in truth_bars}
+
+        await repair_pass(config, tsdb_dsn, tmp_path)
         # The daemon took its lookback a moment after `started`.
-        lo, hi = tf.next(started - LOOKBACK), polled_close
+        lo, hi = TF.next(started - LOOKBACK), due
         diff = await compare_with_truth(conn, AsPublished(sim.truth), KEY, lo, hi, sparse=True)
         assert diff.equal, str(diff)
         # The window held a closed FX weekend: 47 to 48 hours (DST) without a bar.
-        assert tf.count_bars(lo, hi) - diff.expected >= 47 * 60
+        assert TF.count_bars(lo, hi) - diff.expected >= 47 * 60
         status = await conn.fetchrow(
             "SELECT status, missing_bars FROM series_status"
             " WHERE venue = 'oanda' AND symbol = $1 AND timeframe = $2",
@@ -120,3 +165,16 @@ async def test_forex_series_across_a_weekend_ends_ok(tsdb_dsn: str, tmp_path: Pa
         if conn is not None:
             await conn.close()
         await sim.stop()
+
+
+async def _stored(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[datetime]:
+    """Open times of the stored bars in [start, end)."""
+    try:
+        rows = await conn.fetch(
+            "SELECT ts FROM candles WHERE venue = $1 AND symbol = $2 AND timeframe = $3"
+            " AND ts >= $4 AND ts < $5 ORDER BY ts",
+            KEY.venue, KEY.symbol, KEY.timeframe, start, end,
+        )  # fmt: skip
+    except asyncpg.UndefinedTableError:
+        return []  # not migrated yet
+    return [r["ts"] for r in rows]
