@@ -8,9 +8,11 @@ import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from daemon import sdnotify
 from daemon.health import HealthFacts, SeriesHealth, VenueHealth, assess
 from daemon.sdnotify import Notifier
 from daemon.supervisor import Supervisor
@@ -91,18 +93,33 @@ def test_notifier_without_systemd_is_a_noop() -> None:
     assert not n.enabled and not n.ready("x") and n.watchdog_interval_s is None
 
 
-async def test_watchdog_pings_at_half_the_interval(notify_socket: socket.socket) -> None:
+async def test_watchdog_pings_at_half_the_interval(
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "200000",
            "WATCHDOG_PID": str(os.getpid())}  # fmt: skip
     n = Notifier(env)
     assert n.watchdog_interval_s == pytest.approx(0.1)
     assert Notifier({**env, "WATCHDOG_PID": "1"}).watchdog_interval_s is None
-    async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
+    # The loop's own sleeps, recorded: how long it waits between pings does
+    # not depend on how busy the machine is; how long it took, only upwards.
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(sdnotify, "asyncio", SimpleNamespace(sleep=sleep))
+    began = time.monotonic()
+    async with asyncio.timeout(5), asyncio.TaskGroup() as tg:  # only stops a hang
         task = tg.create_task(n.watchdog())
-        await asyncio.sleep(0.35)
+        while n.sent.count("WATCHDOG=1") < 4:
+            await real_sleep(0.005)
         task.cancel()
-    pings = n.sent.count("WATCHDOG=1")
-    assert 3 <= pings <= 5
+    assert time.monotonic() - began >= 3 * 0.1 - 0.01  # never faster
+    assert n.sent.count("WATCHDOG=1") == 4 and len(waits) == 3 + 1  # ping, wait, ...
+    assert waits == pytest.approx([0.1] * 4)
 
 
 def facts(**overrides: object) -> HealthFacts:
