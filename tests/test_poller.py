@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from daemon import clock
@@ -17,10 +18,12 @@ TWO_S = SeriesKey("coinbase", "ETH-USD", "1s")
 DELAY = timedelta(milliseconds=200)
 
 
-async def run_for(poller: Poller, seconds: float) -> None:
-    async with asyncio.timeout(seconds + 5), asyncio.TaskGroup() as tg:
+async def run_until(poller: Poller, done: Callable[[], bool], within: float = 30) -> None:
+    """Run the poller until `done()`; `within` seconds only stop a hang."""
+    async with asyncio.timeout(within), asyncio.TaskGroup() as tg:
         task = tg.create_task(poller.run())
-        await asyncio.sleep(seconds)
+        while not done():
+            await asyncio.sleep(0.05)
         task.cancel()
 
 
@@ -33,7 +36,9 @@ async def test_each_closed_bar_is_polled_once_after_its_close() -> None:
 
     started = clock.now()
     poller = Poller(run_job, lambda job: None, [ONE_S, TWO_S], DELAY)
-    await run_for(poller, 4.5)
+    await run_until(
+        poller, lambda: all(sum(j.series == k for j, _ in jobs) >= 3 for k in (ONE_S, TWO_S))
+    )
 
     for key in (ONE_S, TWO_S):
         windows = [(job.start, job.end) for job, _ in jobs if job.series == key]
@@ -60,7 +65,7 @@ async def test_a_failed_poll_becomes_a_hole_to_backfill_and_polling_goes_on() ->
         return JobResult(job, 0, 3, complete=not failing, error="FetchError" if failing else None)
 
     poller = Poller(run_job, submitted.append, [ONE_S], DELAY)
-    await run_for(poller, 3.5)
+    await run_until(poller, lambda: len(polled) >= 2)
 
     assert len(submitted) == 1
     hole = submitted[0]
@@ -80,11 +85,14 @@ async def test_series_added_and_removed_on_reload() -> None:
     poller = Poller(run_job, lambda job: None, [ONE_S], DELAY)
     async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
         task = tg.create_task(poller.run())
-        await asyncio.sleep(1.5)
+        while not polled:
+            await asyncio.sleep(0.05)
         poller.set_series([TWO_S])
         switched = clock.now()
         polled.clear()
-        await asyncio.sleep(3)
+        # Three bars of TWO_S polled: ONE_S's would have been too.
+        while sum(job.series == TWO_S for job in polled) < 3:
+            await asyncio.sleep(0.05)
         task.cancel()
     assert {job.series for job in polled} == {TWO_S}
     assert min(job.start for job in polled) >= TWO_S.tf.floor(switched)
