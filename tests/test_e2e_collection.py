@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,26 @@ from tests.daemon_proc import (
     venue_toml,
     write_config,
 )
+from tests.waiting import assert_series_ok, first_request, logged, until
 
 SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT", "EEEUSDT"]
 TIMEFRAMES = ["1s", "1m"]
+KEYS = [SeriesKey("binance", s, tf) for s in SYMBOLS for tf in TIMEFRAMES]
 LOOKBACK = {"1s": timedelta(days=1), "1m": timedelta(days=1)}
-RUN_S = 60
+LIVE_S = 10  # after the backfill: bars that only the live stream brings
+BACKFILL_BOUND_S = 480  # only stops a hang: a loaded machine may take minutes
+# The venue has nothing for BBBUSDT's maintenance: one empty answer (not three,
+# minutes apart) confirms it, so that a heal cycle can end with every series OK.
+HEALING = "\n[healing]\nconfirm_empty_after = 1\n"
+
+
+@dataclass(frozen=True)
+class Run:
+    sim: SimExchange
+    counters: SimCounters  # what the daemon made the venue do (no heal pass)
+    started: datetime  # just before the daemon process started
+    asked: datetime  # at or after its first REST request (lookback computed before)
+    stopped: datetime  # just before SIGTERM
 
 
 def scenario(faults: dict[str, Any] | None = None, weight: int = 6000) -> dict[str, Any]:
@@ -53,11 +70,15 @@ async def run_against(
     *,
     rate_capacity: int = 6000,
     idle_timeout: str | None = None,
-    run_s: float = RUN_S,
+    live_s: float = LIVE_S,
     heal_pass: bool = False,
     lookback: dict[str, timedelta] = LOOKBACK,
     align_to_minute: bool = False,
-) -> tuple[SimExchange, SimCounters, datetime, datetime]:
+    also: Callable[[SimCounters], bool] = lambda _: True,
+) -> Run:
+    """Run the daemon until its orchestrated backfill is done and audited (its
+    first "heal cycle done"), and `also(sim counters)` holds; then `live_s`
+    more seconds of live bars only, and SIGTERM."""
     sim = SimExchange(parse_scenario(sim_scenario, clock.now()))
     _, port = await sim.start("127.0.0.1", 0)
     try:
@@ -71,18 +92,22 @@ async def run_against(
             # Start early in a venue minute, so the first window holds the burst.
             while clock.now().second >= 40:
                 await asyncio.sleep(0.5)
-        config = write_config(tmp_path, body)
+        config = write_config(tmp_path, body + HEALING)
+        log = tmp_path / "daemon.log"
         started = clock.now()
-        async with running_daemon(config, dsn, tmp_path / "daemon.log") as proc:
-            await asyncio.sleep(run_s)
-            assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
+        async with running_daemon(config, dsn, log) as proc:
+            asked = await first_request(sim)
+            await logged(log, "heal cycle done", within=BACKFILL_BOUND_S, proc=proc)
+            await until(lambda: also(sim.counters), BACKFILL_BOUND_S, "the faults to fire")
+            await asyncio.sleep(live_s)  # bars that only the live stream brings
+            assert proc.returncode is None, log.read_text()[-3000:]
             stopped = clock.now()
             assert await stop(proc) == 0
         # What the daemon did, before a heal pass adds requests of its own.
         daemon_counters = copy.deepcopy(sim.counters)
         if heal_pass:
             await repair_pass(config, dsn, tmp_path)
-        return sim, daemon_counters, started, stopped
+        return Run(sim, daemon_counters, started, asked, stopped)
     finally:
         await sim.stop()
 
@@ -94,7 +119,14 @@ async def assert_store_equals_truth(
     stopped: datetime,
     settle_s: float = 3.0,
     lookback: dict[str, timedelta] = LOOKBACK,
+    *,
+    asked: datetime | None = None,
 ) -> None:
+    """The store equals the truth over each series' window, from its lookback
+    start to `settle_s` before the stop. The daemon computed its lookback
+    start between `started` and its first request (`asked`, when known;
+    otherwise 10 s after `started` is assumed)."""
+    asked = asked or started + timedelta(seconds=10)
     conn = await asyncpg.connect(dsn)
     try:
         for symbol in SYMBOLS:
@@ -110,9 +142,9 @@ async def assert_store_equals_truth(
                 assert len(stored) == len(rows), f"{key}: duplicates"
                 genesis = sim.truth.genesis(key)
                 assert genesis is not None
-                # The daemon computed its lookback start a moment after `started`;
-                # the last bars may still be on their way when it was stopped.
-                lo = max(genesis, tf.ceil(started - lookback[tf_text] + timedelta(seconds=10)))
+                # Every bar from the latest lookback start the daemon can have
+                # computed; the last bars may still be on their way at the stop.
+                lo = max(genesis, tf.floor(asked - lookback[tf_text]))
                 hi = tf.floor(stopped - timedelta(seconds=settle_s))
                 truth = {c.ts: (c.open, c.high, c.low, c.close, c.volume)
                          for c in sim.truth.candles(key, lo, hi, now=hi)}  # fmt: skip
@@ -143,14 +175,21 @@ async def assert_store_equals_truth(
         await conn.close()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 async def test_store_equals_truth_after_a_minute(tsdb_dsn: str, tmp_path: Path) -> None:
-    sim, counters, started, stopped = await run_against(scenario(), tmp_path, tsdb_dsn)
-    await assert_store_equals_truth(sim, tsdb_dsn, started, stopped)
-    assert counters.sent_429 == 0 and counters.sent_418 == 0
+    run = await run_against(scenario(), tmp_path, tsdb_dsn)
+    await assert_store_equals_truth(run.sim, tsdb_dsn, run.started, run.stopped, asked=run.asked)
+    assert run.counters.sent_429 == 0 and run.counters.sent_418 == 0
+    # The daemon's own audit after its backfill found every series complete.
+    await assert_series_ok(tsdb_dsn, KEYS)
 
 
-@pytest.mark.timeout(360)
+def faults_fired(c: SimCounters) -> bool:
+    return bool(c.http_errors_injected and c.ws_drops and c.closing_frames_lost
+                and c.ws_idle_periods)  # fmt: skip
+
+
+@pytest.mark.timeout(720)
 async def test_store_equals_truth_under_faults(tsdb_dsn: str, tmp_path: Path) -> None:
     faults = {
         "http_errors": {"every": 15, "burst": 3, "status": 503},
@@ -162,21 +201,22 @@ async def test_store_equals_truth_under_faults(tsdb_dsn: str, tmp_path: Path) ->
         "lost_closing_frames": {"every": 7},
     }
     # Our bucket thinks the venue allows 2000 a minute; it allows 300, less
-    # than the backfill needs (1s bars go back 6 h here, not 1 d, so that the
-    # run fits in two venue minutes). The first 429 must teach the throttle
-    # the real budget.
+    # than the backfill needs (1s bars go back 6 h here, not 1 d). The first
+    # 429 must teach the throttle the real budget.
     depth = {"1s": timedelta(hours=6), "1m": timedelta(days=1)}
-    sim, c, started, stopped = await run_against(
+    run = await run_against(
         scenario(faults, weight=300), tmp_path, tsdb_dsn, rate_capacity=2000, idle_timeout="5s",
-        run_s=120, heal_pass=True, lookback=depth, align_to_minute=True,
+        heal_pass=True, lookback=depth, align_to_minute=True, also=faults_fired,
     )  # fmt: skip
     # One heal pass (`candled repair`) ran after the stop, as the daemon's next
-    # cycle would: the backstop for holes the live path could not fetch within
-    # the budget before the stop. An audit leaves the last 30 s (SETTLE) for
-    # the next one, so judge bars up to 35 s before the stop.
-    await assert_store_equals_truth(sim, tsdb_dsn, started, stopped, settle_s=35, lookback=depth)
-    assert c.http_errors_injected > 0 and c.ws_drops > 0 and c.closing_frames_lost > 0
-    assert c.ws_idle_periods > 0
+    # cycle would: the backstop for holes the live path could not fetch before
+    # the stop. An audit leaves the last 30 s (SETTLE) for the next one, so
+    # judge bars up to 35 s before the stop.
+    await assert_store_equals_truth(run.sim, tsdb_dsn, run.started, run.stopped, settle_s=35,
+                                    lookback=depth, asked=run.asked)  # fmt: skip
+    await assert_series_ok(tsdb_dsn, KEYS)
+    c = run.counters
+    assert faults_fired(c)
     # Requests already in flight when the first 429 was sent get 429 too
     # (BATCH of them at most); nothing sent after it may be refused.
     assert c.sent_429 >= 1, "the scenario must make the daemon meet the venue's real budget"
@@ -184,7 +224,19 @@ async def test_store_equals_truth_under_faults(tsdb_dsn: str, tmp_path: Path) ->
     assert c.sent_418 == 0 and c.requests_during_ban == 0
 
 
-@pytest.mark.timeout(240)
+async def stored_series(dsn: str) -> int:
+    """How many of the configured series have at least one stored bar."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        n: int = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT DISTINCT symbol, timeframe FROM candles) s"
+        )
+        return n
+    finally:
+        await conn.close()
+
+
+@pytest.mark.timeout(600)
 async def test_kill_9_and_restart_lose_and_duplicate_nothing(tsdb_dsn: str, tmp_path: Path) -> None:
     """kill -9 mid-run, restart: the reconnect backfill and one heal pass
     bring back whatever was only in memory; nothing is duplicated."""
@@ -195,18 +247,27 @@ async def test_kill_9_and_restart_lose_and_duplicate_nothing(tsdb_dsn: str, tmp_
         body = venue_toml("binance", port)
         for tf, d in depth.items():
             body += series_toml("binance", SYMBOLS, [tf], lookback=f'"{d.seconds // 3600}h"')
-        config = write_config(tmp_path, body)
+        config = write_config(tmp_path, body + HEALING)
         started = clock.now()
         async with running_daemon(config, tsdb_dsn, tmp_path / "first.log") as proc:
-            await asyncio.sleep(15)
+            asked = await first_request(sim)
+
+            # Mid-run: something of every series is stored (and more in flight).
+            async def all_stored() -> bool:
+                return await stored_series(tsdb_dsn) == len(KEYS)
+
+            await until(all_stored, BACKFILL_BOUND_S, "bars of every series")
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
         await asyncio.sleep(5)  # bars close while nothing runs
-        async with running_daemon(config, tsdb_dsn, tmp_path / "second.log") as proc:
-            await asyncio.sleep(20)
+        second = tmp_path / "second.log"
+        async with running_daemon(config, tsdb_dsn, second) as proc:
+            await logged(second, "heal cycle done", within=BACKFILL_BOUND_S, proc=proc)
             stopped = clock.now()
             assert await stop(proc) == 0
         await repair_pass(config, tsdb_dsn, tmp_path)
-        await assert_store_equals_truth(sim, tsdb_dsn, started, stopped, lookback=depth)
+        await assert_store_equals_truth(sim, tsdb_dsn, started, stopped, lookback=depth,
+                                        asked=asked)  # fmt: skip
+        await assert_series_ok(tsdb_dsn, KEYS)
     finally:
         await sim.stop()
