@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from daemon import clock, logs, metrics
@@ -29,6 +30,8 @@ from daemon.supervisor import Supervisor
 from daemon.venue_runtime import VenueRuntime
 
 log = logs.get("candled")
+# A reload waits this long for the database to record the new series.
+_RELOAD_DB_TIMEOUT_S = 10.0
 
 
 def _by_venue(config: Config) -> dict[str, list[SeriesSpec]]:
@@ -112,19 +115,24 @@ class Daemon:
             try:
                 async with asyncio.TaskGroup() as tg:
                     sup = self._supervisor = Supervisor(tg)
-                    await self.health.start(*self.config.daemon.health_addr)
-                    sup.start("writer", writer.run)
-                    sup.start("reporter", self._report)
-                    sup.start("watchdog", self.notifier.watchdog)
-                    sup.start("healer", self._heal_loop)
-                    for venue in self.config.venues:
-                        self._start_venue(venue.name)
-                    self.notifier.ready(self._status_line())
-                    log.info("candled running", venues=len(self.runtimes),
-                             series=len(self.config.series_specs()),
-                             health=self.health.address)  # fmt: skip
-                    await self._serve()
-                    await self._shutdown(sup, writer)
+                    try:
+                        await self.health.start(*self.config.daemon.health_addr)
+                        sup.start("writer", writer.run)
+                        sup.start("reporter", self._report)
+                        sup.start("watchdog", self.notifier.watchdog)
+                        sup.start("healer", self._heal_loop)
+                        for venue in self.config.venues:
+                            self._start_venue(venue.name)
+                        self.notifier.ready(self._status_line())
+                        log.info("candled running", venues=len(self.runtimes),
+                                 series=len(self.config.series_specs()),
+                                 health=self.health.address)  # fmt: skip
+                        await self._serve()
+                    finally:
+                        # Every way out writes or spools what the writer holds:
+                        # a stop signal, an error raised here, or a child whose
+                        # crash escaped the supervisor (the group cancels us).
+                        await self._shutdown(sup, writer)
             finally:
                 await self.health.stop()
                 spool.close()
@@ -227,17 +235,49 @@ class Daemon:
     # --- reload ----------------------------------------------------------------
 
     async def reload(self) -> None:
-        """Re-read the config; keep the old one if the new one is invalid."""
+        """Re-read the config and apply only the difference. Never raises and
+        never ends the daemon: what went wrong is in the log and in /health
+        (`config.last_reload`).
+
+        A config that cannot be loaded, or a database that cannot record its
+        series, leaves everything as it was (the running config is kept).
+        Once the series are recorded the new config is the running one; a
+        venue whose in-place update fails is restarted from it, and a health
+        address that cannot be bound stays the old one (and is the running
+        config's), so every part runs what `self.config` says."""
         self.notifier.reloading()
+        try:
+            self.last_reload = await self._reload()
+        except Exception as e:  # a bug: report it, keep serving
+            self.last_reload = f"reload failed: {e!r}"
+            log.error("config reload failed", error=repr(e), exc_info=True)
+        finally:
+            self.notifier.ready(self._status_line())
+
+    async def _reload(self) -> str:
+        """`reload`'s work; returns its outcome for /health ("ok" when all applied)."""
+        assert self._db is not None
         try:
             new = load_config(self.config.source)
         except ConfigError as e:
-            self.last_reload = str(e)
             log.error("config reload failed; keeping the running config", error=str(e))
-            self.notifier.ready(self._status_line())
-            return
+            return str(e)
+        except Exception as e:  # unreadable in a way load_config did not foresee
+            log.error("config reload failed; keeping the running config", error=repr(e))
+            return f"cannot load {self.config.source}: {e!r}"
+        specs = new.series_specs()
+        try:
+            async with asyncio.timeout(_RELOAD_DB_TIMEOUT_S), self._db.pool.acquire() as conn:
+                await sync_configured(conn, {k: (s.profile, s.calendar) for k, s in specs.items()})
+        except UNAVAILABLE as e:
+            # sync_configured is one transaction: the store is as it was too.
+            log.error("config reload failed: the database did not record the series; keeping"
+                      " the running config", error=repr(e))  # fmt: skip
+            return f"database did not record the series ({e!r}); running config kept"
         diff = self.config.diff(new)
         old, self.config = self.config, new
+        self.loaded_at = clock.now()
+        problems: list[str] = []
         if diff.database_changed:
             log.warning("[database] changes take effect at the next restart")
         if (
@@ -245,36 +285,63 @@ class Daemon:
             or old.daemon.log_format != new.daemon.log_format
         ):
             logs.configure(new.daemon.log_level, new.daemon.log_format)
+        problems += await self._apply_venues(old, new)
         if old.daemon.health_listen != new.daemon.health_listen:
-            await self.health.stop()
-            await self.health.start(*new.daemon.health_addr)
-        await self._sync_series()
-        for name in diff.venues_removed:
-            await self._stop_venue(name)
-        grouped = _by_venue(new)
-        for name in diff.venues_changed:
-            before, after = old.venue(name), new.venue(name)
-            if (before.kind, before.rest_url, before.ws_url) != (
-                after.kind,
-                after.rest_url,
-                after.ws_url,
-            ):
-                await self._stop_venue(name)
-                self._start_venue(name)
-            else:
-                self.runtimes[name].configure(after)
-        for name, runtime in self.runtimes.items():
-            if name not in diff.venues_added:
-                await runtime.set_series(grouped[name])
-        for name in diff.venues_added:
-            self._start_venue(name)
-        self.loaded_at = clock.now()
-        self.last_reload = "ok"
+            problems += await self._rebind_health(old)
         log.info("config reloaded", venues_added=diff.venues_added,
                  venues_removed=diff.venues_removed, venues_changed=diff.venues_changed,
                  series_added=[str(k) for k in diff.series_added],
-                 series_removed=[str(k) for k in diff.series_removed])  # fmt: skip
-        self.notifier.ready(self._status_line())
+                 series_removed=[str(k) for k in diff.series_removed],
+                 problems=problems)  # fmt: skip
+        return "ok" if not problems else "applied, but " + "; ".join(problems)
+
+    async def _apply_venues(self, old: Config, new: Config) -> list[str]:
+        """Bring the venue runtimes to `new` (already the running config); a
+        venue whose update fails is restarted from it."""
+        diff = old.diff(new)
+        grouped = _by_venue(new)
+        problems = []
+        for name in diff.venues_removed:
+            await self._stop_venue(name)
+        for name in [n for n in self.runtimes if n not in diff.venues_added]:
+            before, after = old.venue(name), new.venue(name)
+            try:
+                if name not in diff.venues_changed:
+                    await self.runtimes[name].set_series(grouped[name])
+                elif (before.kind, before.rest_url, before.ws_url) != (
+                    after.kind, after.rest_url, after.ws_url,
+                ):  # fmt: skip
+                    await self._stop_venue(name)
+                    self._start_venue(name)
+                else:
+                    self.runtimes[name].configure(after)
+                    await self.runtimes[name].set_series(grouped[name])
+            except Exception as e:
+                log.error("venue update failed on reload; restarting it on the new config",
+                          venue=name, error=repr(e))  # fmt: skip
+                problems.append(f"venue {name} restarted after its update failed: {e!r}")
+                await self._stop_venue(name)
+                self._start_venue(name)
+        for name in diff.venues_added:
+            self._start_venue(name)
+        return problems
+
+    async def _rebind_health(self, old: Config) -> list[str]:
+        """Serve /health on the new address; where it cannot be bound, on the
+        old one again, which the running config then keeps."""
+        await self.health.stop()
+        try:
+            await self.health.start(*self.config.daemon.health_addr)
+            return []
+        except OSError as e:
+            await self.health.start(*old.daemon.health_addr)
+            kept, wanted = old.daemon.health_listen, self.config.daemon.health_listen
+            self.config = replace(
+                self.config, daemon=replace(self.config.daemon, health_listen=kept)
+            )
+            log.error("cannot serve /health on the new address; still on the old one",
+                      health_listen=wanted, error=repr(e))  # fmt: skip
+            return [f"daemon.health_listen: cannot listen on {wanted} ({e!r}); still on {kept}"]
 
     # --- reporting -------------------------------------------------------------
 

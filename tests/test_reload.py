@@ -1,0 +1,220 @@
+"""SIGHUP never ends the daemon: a config that cannot be read or decoded, or
+a database that is down while the reload syncs the series, keeps the running
+config, says why in /health and the log, and the process goes on. Whatever
+ends the daemon, buffered candles are written or spooled first."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from daemon import clock
+from daemon.app import Daemon
+from daemon.config import load_config
+from daemon.domain import SeriesKey
+from daemon.sim.scenario import parse_scenario
+from daemon.sim.server import SimExchange
+from daemon.store.cluster import PostgresCluster
+from daemon.store.spool import Spool
+from tests import pg
+from tests.daemon_proc import (
+    running_daemon,
+    series_toml,
+    stop,
+    venue_toml,
+    wait_until,
+    write_config,
+)
+from tests.pg import free_port
+
+AAA = SeriesKey("binance", "AAAUSDT", "1s")
+
+
+@pytest.fixture
+def cluster() -> Iterator[PostgresCluster]:
+    """A cluster of the test's own: stopped mid-run."""
+    with pg.own_cluster("reload") as own:
+        yield own
+
+
+async def started_sim() -> tuple[SimExchange, int]:
+    sim = SimExchange(parse_scenario({"symbols": [
+        {"symbol": s, "listed": "-1d"} for s in ("AAAUSDT", "BBBUSDT")
+    ]}, clock.now()))  # fmt: skip
+    _, port = await sim.start("127.0.0.1", 0)
+    return sim, port
+
+
+def body(sim_port: int, symbols: list[str], interval: str = '"15m"') -> str:
+    """The config below [daemon]: live 1s bars of `symbols`."""
+    return (f"[healing]\ninterval = {interval}\n" + venue_toml("binance", sim_port)
+            + series_toml("binance", symbols, ["1s"], lookback='"5m"'))  # fmt: skip
+
+
+async def health(session: aiohttp.ClientSession, port: int) -> dict[str, Any] | None:
+    """The /health document, or None while nothing answers."""
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/health") as r:
+            doc: dict[str, Any] = await r.json()
+            return doc
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+def symbols_of(doc: dict[str, Any]) -> set[str]:
+    return {s["symbol"] for s in doc["series"]}
+
+
+async def last_bar(session: aiohttp.ClientSession, port: int) -> datetime | None:
+    doc = await health(session, port)
+    last = doc and next((s["last_ts"] for s in doc["series"] if s["symbol"] == "AAAUSDT"), None)
+    return datetime.fromisoformat(last) if last else None
+
+
+async def still_streaming(session: aiohttp.ClientSession, port: int) -> None:
+    """AAAUSDT's newest stored bar moves on: the running config still runs."""
+    before = await wait_until(lambda: last_bar(session, port))
+
+    async def moved() -> bool:
+        last = await last_bar(session, port)
+        return last is not None and last > before
+
+    await wait_until(moved, within=30)
+
+
+@pytest.mark.timeout(180)
+async def test_a_config_that_cannot_be_read_keeps_the_running_one(
+    tsdb_dsn: str, tmp_path: Path
+) -> None:
+    sim, sim_port = await started_sim()
+    hport = free_port()
+    path = write_config(tmp_path, body(sim_port, ["AAAUSDT"]), health_port=hport)
+    good = path.read_bytes()
+    log = tmp_path / "daemon.log"
+    try:
+        async with running_daemon(path, tsdb_dsn, log) as proc, aiohttp.ClientSession() as session:
+            await still_streaming(session, hport)
+            # Each would add BBBUSDT, if it could be read.
+            bad = {
+                "series[0].symbols[1]": path.read_bytes().replace(b'"AAAUSDT"',
+                                                                  b'"AAAUSDT", "BBB\xffUSDT"'),
+                "healing.interval": write_config(
+                    tmp_path, body(sim_port, ["AAAUSDT", "BBBUSDT"], '"999999999w"'),
+                    health_port=hport,
+                ).read_bytes(),
+            }  # fmt: skip
+            for key, text in bad.items():
+                path.write_bytes(text)
+                proc.send_signal(signal.SIGHUP)
+
+                async def reported(key: str = key) -> dict[str, Any] | None:
+                    assert proc.returncode is None, log.read_text()[-3000:]
+                    doc = await health(session, hport)
+                    return doc if doc and key in doc["config"]["last_reload"] else None
+
+                doc = await wait_until(reported, within=30)
+                assert proc.returncode is None
+                assert any(r.startswith("last config reload failed") for r in doc["reasons"])
+                assert symbols_of(doc) == {"AAAUSDT"}
+                await still_streaming(session, hport)
+            # A readable config still reloads.
+            path.write_bytes(good.replace(b'"AAAUSDT"', b'"AAAUSDT", "BBBUSDT"'))
+            proc.send_signal(signal.SIGHUP)
+
+            async def reloaded() -> dict[str, Any] | None:
+                doc = await health(session, hport)
+                return doc if doc and doc["config"]["last_reload"] == "ok" else None
+
+            assert symbols_of(await wait_until(reloaded, within=30)) == {"AAAUSDT", "BBBUSDT"}
+            assert await stop(proc) == 0
+        text = log.read_text()
+        assert text.count("config reload failed") == 2
+        assert "unhandled errors" not in text and '"event": "stopped"' in text
+    finally:
+        await sim.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_a_reload_while_the_database_is_down_keeps_running_and_loses_nothing(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    sim, sim_port = await started_sim()
+    hport = free_port()
+    path = write_config(tmp_path, body(sim_port, ["AAAUSDT"]), health_port=hport)
+    log = tmp_path / "daemon.log"
+    try:
+        async with running_daemon(path, cluster.dsn, log) as proc, \
+                aiohttp.ClientSession() as session:  # fmt: skip
+            await still_streaming(session, hport)
+            await asyncio.to_thread(cluster.stop)
+            down_at = clock.now()
+            # A valid config (BBBUSDT added) that needs the database to apply.
+            write_config(tmp_path, body(sim_port, ["AAAUSDT", "BBBUSDT"]), health_port=hport)
+            proc.send_signal(signal.SIGHUP)
+
+            async def reported() -> dict[str, Any] | None:
+                assert proc.returncode is None, log.read_text()[-3000:]
+                doc = await health(session, hport)
+                return doc if doc and doc["config"]["last_reload"] != "ok" else None
+
+            doc = await wait_until(reported, within=60)
+            assert "database" in doc["config"]["last_reload"], doc["config"]
+            assert symbols_of(doc) == {"AAAUSDT"}, "the running config is kept"
+            assert proc.returncode is None, log.read_text()[-3000:]
+            # Live bars keep arriving, into the writer's buffer, for a while.
+            await asyncio.sleep(max(0.0, 10 - (clock.now() - down_at).total_seconds()))
+            stopped_at = clock.now()
+            assert await stop(proc) == 0
+        text = log.read_text()
+        assert '"event": "stopped"' in text and "unhandled errors" not in text
+        with Spool(tmp_path / "state" / "spool") as spool:
+            spooled = {c.ts for _, batch in spool.replay() for c in batch if c.series == AAA}
+        # Every bar closed during the outage was buffered, and is on disk now.
+        expected = set()
+        ts = AAA.tf.floor(down_at) + timedelta(seconds=2)
+        while ts < stopped_at - timedelta(seconds=3):
+            expected.add(ts)
+            ts += timedelta(seconds=1)
+        assert expected and not expected - spooled, sorted(expected - spooled)[:5]
+    finally:
+        await sim.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_an_error_out_of_the_serve_loop_still_spools_the_buffer(
+    cluster: PostgresCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that ends the daemon (here: a reload that raises, standing
+    for any bug) still writes or spools what the writer holds."""
+    sim, sim_port = await started_sim()
+    path = write_config(tmp_path, body(sim_port, ["AAAUSDT"]), health_port=free_port())
+    daemon = Daemon(load_config(path, env={"CANDLED_DATABASE_URL": cluster.dsn}))
+
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    try:
+        async with asyncio.timeout(120):
+            run = asyncio.create_task(daemon.run())
+            await wait_until(lambda: asyncio.sleep(
+                0, daemon._writer is not None and daemon._writer.totals.inserted > 0))  # fmt: skip
+            await asyncio.to_thread(cluster.stop)
+            writer = daemon._writer
+            assert writer is not None
+            await wait_until(lambda: asyncio.sleep(0, writer.pending > 0))
+            monkeypatch.setattr(daemon, "reload", boom)
+            held = writer.pending
+            daemon._on_hup()
+            with pytest.raises(BaseException, match=r"boom|TaskGroup"):
+                await run
+        with Spool(tmp_path / "state" / "spool") as spool:
+            assert spool.pending_candles >= held
+    finally:
+        await sim.stop()
