@@ -2,11 +2,15 @@
 a real TimescaleDB, with a lookback (1 day of 1m bars) deeper than the 720
 entries Kraken serves. Backfill and the live v2 stream fill the reachable
 window; one heal cycle confirms the unreachable older range empty after a
-single attempt, and a second heal cycle asks nothing more about it."""
+single attempt, and a second heal cycle asks nothing more about it.
+
+Beside two crypto pairs (24/7) it carries a FUTURES series on the CME_Equity
+calendar, at a pinned instant (tests.daemon_proc.pinned) 40 s after the CME
+daily halt (16:00-17:00 Chicago) ended: the reachable window holds the halt,
+whose minutes are no hole, and the first bar after it comes by the stream."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,26 +18,35 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon import clock
-from daemon.domain import SeriesKey, Timeframe
+from daemon.domain import Candle, SeriesKey, Timeframe
 from daemon.sim.kraken import KrakenPersonality, OhlcRequest
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
 from daemon.venues.kraken import LIMITS
 from tests.daemon_proc import (
+    at,
     compare_with_truth,
+    log_events,
+    pinned,
     repair_pass,
     running_daemon,
     series_toml,
     stop,
+    tail,
     venue_toml,
+    wait_for_event,
+    wait_until,
     write_config,
 )
 
-SYMBOLS = ["AAA/USD", "BBB/USD"]
+CRYPTO = ["AAA/USD", "BBB/USD"]
+FUTURE = "ES/USD"  # FUTURES, CME_Equity: Sunday 17:00 to Friday 16:00 Chicago, halted 16:00-17:00
+SYMBOLS = [*CRYPTO, FUTURE]
 M1 = Timeframe.parse("1m")
 HORIZON = LIMITS.history_horizon_bars or 0  # closed bars Kraken serves
-MIN_RUN_S = 20.0  # backfill, stream, the daemon's own first heal cycle
+# Tuesday 24 November 2026, 17:00:40 Chicago (CST): the daily halt ended 40 s ago.
+INSTANT = at("2026-11-24T23:00:40Z")
+HALT = (at("2026-11-24T22:00:00Z"), at("2026-11-24T23:00:00Z"))
 
 
 def _horizon(request: OhlcRequest) -> datetime:
@@ -45,18 +58,6 @@ def _asked_from(request: OhlcRequest) -> datetime:
     """The first bar a request asked for (`since` is exclusive)."""
     assert request.since is not None
     return datetime.fromtimestamp(request.since + 1, UTC)
-
-
-def _run_s(started: datetime) -> float:
-    """Long enough for a bar to close during the run (and 5 s more for it to arrive)."""
-    to_boundary = (M1.next(started) - started).total_seconds()
-    return max(MIN_RUN_S, to_boundary + 5.0)
-
-
-async def _outside_seconds(low: int, high: int) -> None:
-    """Wait while the second of the minute lies in [low, high)."""
-    while low <= clock.now().second < high:
-        await asyncio.sleep(0.5)
 
 
 async def _unreachable_attempts(
@@ -80,37 +81,103 @@ async def _unreachable_attempts(
     return attempts, ranges
 
 
+async def _stored(conn: asyncpg.Connection, key: SeriesKey, ts: datetime) -> Candle | None:
+    try:
+        row = await conn.fetchrow(
+            "SELECT open, high, low, close, volume FROM candles"
+            " WHERE venue = $1 AND symbol = $2 AND timeframe = $3 AND ts = $4",
+            key.venue, key.symbol, key.timeframe, ts,
+        )  # fmt: skip
+    except asyncpg.UndefinedTableError:
+        return None  # not migrated yet
+    return None if row is None else Candle(key, ts, *row)
+
+
+def _values(c: Candle) -> tuple[float, ...]:
+    return c.open, c.high, c.low, c.close, c.volume
+
+
+def _fetched_after_close(log: list[OhlcRequest], symbol: str, ts: datetime) -> bool:
+    """Whether an OHLC request answered after the bar `ts` closed held it."""
+    return any(r.symbol == symbol and r.at >= M1.close_time(ts)
+               and (r.since is None or _asked_from(r) <= ts) for r in log)  # fmt: skip
+
+
+@pytest.mark.parametrize("instant", [pytest.param(INSTANT, id="cme-reopened-after-halt")])
 @pytest.mark.timeout(240)
-async def test_kraken_horizon_backfill_stream_and_heal(tsdb_dsn: str, tmp_path: Path) -> None:
+async def test_kraken_horizon_backfill_stream_and_heal(
+    instant: datetime, tsdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = pinned(instant, monkeypatch)
     scenario = {
         "seed": 23,
-        "symbols": [{"symbol": s, "listed": "-30d"} for s in SYMBOLS],
+        "symbols": [
+            *({"symbol": s, "listed": "-30d"} for s in CRYPTO),
+            {"symbol": FUTURE, "listed": "-30d", "profile": "FUTURES", "calendar": "CME_Equity"},
+        ],
         "ws": {"update_interval": "1s"},
     }
-    sim = SimExchange(parse_scenario(scenario, clock.now()), protocol="kraken")
+    sim = SimExchange(parse_scenario(scenario, now()), clock=now, protocol="kraken")
     assert isinstance(sim.personality, KrakenPersonality)
     log = sim.personality.ohlc_requests
+    future_sim = SeriesKey("sim", FUTURE, "1m")
+    # The halt: no bar in the truth, a bar on either side.
+    assert not list(sim.truth.opens(future_sim, *HALT))
+    assert sim.truth.exists(future_sim, M1.add(HALT[0], -1))
+    assert sim.truth.exists(future_sim, HALT[1])
     _, port = await sim.start("127.0.0.1", 0)
     try:
         body = venue_toml("kraken", port, kind="kraken", rate_capacity=60)
-        body += series_toml("kraken", SYMBOLS, ["1m"], lookback='"1d"')
+        body += series_toml("kraken", CRYPTO, ["1m"], lookback='"1d"')
+        body += series_toml("kraken", [FUTURE], ["1m"], lookback='"1d"', profile='"FUTURES"',
+                            calendar='"CME_Equity"')  # fmt: skip
         config = write_config(tmp_path, body)
-        started = clock.now()
-        async with running_daemon(config, tsdb_dsn, tmp_path / "daemon.log") as proc:
-            await asyncio.sleep(_run_s(started))
-            assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
-            stopped = clock.now()
-            assert await stop(proc) == 0
-        assert log, "the daemon never asked for history"
-        assert sim.counters.ws_connections >= 1 and sim.counters.frames_sent > 0
-        # The reachable window at backfill time: the first request's horizon.
-        reachable_from = _horizon(log[0])
-        lookback_start = M1.floor(started - timedelta(days=1))
-        assert reachable_from - lookback_start > timedelta(hours=12)  # deeper than Kraken goes
-
-        await repair_pass(config, tsdb_dsn, tmp_path)  # the heal cycle the daemon would run next
+        daemon_log = tmp_path / "daemon.log"
+        started = now()
         conn = await asyncpg.connect(tsdb_dsn)
         try:
+            async with running_daemon(config, tsdb_dsn, daemon_log) as proc:
+                # The daemon's own first heal cycle (after its orchestrated backfill).
+                await wait_for_event(daemon_log, "heal cycle done", proc, within=120)
+                streamed: dict[str, datetime] = {}
+
+                async def a_streamed_bar_each() -> bool:
+                    # Of each pair, a bar that closed after the start, stored
+                    # with its final values, that no REST answer after its
+                    # close held: it came by the stream.
+                    assert proc.returncode is None, tail(daemon_log)
+                    for symbol in SYMBOLS:
+                        key, sim_key = (
+                            SeriesKey("kraken", symbol, "1m"),
+                            SeriesKey("sim", symbol, "1m"),
+                        )
+                        for ts in sim.truth.opens(sim_key, M1.floor(started), M1.floor(now())):
+                            if symbol in streamed:
+                                break
+                            stored = await _stored(conn, key, ts)
+                            final = sim.truth.bar(sim_key, ts)
+                            if (stored is not None and _values(stored) == _values(final)
+                                    and not _fetched_after_close(log, symbol, ts)):  # fmt: skip
+                                streamed[symbol] = ts
+                    return len(streamed) == len(SYMBOLS)
+
+                await wait_until(a_streamed_bar_each, within=120)
+                stopped = now()
+                assert await stop(proc) == 0
+            assert log, "the daemon never asked for history"
+            assert sim.counters.ws_connections >= 1 and sim.counters.frames_sent > 0
+            # The first bar after the halt came by the stream.
+            assert streamed[FUTURE] == HALT[1], streamed
+            # The daemon's calendar has the halt too: no bar where it says closed.
+            outside = [e for e in log_events(daemon_log) if "calendar says" in e.get("event", "")]
+            assert not outside, outside
+            # The reachable window at backfill time: the first request's horizon.
+            reachable_from = _horizon(log[0])
+            lookback_start = M1.floor(started - timedelta(days=1))
+            assert reachable_from - lookback_start > timedelta(hours=12)  # deeper than Kraken goes
+            assert reachable_from < HALT[0]  # the halt lies in the reachable window
+
+            await repair_pass(config, tsdb_dsn, tmp_path)  # the heal cycle it would run next
             first_heal = {}
             for symbol in SYMBOLS:
                 key = SeriesKey("kraken", symbol, "1m")
@@ -134,29 +201,40 @@ async def test_kraken_horizon_backfill_stream_and_heal(tsdb_dsn: str, tmp_path: 
                 )  # fmt: skip
                 assert stored_before == 0
 
-            # A second heal cycle, clear of a minute boundary in its audit (which
-            # judges bars up to 30 s ago, so a bar becomes due at second 30):
-            # it can end with nothing missing.
-            await _outside_seconds(24, 32)
+            # A second heal cycle asks nothing more about the unreachable range:
+            # only recent history, if anything.
             asked = len(log)
             await repair_pass(config, tsdb_dsn, tmp_path)
-            # Nothing about the unreachable range: only recent history, if anything.
             assert all(_asked_from(r) >= reachable_from for r in log[asked:])
             for key, before in first_heal.items():
                 assert await _unreachable_attempts(conn, key, reachable_from) == before
 
+            halt_bars = M1.count_bars(*HALT)
             for symbol in SYMBOLS:
                 key = SeriesKey("kraken", symbol, "1m")
                 diff = await compare_with_truth(
                     conn, sim.truth, key, reachable_from, M1.floor(stopped), sparse=LIMITS.sparse
                 )
                 assert diff.equal, f"{key}: {diff}"
-                assert diff.expected >= HORIZON
-                status = await conn.fetchval(
-                    "SELECT status FROM series_status WHERE venue = 'kraken' AND symbol = $1",
+                assert diff.expected >= HORIZON - (halt_bars if symbol == FUTURE else 0)
+                status = await conn.fetchrow(
+                    "SELECT status, missing_bars FROM series_status"
+                    " WHERE venue = 'kraken' AND symbol = $1",
                     symbol,
+                )  # fmt: skip
+                assert status is not None
+                assert (status["status"], status["missing_bars"]) == ("OK", 0), tail(
+                    tmp_path / "repair.log", 2000
                 )
-                assert status == "OK", (tmp_path / "repair.log").read_text()[-2000:]
+            # The halt is no hole: nothing stored, nothing asked for, nothing confirmed empty.
+            key = SeriesKey("kraken", FUTURE, "1m")
+            assert await conn.fetchval(
+                "SELECT count(*) FROM candles WHERE symbol = $1 AND ts >= $2 AND ts < $3",
+                FUTURE, *HALT,
+            ) == 0  # fmt: skip
+            attempts, ranges = await _unreachable_attempts(conn, key, M1.floor(stopped))
+            assert not [a for a in [*attempts, *ranges]
+                        if a["start_ts"] < HALT[1] and a["end_ts"] > HALT[0]]  # fmt: skip
         finally:
             await conn.close()
         # Every request the daemon sent stayed inside what Kraken serves.
