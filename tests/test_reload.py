@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -133,6 +134,22 @@ async def test_a_config_that_cannot_be_read_keeps_the_running_one(
                 return doc if doc and doc["config"]["last_reload"] == "ok" else None
 
             assert symbols_of(await wait_until(reloaded, within=30)) == {"AAAUSDT", "BBBUSDT"}
+            # A health address that cannot be bound: the rest applies (BBBUSDT
+            # goes), /health stays where it was and says so.
+            with socket.create_server(("127.0.0.1", 0)) as busy:
+                write_config(tmp_path, body(sim_port, ["AAAUSDT"]),
+                             health_port=busy.getsockname()[1])  # fmt: skip
+                proc.send_signal(signal.SIGHUP)
+
+                async def kept_address() -> dict[str, Any] | None:
+                    assert proc.returncode is None, log.read_text()[-3000:]
+                    doc = await health(session, hport)
+                    return doc if doc and "health_listen" in doc["config"]["last_reload"] else None
+
+                doc = await wait_until(kept_address, within=30)
+            assert doc["config"]["last_reload"].startswith("applied, but daemon.health_listen")
+            assert symbols_of(doc) == {"AAAUSDT"}
+            await still_streaming(session, hport)
             assert await stop(proc) == 0
         text = log.read_text()
         assert text.count("config reload failed") == 2
@@ -188,11 +205,13 @@ async def test_a_reload_while_the_database_is_down_keeps_running_and_loses_nothi
 
 
 @pytest.mark.timeout(180)
-async def test_an_error_out_of_the_serve_loop_still_spools_the_buffer(
-    cluster: PostgresCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("where", ["serve loop", "task group child"])
+async def test_an_error_that_ends_the_daemon_still_spools_the_buffer(
+    cluster: PostgresCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """An error that ends the daemon (here: a reload that raises, standing
-    for any bug) still writes or spools what the writer holds."""
+    """An error that ends the daemon still writes or spools what the writer
+    holds: one out of the serve loop (a reload that raises, standing for any
+    bug), or a task of the daemon's group whose crash cancels the loop."""
     sim, sim_port = await started_sim()
     path = write_config(tmp_path, body(sim_port, ["AAAUSDT"]), health_port=free_port())
     daemon = Daemon(load_config(path, env={"CANDLED_DATABASE_URL": cluster.dsn}))
@@ -206,12 +225,15 @@ async def test_an_error_out_of_the_serve_loop_still_spools_the_buffer(
             await wait_until(lambda: asyncio.sleep(
                 0, daemon._writer is not None and daemon._writer.totals.inserted > 0))  # fmt: skip
             await asyncio.to_thread(cluster.stop)
-            writer = daemon._writer
-            assert writer is not None
+            writer, sup = daemon._writer, daemon._supervisor
+            assert writer is not None and sup is not None
             await wait_until(lambda: asyncio.sleep(0, writer.pending > 0))
-            monkeypatch.setattr(daemon, "reload", boom)
             held = writer.pending
-            daemon._on_hup()
+            if where == "serve loop":
+                monkeypatch.setattr(daemon, "reload", boom)
+                daemon._on_hup()
+            else:
+                sup._tg.create_task(boom())  # not supervised: its crash ends the group
             with pytest.raises(BaseException, match=r"boom|TaskGroup"):
                 await run
         with Spool(tmp_path / "state" / "spool") as spool:
