@@ -35,8 +35,8 @@ def pinned(instant: datetime, monkeypatch: pytest.MonkeyPatch) -> Clock:
     in-process simulator and the test. Both then run on with the wall clock."""
     offset = clock.offset_for(instant)
     monkeypatch.setenv(clock.OFFSET_ENV, repr(offset))
-    shift = timedelta(seconds=offset)
-    return lambda: datetime.now(UTC) + shift
+    shift = timedelta(seconds=offset - clock.OFFSET_S)  # this process may run shifted too
+    return lambda: clock.now() + shift
 
 
 def at(text: str) -> datetime:
@@ -190,6 +190,9 @@ class _Recording:
         self._inner = inner
         self._now = now
         self._log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)  # what tests read of the personality itself
 
     def routes(self) -> list[web.RouteDef]:
         return [web.RouteDef(r.method, r.path, self._wrap(r.handler), r.kwargs)

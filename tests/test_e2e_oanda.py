@@ -93,6 +93,9 @@ async def test_forex_series_polled_at_a_pinned_instant_ends_ok(
     # The instant is chosen so that its minute has a price: the poll has a bar to fetch.
     assert sim.truth.candles(SIM_KEY, TF.floor(instant), TF.next(instant), TF.next(instant),
                              sparse=True)  # fmt: skip
+    if instant.weekday() == 6:  # Sunday: the bar in progress is the week's first
+        weekend = (TF.floor(instant) - timedelta(hours=47), TF.floor(instant))
+        assert not sim.truth.candles(SIM_KEY, *weekend, weekend[1], sparse=False)
     _, port = await sim.start("127.0.0.1", 0)
     conn: asyncpg.Connection | None = None
     try:
