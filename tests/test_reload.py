@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from daemon import clock
@@ -24,6 +25,7 @@ from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
 from daemon.store.cluster import PostgresCluster
 from daemon.store.spool import Spool
+from daemon.venue_runtime import VenueRuntime
 from tests import pg
 from tests.daemon_proc import (
     running_daemon,
@@ -239,4 +241,50 @@ async def test_an_error_that_ends_the_daemon_still_spools_the_buffer(
         with Spool(tmp_path / "state" / "spool") as spool:
             assert spool.pending_candles >= held
     finally:
+        await sim.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_venue_whose_update_fails_restarts_on_the_new_config(
+    tsdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the config is applied, a venue that cannot take its new series
+    in place (here: its update raises) is restarted from the new config, and
+    /health says so."""
+    sim, sim_port = await started_sim()
+    path = write_config(tmp_path, body(sim_port, ["AAAUSDT"]), health_port=free_port())
+    daemon = Daemon(load_config(path, env={"CANDLED_DATABASE_URL": tsdb_dsn}))
+
+    async def refuse(self: VenueRuntime, specs: object) -> None:
+        raise RuntimeError("resubscribe failed")
+
+    conn = await asyncpg.connect(tsdb_dsn)
+    try:
+        async with asyncio.timeout(100):
+            run = asyncio.create_task(daemon.run())
+            await wait_until(lambda: asyncio.sleep(
+                0, daemon._writer is not None and daemon._writer.totals.inserted > 0))  # fmt: skip
+            before = daemon.runtimes["binance"]
+            monkeypatch.setattr(VenueRuntime, "set_series", refuse)
+            write_config(tmp_path, body(sim_port, ["AAAUSDT", "BBBUSDT"]), health_port=free_port())
+            daemon._on_hup()
+            await wait_until(lambda: asyncio.sleep(0, daemon.last_reload != "ok" or run.done()))
+            assert not run.done(), run
+            assert daemon.last_reload.startswith("applied, but venue binance restarted")
+            assert "resubscribe failed" in daemon.last_reload
+            runtime = daemon.runtimes["binance"]
+            assert runtime is not before and set(runtime.series) == {
+                AAA,
+                SeriesKey("binance", "BBBUSDT", "1s"),
+            }
+
+            async def bbb_stored() -> bool:
+                n = await conn.fetchval("SELECT count(*) FROM candles WHERE symbol = 'BBBUSDT'")
+                return bool(n)
+
+            await wait_until(bbb_stored, within=60)
+            daemon._on_stop_signal()
+            assert await run == 0
+    finally:
+        await conn.close()
         await sim.stop()
