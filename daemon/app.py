@@ -146,7 +146,14 @@ class Daemon:
                 return
             if self._reload_requested:
                 self._reload_requested = False
-                await self.reload()
+                # A stop signal ends a reload still waiting (on a hung
+                # database, say): the shutdown bound holds during a reload too.
+                async with asyncio.TaskGroup() as tg:
+                    reload = tg.create_task(self.reload())
+                    stop = tg.create_task(self._stopping.wait())
+                    await asyncio.wait([reload, stop], return_when=asyncio.FIRST_COMPLETED)
+                    reload.cancel()
+                    stop.cancel()
 
     async def _shutdown(self, sup: Supervisor, writer: CandleWriter) -> None:
         self.notifier.stopping()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -287,4 +288,36 @@ async def test_a_venue_whose_update_fails_restarts_on_the_new_config(
             assert await run == 0
     finally:
         await conn.close()
+        await sim.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_stop_signal_ends_a_reload_waiting_on_the_database(
+    tsdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during a reload that waits on a hung database still exits
+    within `shutdown_timeout`, not after the reload's own bound."""
+    sim, sim_port = await started_sim()
+    path = write_config(tmp_path, 'shutdown_timeout = "3s"\n' + body(sim_port, ["AAAUSDT"]),
+                        health_port=free_port())  # fmt: skip
+    daemon = Daemon(load_config(path, env={"CANDLED_DATABASE_URL": tsdb_dsn}))
+    waiting = asyncio.Event()
+
+    async def hung(*args: object) -> None:
+        waiting.set()
+        await asyncio.Event().wait()  # the database never answers
+
+    try:
+        async with asyncio.timeout(100):
+            run = asyncio.create_task(daemon.run())
+            await wait_until(lambda: asyncio.sleep(
+                0, daemon._writer is not None and daemon._writer.totals.inserted > 0))  # fmt: skip
+            monkeypatch.setattr("daemon.app.sync_configured", hung)
+            daemon._on_hup()
+            await waiting.wait()
+            started = time.monotonic()
+            daemon._on_stop_signal()
+            assert await run == 0
+            assert time.monotonic() - started < 3 + 1
+    finally:
         await sim.stop()
