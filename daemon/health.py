@@ -59,8 +59,9 @@ def _iso(ts: datetime | None) -> str | None:
 
 
 def assess(f: HealthFacts) -> dict[str, Any]:
-    """The /health document. `failing` only when the store is unreachable;
-    `degraded` when something needs attention but candles still flow."""
+    """The /health document. `failing` when candles cannot reach the store
+    (the database unreachable, writes failing, a full spool holding intake
+    back); `degraded` when something needs attention but candles still flow."""
     reasons: list[str] = []
     if not f.database_ok:
         reasons.append(f"database unreachable: {f.database_error}")
@@ -79,7 +80,8 @@ def assess(f: HealthFacts) -> dict[str, Any]:
     not_ok = [s for s in f.series if s.status != "OK"]
     if not_ok:
         reasons.append(f"{len(not_ok)} series not OK")
-    status = "failing" if not f.database_ok else ("degraded" if reasons else "ok")
+    failing = not f.database_ok or f.writer_failing is not None
+    status = "failing" if failing else ("degraded" if reasons else "ok")
     return {
         "status": status,
         "reasons": reasons,

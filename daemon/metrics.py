@@ -60,3 +60,8 @@ spooled_candles = Counter(
     "candled_spooled_candles", "Candles spilled to the disk spool during database outages",
     registry=REGISTRY,
 )  # fmt: skip
+spool_full_waits = Counter(
+    "candled_spool_full_waits",
+    "Times a producer had to wait because the disk spool was full (the database away too long)",
+    registry=REGISTRY,
+)

@@ -65,16 +65,17 @@ async def test_outage_spills_to_disk_and_replays(
             assert writer.failing is not None
             assert spool.pending_candles > 0 and writer.spooled == spool.pending_candles
             await asyncio.to_thread(own_cluster.start)
-            while spool.pending_batches or writer.pending:
-                await asyncio.sleep(0.1)
+            await writer.drain()  # everything put, spooled or not, is written
             runner.cancel()
-        assert await writer.flush() == WriteResult()
+        assert writer.pending == 0 and spool.pending_batches == 0
+        assert await writer.close() == WriteResult()
         conn = await asyncpg.connect(own_cluster.dsn)
         try:
             assert await conn.fetchval("SELECT count(*) FROM candle_data") == 2000
         finally:
             await conn.close()
-        assert spool.files == 0 or spool.pending_batches == 0
+        # Replayed means acked: the spool's files are gone from the disk.
+        assert spool.files == 0 and not list((tmp_path / "spool").glob("spool-*.bin"))
     finally:
         spool.close()
         await db.close()
@@ -91,7 +92,7 @@ async def test_shutdown_during_outage_spools_the_buffer(
         writer = CandleWriter(CandleStore(db.pool), batch_size=50, spool=spool)
         await writer.put(candles)
         await asyncio.to_thread(own_cluster.stop)
-        await writer.flush()  # the database is gone: to disk, nothing lost
+        await writer.close()  # the database is gone: to disk, nothing lost
         assert writer.pending == 0 and spool.pending_candles == 200
     await asyncio.to_thread(own_cluster.start)
     # A restarted daemon finds the spool and writes it back.

@@ -90,10 +90,8 @@ class Proxy:
         except OSError:
             pass
         finally:
-            for w in (writer, *[w for w in self._open if w is not writer]):
-                if w is writer:
-                    self._open.discard(w)
-                    w.close()
+            self._open.discard(writer)
+            writer.close()
 
     async def _pump(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, other: asyncio.StreamWriter
@@ -149,29 +147,28 @@ async def pool(proxy: Proxy) -> AsyncIterator[asyncpg.Pool]:
         p.terminate()
 
 
-async def stored(dsn: str) -> dict[tuple[str, object], float]:
-    """close by (symbol, ts), read past the proxy."""
+async def stored(dsn: str) -> dict[tuple[str, str, object], float]:
+    """close by (venue, symbol, ts), read past the proxy."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT symbol, ts, close FROM candles")
+        rows = await conn.fetch("SELECT venue, symbol, ts, close FROM candles")
     finally:
         await conn.close()
-    return {(r["symbol"], r["ts"]): r["close"] for r in rows}
+    return {(r["venue"], r["symbol"], r["ts"]): r["close"] for r in rows}
 
 
 def revised(candle: Candle, close: float) -> Candle:
     return replace(candle, close=close, high=max(candle.high, close))
 
 
-def writer_for(pool: asyncpg.Pool, spool: Spool | None, **kw: float) -> CandleWriter:
-    return CandleWriter(CandleStore(pool, timeout_s=kw.pop("timeout_s", 5.0)), batch_size=50,
-                        max_age=0.01, capacity=200, retry_cap_s=0.2, spool=spool,
-                        **kw)  # type: ignore[arg-type]  # fmt: skip
+def writer_for(pool: asyncpg.Pool, spool: Spool | None, timeout_s: float = 5.0) -> CandleWriter:
+    return CandleWriter(CandleStore(pool, timeout_s=timeout_s), batch_size=50, max_age=0.01,
+                        capacity=200, retry_cap_s=0.2, spool=spool)  # fmt: skip
 
 
 async def prime(writer: CandleWriter) -> None:
     """One write while the database is up (caches the series ids)."""
-    await writer.put(make_candles(1, 1, seed=99))
+    await writer.put(make_candles(1, 1, venue="prime"))
     await writer.drain()
 
 
@@ -199,7 +196,7 @@ async def test_a_revision_spooled_after_its_earlier_one_wins(
             await writer.drain()
             runner.cancel()
     got = await stored(migrated)
-    assert got[(first.series.symbol, first.ts)] == 101.0
+    assert got[(first.series.venue, first.series.symbol, first.ts)] == 101.0
     assert len(got) == 401
 
 
@@ -229,7 +226,7 @@ async def test_shutdown_puts_the_buffer_ahead_of_newer_spooled_revisions(
             await until(lambda: spool.pending_batches == 0)
             runner.cancel()
     got = await stored(migrated)
-    assert got[(first.series.symbol, first.ts)] == 101.0
+    assert got[(first.series.venue, first.series.symbol, first.ts)] == 101.0
     assert len(got) == 401
 
 
@@ -252,7 +249,7 @@ async def test_after_a_restart_new_revisions_go_behind_the_spool(
             await writer.drain()
             await until(lambda: spool.pending_batches == 0)
             runner.cancel()
-    assert (await stored(migrated))[(first.series.symbol, first.ts)] == 101.0
+    assert (await stored(migrated))[(first.series.venue, first.series.symbol, first.ts)] == 101.0
 
 
 # --- item 5: a hung database ---------------------------------------------------

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
 from daemon import logs, metrics
 from daemon.domain import Candle, SeriesKey
+from daemon.store.database import UNAVAILABLE
 from daemon.store.series import ensure_series
-from daemon.store.spool import Spool
+from daemon.store.spool import Spool, SpoolFull, SpoolPosition
 
 log = logs.get("candled.writer")
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _STAGE_DDL = """CREATE TEMP TABLE IF NOT EXISTS candle_stage (
     series_id integer, ts timestamptz,
     open double precision, high double precision, low double precision,
@@ -73,11 +73,31 @@ class PreparedBatch:
 
 
 class CandleStore:
-    """Writes candle batches; caches series ids."""
+    """Writes candle batches; caches series ids.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    Every call is bounded by `timeout_s` (pool acquire included): a hung
+    database raises TimeoutError, which the writer counts as a failure like
+    any other, instead of waiting forever.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = 30.0) -> None:
         self._pool = pool
+        self.timeout_s = timeout_s
         self._ids: dict[SeriesKey, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        async with asyncio.timeout(self.timeout_s):
+            conn = await self._pool.acquire()
+            try:
+                yield conn
+            except (TimeoutError, asyncio.CancelledError):
+                # Interrupted mid-query: releasing would wait for the server
+                # to confirm the cancel, forever if it is hung. Drop it.
+                conn.terminate()
+                raise
+            finally:
+                await self._pool.release(conn)
 
     async def prepare(self, candles: Sequence[Candle]) -> PreparedBatch:
         """Turn candles into staging rows (CPU work; no transaction open)."""
@@ -85,7 +105,7 @@ class CandleStore:
         keys = {c.series for c in candles}
         missing = keys - self._ids.keys()
         if missing:
-            async with self._pool.acquire() as conn:
+            async with self._connection() as conn:
                 self._ids.update(await ensure_series(conn, missing))
         ids = {k: self._ids[k] for k in keys}
         rows = ((ids[c.series], c.ts, c.open, c.high, c.low, c.close, c.volume) for c in candles)
@@ -98,7 +118,7 @@ class CandleStore:
         """Write a prepared batch in one transaction."""
         if not batch.records:
             return WriteResult()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(_STAGE_DDL)
             await conn.copy_records_to_table(
                 "candle_stage", records=batch.records, columns=_STAGE_COLUMNS
@@ -122,12 +142,20 @@ class CandleStore:
 
 
 class CandleWriter:
-    """A bounded buffer in front of `CandleStore`, flushed by size or age.
+    """Writes candles in the order they arrived, through a bounded memory
+    buffer flushed by size or age and, with a spool, the disk behind it.
 
-    `put` waits while the buffer is full (back-pressure on the sources), so
-    memory stays bounded however slow the database is. `run` prepares the
-    next batch while the previous one is being written (CPU and database
-    overlap), and commits batches strictly in order.
+    Arrival order is what makes the newest revision of a bar win, since the
+    upsert is last-writer-wins. The queue is the memory buffer, then the
+    spool: once a write fails, everything held in memory moves to the spool
+    (one atomic append) and later candles are appended behind it, until the
+    spool is written back; then candles go through memory again.
+
+    `put` waits while the buffer (or the spool) is full: back-pressure on the
+    sources, so memory and disk stay bounded however long the database is
+    away. `run` prepares the next batch while the previous one is being
+    written (CPU and database overlap), commits batches strictly in order,
+    and retries a failed write on its own clock.
     """
 
     def __init__(
@@ -149,7 +177,9 @@ class CandleWriter:
         self.max_age = max_age
         self.capacity = capacity
         self.retry_cap_s = retry_cap_s
-        self._spool = spool  # overflow while the database is down
+        self._spool = spool
+        # The newest candles are on disk: `put` appends behind them.
+        self._spooling = spool is not None and spool.pending_batches > 0
         self.spooled = 0
         self._buffer: list[Candle] = []
         self._oldest: float | None = None
@@ -157,14 +187,23 @@ class CandleWriter:
         self.totals = WriteResult()
         self.batches = 0
         self.failures = 0  # failed batch writes (each retried)
-        self.failing: str | None = None  # the last error while writes fail
-        # Candles accepted by put() and confirmed written, for drain().
+        self._error: str | None = None  # the last error while writes fail
+        self._spool_full: str | None = None  # why `put` waits on the spool
+        self._acks = 0  # spool acks so far: each may have freed space
+        # Candles accepted by put() and confirmed written, for drain(); the
+        # spool's head holds candles an earlier run accepted, not counted.
         self._accepted = 0
         self._written = 0
+        self._earlier = spool.pending_candles if spool is not None else 0
 
     @property
     def pending(self) -> int:
         return len(self._buffer)
+
+    @property
+    def failing(self) -> str | None:
+        """Why candles are not reaching the store, or None while they are."""
+        return "; ".join(r for r in (self._spool_full, self._error) if r) or None
 
     async def drain(self) -> None:
         """Wait until everything put so far is written (the writer must be running)."""
@@ -173,52 +212,127 @@ class CandleWriter:
             await self._changed.wait_for(lambda: self._written >= target)
 
     async def put(self, candles: Sequence[Candle]) -> None:
-        """Queue candles for writing. While the buffer is full this waits, or,
-        when the database is failing and there is a spool, spills to disk."""
+        """Queue candles for writing, behind every candle put before them.
+        Waits while there is no room for them (memory, or the spool)."""
         async with self._changed:
             for start in range(0, len(candles), self.batch_size):
                 chunk = candles[start : start + self.batch_size]
-                await self._changed.wait_for(self._has_room_or_spill(len(chunk)))
-                if len(self._buffer) + len(chunk) > self.capacity:
-                    await self._spill(chunk)
-                    continue
-                if not self._buffer:
-                    self._oldest = time.monotonic()
-                self._buffer.extend(chunk)
+                await self._accept(chunk)
                 self._accepted += len(chunk)
                 self._changed.notify_all()
 
-    def _has_room_or_spill(self, n: int) -> Callable[[], bool]:
-        return lambda: len(self._buffer) + n <= self.capacity or self._can_spill
+    async def _accept(self, chunk: Sequence[Candle]) -> None:
+        """Put `chunk` at the tail of the queue (memory or spool), waiting
+        for room. Called with `_changed` held."""
+        while True:
+            if not self._spooling:
+                if len(self._buffer) + len(chunk) <= self.capacity:
+                    if not self._buffer:
+                        self._oldest = time.monotonic()
+                    self._buffer.extend(chunk)
+                    return
+                await self._changed.wait()  # for room, or for the spool to take over
+                continue
+            try:
+                await self._append(chunk)
+            except (SpoolFull, OSError) as e:
+                await self._wait_for_spool_space(e)
+                continue
+            if self._spool_full is not None:
+                log.info("spool has room again; intake resumes")
+                self._spool_full = None
+            return
 
-    @property
-    def _can_spill(self) -> bool:
-        return self._spool is not None and self.failing is not None
+    async def _wait_for_spool_space(self, error: Exception) -> None:
+        """The spool cannot take more: the producer waits (its source falls
+        behind; catch-up and the heal cycle re-fetch what it missed) until
+        the writer has written some of the spool back."""
+        assert self._spool is not None
+        metrics.spool_full_waits.inc()
+        if self._spool_full is None:
+            log.error("spool cannot take more candles; intake waits for the database",
+                      error=str(error), spooled=self._spool.pending_candles)  # fmt: skip
+        self._spool_full = (
+            f"spool full ({self._spool.bytes} of {self._spool.max_bytes} bytes), intake waits"
+            if isinstance(error, SpoolFull)
+            else f"spool write failed ({error!r}), intake waits"
+        )
+        self._changed.notify_all()
+        acks = self._acks
+        await self._changed.wait_for(lambda: self._acks != acks or not self._spooling)
 
-    async def _spill(self, candles: Sequence[Candle]) -> None:
+    async def _append(self, candles: Sequence[Candle]) -> None:
         assert self._spool is not None
         await asyncio.to_thread(self._spool.append, candles)
         self.spooled += len(candles)
         metrics.spooled_candles.inc(len(candles))
 
-    async def _replay_spool(self) -> None:
-        """Write back one spooled batch (oldest first) once the database is back."""
-        assert self._spool is not None
-        replay = self._spool.replay()
-        item = await asyncio.to_thread(next, replay, None)
-        if item is None:
+    async def _spill(self, reason: Exception) -> None:
+        """Move the whole buffer to the (empty) spool in one append, so it stays
+        ahead of what comes next. Called with `_changed` held."""
+        try:
+            await self._append(self._buffer)
+        except (SpoolFull, OSError) as e:
+            log.error("could not spool the buffer; it waits in memory", error=repr(e),
+                      candles=len(self._buffer))  # fmt: skip
             return
-        position, batch = item
-        result = await self._store.write(batch)
-        await asyncio.to_thread(self._spool.ack, position)
-        await self._record(result, 0)  # spilled candles were never counted as accepted
-        log.info("spooled candles written", candles=len(batch),
-                 left=self._spool.pending_candles)  # fmt: skip
+        log.warning("database failing: buffered candles spooled to disk", error=repr(reason),
+                    candles=len(self._buffer))  # fmt: skip
+        self._buffer.clear()
+        self._oldest = None
+        self._spooling = True
 
-    async def _take(self) -> list[Candle]:
-        """Wait for a full batch, or for the oldest candle to reach max_age."""
+    def _read_spool(self) -> tuple[list[Candle], SpoolPosition | None]:
+        """The oldest spooled candles, about a batch (in a worker thread)."""
+        assert self._spool is not None
+        candles: list[Candle] = []
+        last = None
+        for position, batch in self._spool.replay():
+            candles += batch
+            last = position
+            if len(candles) >= self.batch_size:
+                break
+        return candles, last
+
+    async def _replay_spool(self) -> Exception | None:
+        """Write back the oldest spooled candles; the error if that failed.
+        Once the spool is empty, candles go through memory again."""
+        spool = self._spool
+        assert spool is not None
+        candles, last = await asyncio.to_thread(self._read_spool)
+        if last is None:
+            async with self._changed:
+                if not spool.pending_batches:  # else an append came in meanwhile
+                    self._spooling = False
+                    self._spool_full = None
+                    self._changed.notify_all()
+            return None
+        result = WriteResult()
+        try:
+            for start in range(0, len(candles), self.batch_size):
+                result += await self._store.write(candles[start : start + self.batch_size])
+        except UNAVAILABLE as e:
+            return e
         async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._buffer))
+            before = spool.pending_candles
+            await asyncio.to_thread(spool.ack, last)
+            done = before - spool.pending_candles  # damaged records skipped count too
+            self._acks += 1
+        earlier = min(done, self._earlier)
+        self._earlier -= earlier
+        await self._record(result, done - earlier)
+        log.info("spooled candles written", candles=len(candles), left=spool.pending_candles)
+        return None
+
+    async def _take(self, interrupt: asyncio.Task[Exception | None] | None) -> list[Candle] | None:
+        """Wait for a full batch, or for the oldest candle to reach max_age;
+        None if `interrupt` (the write in flight) ends before any candle comes."""
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: bool(self._buffer) or (interrupt is not None and interrupt.done())
+            )
+            if not self._buffer:
+                return None
             assert self._oldest is not None
             wait = self._oldest + self.max_age - time.monotonic()
             if len(self._buffer) < self.batch_size and wait > 0:
@@ -240,106 +354,131 @@ class CandleWriter:
             self._changed.notify_all()
 
     async def _record(self, result: WriteResult, candles: int) -> None:
-        self.failing = None
         self.totals += result
         self.batches += 1
         for name in ("inserted", "updated", "unchanged"):
             metrics.candles_written.labels(name).inc(getattr(result, name))
         async with self._changed:
+            self._error = None
             self._written += candles
             self._changed.notify_all()  # wake drain()
 
-    async def _execute(self, prepared: PreparedBatch) -> WriteResult | Exception:
+    async def _prepare(self, candles: Sequence[Candle]) -> PreparedBatch | Exception:
+        try:
+            return await self._store.prepare(candles)
+        except UNAVAILABLE as e:
+            return e
+
+    async def _execute(self, prepared: PreparedBatch) -> Exception | None:
         # Errors come back as values: a raising child would tear down the TaskGroup.
         try:
             with metrics.write_seconds.time():
                 result = await self._store.execute(prepared)
-        except _DB_ERRORS as e:
+        except UNAVAILABLE as e:
+            async with self._changed:
+                self._changed.notify_all()  # wake run() waiting in _take
             return e
         await self._record(result, len(prepared.candles))
-        return result
+        return None
+
+    async def _failed(self, error: Exception, *unwritten: Sequence[Candle]) -> None:
+        """A write failed: put what it held back in front and, with a spool,
+        move everything in memory to it."""
+        await self._give_back(*unwritten)
+        async with self._changed:
+            if self._spool is not None and self._buffer and not self._spooling:
+                await self._spill(error)
+            self._changed.notify_all()
 
     async def _backoff(self, error: Exception, failures: int) -> None:
+        """Report the failure at once; retry on the writer's own clock."""
         self.failures += 1
-        async with self._changed:
-            self.failing = repr(error)
-            self._changed.notify_all()  # producers waiting for room may spill now
+        self._error = repr(error)
         delay = min(self.retry_cap_s, 0.1 * 2**failures)
         log.warning("candle write failed; retrying", error=repr(error),
                     retry_in_s=delay, pending=self.pending)  # fmt: skip
         await asyncio.sleep(delay)
 
     async def run(self) -> None:
-        """Write forever; cancel to stop, then call `flush()` to drain.
+        """Write forever; cancel to stop, then call `close()`.
 
-        A batch that fails (database down) goes back to the buffer and is
-        retried with capped exponential backoff; nothing is dropped.
+        A batch that fails (database down, or hung past the store's
+        timeout) goes back to the buffer, or with a spool to disk with the
+        rest of the buffer, and is retried with capped exponential backoff;
+        nothing is dropped, and no retry waits for new candles.
         """
-        writing: tuple[asyncio.Task[WriteResult | Exception], Sequence[Candle]] | None = None
-        taken: Sequence[Candle] = ()
+        writing: tuple[asyncio.Task[Exception | None], Sequence[Candle]] | None = None
+        taken: Sequence[Candle] | None = None
         failures = 0
         try:
             async with asyncio.TaskGroup() as tg:
                 while True:
-                    # Spooled (older) candles go first; this also probes a
-                    # failing database when no new candles arrive.
-                    if self._spool is not None and self._spool.pending_batches:
-                        try:
-                            await self._replay_spool()
-                            failures = 0
-                        except _DB_ERRORS as e:
-                            failures += 1
-                            await self._backoff(e, failures)
-                        continue
-                    taken = await self._take()
-                    try:
-                        prepared = await self._store.prepare(taken)
-                    except _DB_ERRORS as e:
-                        await self._give_back(taken)
-                        taken = ()
-                        failures += 1
-                        await self._backoff(e, failures)
-                        continue
-                    if writing is not None:
-                        task, in_flight = writing
-                        result = await task
+                    error: Exception | None = None
+                    # Each batch is cleared only once handed on (written, or
+                    # given back): a cancel in between leaves it to `finally`.
+                    if writing is not None and writing[0].done():
+                        if (error := writing[0].result()) is not None:
+                            await self._failed(error, writing[1])
                         writing = None
-                        if isinstance(result, Exception):
-                            await self._give_back(in_flight, taken)
-                            taken = ()
-                            failures += 1
-                            await self._backoff(result, failures)
-                            continue
+                    elif self._spooling:
+                        error = await self._replay_spool()
+                    elif (taken := await self._take(writing[0] if writing else None)) is None:
+                        continue  # the write in flight ended first: look at it
+                    else:
+                        prepared = await self._prepare(taken)
+                        if writing is not None:  # commit strictly in order
+                            if (error := await writing[0]) is not None:
+                                await self._failed(error, writing[1], taken)
+                            writing = None
+                        if error is None:
+                            if isinstance(prepared, Exception):
+                                error = prepared
+                                await self._failed(error, taken)
+                            else:
+                                writing = (tg.create_task(self._execute(prepared)), taken)
+                        taken = None
+                    if error is None:
                         failures = 0
-                    writing = (tg.create_task(self._execute(prepared)), taken)
-                    taken = ()
+                        continue
+                    failures += 1
+                    await self._backoff(error, failures)
         finally:
             # Whatever is not known to be written goes back to the buffer;
-            # flush() rewrites it (a no-op where it did commit).
-            unwritten = [taken]
+            # close() rewrites it (a no-op where it did commit).
+            unwritten = [taken or ()]
             if writing is not None:
                 task, in_flight = writing
-                written = task.done() and not task.cancelled()
-                if not written or isinstance(task.result(), Exception):
+                if not task.done() or task.cancelled() or task.result() is not None:
                     unwritten.insert(0, in_flight)
             await self._give_back(*unwritten)
 
-    async def flush(self) -> WriteResult:
-        """Write everything buffered now (after `run` has stopped). With the
-        database down and a spool, what is left goes to disk instead."""
+    async def close(self, deadline: float | None = None) -> WriteResult:
+        """After `run` has stopped: write what waits in memory by `deadline`
+        (event loop time). What is not written by then (the database down, hung or
+        slow) goes to the spool, to be written after the restart; without a
+        spool the error is raised."""
         result = WriteResult()
-        while self._buffer:
-            batch = self._buffer[: self.batch_size]
-            try:
-                written = await self._store.write(batch)
-            except _DB_ERRORS:
-                if self._spool is None:
-                    raise
-                await self._spill(self._buffer)
+        try:
+            async with asyncio.timeout_at(deadline):
+                while self._buffer:
+                    batch = self._buffer[: self.batch_size]
+                    written = await self._store.write(batch)
+                    del self._buffer[: len(batch)]
+                    await self._record(written, len(batch))
+                    result += written
+        except UNAVAILABLE as e:
+            if self._spool is None:
+                raise
+            async with self._changed:
+                # The spool is empty whenever the buffer is not: it goes first.
+                await self._spill(e)
+            if self._buffer:
+                log.error("candles lost at shutdown: neither written nor spooled; the heal "
+                          "cycle re-fetches them", candles=len(self._buffer))  # fmt: skip
                 self._buffer.clear()
-                break
-            del self._buffer[: len(batch)]
-            await self._record(written, len(batch))
-            result += written
         self._oldest = None
         return result
+
+    async def flush(self) -> WriteResult:
+        """`close()` without a time bound (the one-shot commands)."""
+        return await self.close()
