@@ -4,6 +4,7 @@ under state_dir (TimescaleDB when installed), says which, and stops it."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,7 @@ def test_migrate_on_the_embedded_database() -> None:
         assert "migrations applied" in r.stdout
         assert (base / "state" / "pgdata" / "PG_VERSION").exists()
         assert not (base / "state" / "pgdata" / "postmaster.pid").exists()
+        # No TCP: a Unix socket in a private directory (tests/test_embedded_security.py).
+        assert "127.0.0.1" not in r.stderr
+        assert "pgsocket" in r.stderr
+        assert stat.S_IMODE((base / "state" / "pgsocket").stat().st_mode) == 0o700

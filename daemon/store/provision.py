@@ -1,5 +1,11 @@
 """Get a migrated database for a config: the configured DSN, or an embedded
-PostgreSQL under `state_dir` that we start and stop ourselves."""
+PostgreSQL under `state_dir` that we start and stop ourselves.
+
+The embedded server has no TCP listener: only a Unix socket in
+`state_dir/pgsocket` (mode 0700, owned by the server's user), admitting the
+daemon's OS user, the server's and root (peer authentication), so no other
+local account reaches it. It runs with a clean environment, never the
+daemon's (venue secrets). See `PostgresCluster`."""
 
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from daemon.store.database import Database
 from daemon.store.migrations import migrate
 
 log = logs.get("candled.store")
-EMBEDDED_PORT = 54329  # fixed, so `psql` in README can reach the embedded database
+EMBEDDED_PORT = 54329  # names the socket file (.s.PGSQL.54329): `psql -p` in README
+SOCKET_DIR = "pgsocket"  # under state_dir: `psql -h <state_dir>/pgsocket` in README
 WAIT_CAP_S = 10.0
 # A server that is down, starting or shutting down; not a refused login.
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
@@ -32,13 +39,22 @@ async def embedded_dsn(config: Config) -> AsyncIterator[str]:
     if config.database.dsn:
         yield config.database.dsn
         return
-    cluster = PostgresCluster(config.daemon.state_dir.resolve() / "pgdata", port=EMBEDDED_PORT)
+    state_dir = config.daemon.state_dir.resolve()
+    cluster = PostgresCluster(
+        state_dir / "pgdata", port=EMBEDDED_PORT, socket_dir=state_dir / SOCKET_DIR
+    )
     # A running daemon owns the server; a command run beside it (audit,
     # repair) adopts it and must leave it running.
     owned = not cluster.is_running()
     await asyncio.to_thread(cluster.start)
     log.info("embedded database " + ("started" if owned else "in use"),
              database=cluster.description, dsn=cluster.dsn)  # fmt: skip
+    if not owned and cluster.listens_on_tcp():
+        log.warning(
+            "the embedded database was started by an earlier candled and still accepts "
+            "TCP logins from any local user; restart the daemon to close that",
+            data_dir=str(cluster.data_dir),
+        )
     try:
         yield cluster.dsn
     finally:
