@@ -177,7 +177,9 @@ async def assert_store_equals_truth(
 
 
 @pytest.mark.timeout(600)
-async def test_store_equals_truth_after_a_minute(tsdb_dsn: str, tmp_path: Path) -> None:
+async def test_store_equals_truth_after_the_backfill_and_live_bars(
+    tsdb_dsn: str, tmp_path: Path
+) -> None:
     run = await run_against(scenario(), tmp_path, tsdb_dsn)
     await assert_store_equals_truth(run.sim, tsdb_dsn, run.started, run.stopped, asked=run.asked)
     assert run.counters.sent_429 == 0 and run.counters.sent_418 == 0
