@@ -16,7 +16,7 @@ import asyncpg
 
 from daemon import clock, logs, metrics
 from daemon.domain import Candle, SeriesKey
-from daemon.fetch import Fetcher, FetchError
+from daemon.fetch import Fetcher, FetchError, describe
 from daemon.store.database import UNAVAILABLE
 from daemon.store.series import get_genesis, set_genesis
 from daemon.venues import (
@@ -234,8 +234,11 @@ class Backfiller:
                 cursor = stop
         except _JOB_ERRORS as e:
             transient = not isinstance(e, VenueError) or isinstance(e, RateLimitedAnswer)
-            return JobResult(job, candles, requests, complete=False,
-                             error=f"{type(e).__name__}: {e}", transient=transient)  # fmt: skip
+            # Ours say what happened and where; a library's OSError (aiohttp's
+            # among them) is told by `describe`: its repr may hold the request.
+            error = describe(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            return JobResult(job, candles, requests, complete=False, error=error,
+                             transient=transient)  # fmt: skip
         return JobResult(job, candles, requests, complete=True)
 
     async def _probe_genesis(self, series: SeriesKey, empty_from: datetime, first: datetime) -> int:

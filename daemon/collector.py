@@ -40,6 +40,7 @@ from websockets.asyncio.client import ClientConnection
 from daemon import logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.venues import VenueCodec
+from daemon.venues.base import CredentialsRefused
 
 log = logs.get("candled.collector")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
@@ -73,6 +74,9 @@ class CollectorSettings:
     # Stream names beyond this URL length are subscribed by message instead:
     # servers refuse request lines much over 8 kB.
     max_url_length: int = 4096
+    # After the venue refused the key, reconnect only this long after: the
+    # same key meets the same answer; a fixed one is picked up in minutes.
+    auth_retry_s: float = 300.0
 
 
 class _Link:
@@ -230,7 +234,8 @@ class Collector:
         try:
             await link.subscribe(keys, subscribe)
         except _LINK_ERRORS as e:  # the reconnect subscribes whatever the shard holds then
-            log.warning("stream (un)subscribe failed", venue=self.codec.venue, error=repr(e))
+            log.warning("stream (un)subscribe failed", venue=self.codec.venue,
+                        error=f"{type(e).__name__}: {e}")  # fmt: skip
 
     async def _keep_connected(self, shard: Shard) -> None:
         attempt = 0
@@ -239,8 +244,11 @@ class Collector:
                 await self._connected_loop(shard)
             except IdleConnection as e:
                 reason, error = "idle", str(e)
+            except CredentialsRefused as e:
+                reason, error = "auth", str(e)
             except _LINK_ERRORS as e:
-                reason, error = "error", repr(e)
+                # By type and message: a repr may hold what was sent.
+                reason, error = "error", f"{type(e).__name__}: {e}"
             if shard.healthy:
                 attempt = 0
             shard.connected = shard.healthy = False
@@ -251,6 +259,12 @@ class Collector:
                 attempt, self.settings.backoff_base_s, self.settings.backoff_cap_s, self._rnd
             )
             attempt += 1
+            if reason == "auth":
+                delay = self.settings.auth_retry_s
+                log.error("venue refused the stream's credentials; reconnecting rarely",
+                          venue=self.codec.venue, error=error, retry_in_s=delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                continue
             log.warning(
                 "stream connection lost, reconnecting",
                 venue=self.codec.venue, reason=reason, error=error,
@@ -384,6 +398,10 @@ class Collector:
         if result.error is not None:  # with an id or not (some venues give none)
             log.error("venue refused a stream request", venue=self.codec.venue,
                       error=result.error)  # fmt: skip
+        if result.credentials_refused is not None:
+            answer = f"stream error {result.credentials_refused}"
+            raise CredentialsRefused(self.codec.venue, 0, answer,
+                                     needs_secret=self.codec.limits.needs_secret)  # fmt: skip
         if result.reply_id is not None:
             link.pending.discard(result.reply_id)
             return "reply"

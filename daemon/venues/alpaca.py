@@ -46,6 +46,7 @@ from daemon.venues.base import (
     CodecBase,
     CodecError,
     Credentials,
+    CredentialsRefused,
     FrameResult,
     HttpRequest,
     RateFacts,
@@ -102,6 +103,7 @@ _RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}
 _BAR_TYPES = frozenset({"b", "u"})  # minute bars and corrected minute bars
 _CONTROL_TYPES = frozenset({"success", "subscription", "error"})
 _MALFORMED = FrameResult(malformed=True)
+_KEY_ERRORS = frozenset({402, 409})  # stream errors that refuse the credentials
 
 
 class _KeyHeaders(Mapping[str, str]):
@@ -188,7 +190,7 @@ class AlpacaCodec(CodecBase):
     ) -> list[Candle]:
         payload = json_or_none(body)
         if status != 200:
-            raise _venue_error(status, payload)
+            raise self.refused_credentials(status, body) or _venue_error(status, payload)
         if not isinstance(payload, dict) or "bars" not in payload:
             raise CodecError("bars: expected an object with `bars`")
         token = payload.get("next_page_token")
@@ -238,6 +240,24 @@ class AlpacaCodec(CodecBase):
             banned=False,
         )
 
+    def refused_credentials(self, status: int, body: bytes) -> CredentialsRefused | None:
+        # 401 {"message": "unauthorized"}: a key Alpaca does not accept; 403
+        # {"message": "forbidden"}: a wrong key or secret, or a plan without
+        # the feed (forum.alpaca.markets/t/client-connection-forbidden/11066;
+        # alpaca.markets/learn/how-to-fix-common-trading-api-errors-at-alpaca).
+        # A 403 without Alpaca's JSON error is a CDN or firewall page: retried.
+        if status not in (401, 403):
+            return None
+        payload = json_or_none(body)
+        if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+            answer = payload["message"][:200]
+        elif status == 401:
+            answer = "no error body"
+        else:
+            return None
+        return CredentialsRefused(self._venue, status, answer,
+                                  needs_secret=True)  # fmt: skip
+
     def stream_name(self, series: SeriesKey) -> str:
         return f"{series.timeframe}:{series.symbol}"
 
@@ -276,7 +296,15 @@ class AlpacaCodec(CodecBase):
         errors = [m for m in payload if m["T"] == "error"]
         if errors:
             # e.g. 402 "auth failed", 406 "connection limit exceeded": no id to match.
-            return FrameResult(error="; ".join(f"{m.get('code')} {m.get('msg')}" for m in errors))
+            text = "; ".join(f"{m.get('code')} {m.get('msg')}" for m in errors)
+            # 402 "auth failed" and 409 "insufficient subscription" are the key's
+            # (docs.alpaca.markets/docs/streaming-market-data, "Error"): the
+            # same key on a new connection meets the same answer.
+            # Only an integer code can be one (a list or an object is unhashable).
+            refused = any(
+                isinstance(code := m.get("code"), int) and code in _KEY_ERRORS for m in errors
+            )
+            return FrameResult(error=text, credentials_refused=text[:200] if refused else None)
         candles, malformed = [], False
         for message in payload:
             if message["T"] not in _BAR_TYPES:

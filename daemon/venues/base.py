@@ -53,6 +53,26 @@ class RateLimitedAnswer(VenueError):
         self.retry_after_s = retry_after_s
 
 
+class CredentialsRefused(VenueError):
+    """The venue refused the configured credentials: a wrong, revoked or
+    unentitled key. Asking again with the same key cannot succeed, so the
+    drivers fail at once, say which settings to fix, and ask again only rarely.
+    The message holds the venue's words and the config keys, never the key."""
+
+    def __init__(self, venue: str, status: int, answer: str, *, needs_secret: bool) -> None:
+        """`answer`: the venue's words; `status`: the HTTP status (0: none, a stream's)."""
+        super().__init__(status, None, answer)
+        self.venue = venue
+        settings = "api_key_env or api_key_file" + (
+            " and api_secret_env or api_secret_file" if needs_secret else ""
+        )
+        said = f"HTTP {status}: {answer}" if status else answer
+        self.args = (
+            f'venue "{venue}" refused its credentials ({said}): fix the key that'
+            f" {settings} of this venue provide, then reload or restart",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class VenueLimits:
     """What a venue allows; the drivers size pages, buckets and connections from it."""
@@ -127,6 +147,9 @@ class FrameResult:
     stream: str | None = None  # the stream a data frame belongs to (None: see the candles')
     reply_id: int | None = None  # the id of a method message this frame answers
     error: str | None = None  # the venue's error answer to a method message
+    # The venue refused the credentials of the connection (its words): a
+    # reconnect with the same key cannot succeed (`CredentialsRefused`).
+    credentials_refused: str | None = None
 
 
 class VenueCodec(Protocol):
@@ -164,6 +187,12 @@ class VenueCodec(Protocol):
         ...
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts: ...
+
+    def refused_credentials(self, status: int, body: bytes) -> CredentialsRefused | None:
+        """The venue's refusal of the configured key, if this answer (of any
+        request) is one; None for every other answer, including a CDN's or
+        firewall's refusal, which passes and is retried."""
+        ...
 
     def stream_name(self, series: SeriesKey) -> str: ...
 
@@ -215,6 +244,10 @@ class CodecBase:
 
     def timeframe_supported(self, timeframe: str) -> bool:
         return timeframe in self.TIMEFRAMES
+
+    def refused_credentials(self, status: int, body: bytes) -> CredentialsRefused | None:
+        """Venues without credentials have none to refuse."""
+        return None
 
     def check_limit(self, limit: int) -> None:
         """ValueError unless one page may hold `limit` bars."""

@@ -35,6 +35,7 @@ from daemon.venues.base import (
     CodecBase,
     CodecError,
     Credentials,
+    CredentialsRefused,
     FrameResult,
     HttpRequest,
     RateFacts,
@@ -163,7 +164,7 @@ class OandaCodec(CodecBase):
     ) -> list[Candle]:
         payload = json_or_none(body)
         if status != 200:
-            raise _venue_error(status, payload)
+            raise self.refused_credentials(status, body) or _venue_error(status, payload)
         if not isinstance(payload, dict):
             raise CodecError("candles: expected a JSON object")
         instrument, granularity = payload.get("instrument"), payload.get("granularity")
@@ -218,6 +219,25 @@ class OandaCodec(CodecBase):
             rate_limited=status == 429,
             banned=False,
         )
+
+    def refused_credentials(self, status: int, body: bytes) -> CredentialsRefused | None:
+        # "A 401 Unauthorized response may be returned ... when the endpoint
+        # being accessed requires the client to be authenticated however the
+        # authentication token is invalid or has not been provided"; a token
+        # without access is answered "Insufficient authorization to perform
+        # request." (troubleshooting-errors). A 403 in OANDA's JSON error shape
+        # refuses the token too; one without it is a CDN's or firewall's: retried.
+        if status not in (401, 403):
+            return None
+        payload = json_or_none(body)
+        if isinstance(payload, dict) and isinstance(payload.get("errorMessage"), str):
+            answer = payload["errorMessage"][:200]
+        elif status == 401:
+            answer = "no error body"
+        else:
+            return None
+        return CredentialsRefused(self._venue, status, answer,
+                                  needs_secret=False)  # fmt: skip
 
     # OANDA has no candle stream (`limits.live == "poll"`): the collector never runs.
 
