@@ -8,7 +8,7 @@ CONFIG ?= config.toml
 SIM_LISTEN ?= 127.0.0.1:9100
 SIM_PROTOCOL ?= binance
 
-.PHONY: run test bench lint fmt sim timescaledb clean chaos
+.PHONY: run test fuzz bench lint fmt sim timescaledb clean chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -34,6 +34,15 @@ sim: .venv/.synced
 # Two workers, a test file each: the end-to-end tests mostly wait on the clock.
 test: .venv/.synced timescaledb
 	.venv/bin/pytest -q -n 2 --dist loadfile
+
+# The fuzz tests (codecs, validator, scenario loader) with FUZZ_EXAMPLES examples
+# each, not the bounded number `make test` runs; statistics say how many ran, how fast.
+FUZZ_EXAMPLES ?= 2000
+FUZZ_WORKERS ?= 2
+fuzz: .venv/.synced
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) .venv/bin/pytest -q -n $(FUZZ_WORKERS) \
+		--hypothesis-show-statistics tests/test_fuzz_codecs.py tests/test_fuzz_validate.py \
+		tests/test_fuzz_scenario.py
 
 bench: .venv/.synced timescaledb
 	$(PY) -m bench

@@ -181,7 +181,9 @@ class Fetcher:
         should report); raise `FetchError` when retries run out or the venue
         redirects, `CredentialsRefused` while the venue refuses the key."""
         if self._refusal is not None and time.monotonic() < self._refused_until:
-            raise self._refusal  # told once when it came; asked again after the pause
+            # Told once when it came; asked again after the pause. A fresh
+            # traceback each time: re-raising one object would grow its own.
+            raise self._refusal.with_traceback(None)
         try:
             return await self._retrying(req)
         except _RETRIED as e:
@@ -230,8 +232,8 @@ class Fetcher:
         if refusal is not None:
             self._refused(refusal)
             raise refusal
-        if self._refusal is not None:
-            self._accepted()
+        if self._refusal is not None and status < 300:
+            self._accepted()  # an answer, not a 5xx or a CDN page: the key works again
         if status in RETRY_STATUSES:
             raise RetryableStatus(status, url)
         return Response(status, body, req)

@@ -11,6 +11,7 @@ import math
 from datetime import datetime, timedelta
 
 from daemon.domain import Candle
+from daemon.domain.timeframe import require_utc
 
 # Venue and host clocks differ a little; a bar may close this far "ahead".
 CLOCK_SKEW = timedelta(seconds=5)
@@ -28,8 +29,18 @@ def problem(candle: Candle, now: datetime, skew: timedelta = CLOCK_SKEW) -> str 
     if candle.low > min(candle.open, candle.close):
         return "low above open or close"
     tf = candle.series.tf
-    if not tf.is_aligned(candle.ts):
+    try:
+        aligned = tf.is_aligned(candle.ts)
+    except (OverflowError, ValueError):
+        # The grid's bar holding `ts` opens before year 1: `ts` opens no bar of it.
+        aligned = False
+    if not aligned:
         return f"ts not aligned to {candle.series.timeframe}"
-    if tf.close_time(candle.ts) > now + skew:
+    try:
+        close = tf.close_time(candle.ts)
+    except (OverflowError, ValueError):
+        return "bar closes in the future"  # after year 9999, past any clock
+    # A difference, not `now + skew`: a clock at the end of the range must not overflow.
+    if close - require_utc(now) > skew:
         return "bar closes in the future"
     return None

@@ -16,9 +16,17 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from daemon.store.cluster import ClusterError, PostgresCluster
 from tests.pg import fresh_database, scratch_dir, unavailable
+
+# `make fuzz` (HYPOTHESIS_PROFILE=fuzz): the fuzz tests, tests/test_fuzz_*.py,
+# with FUZZ_EXAMPLES examples each instead of the bounded number `make test` runs.
+settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")), deadline=None
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

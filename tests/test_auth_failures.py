@@ -172,6 +172,38 @@ async def test_a_cdn_403_is_still_retried_for_alpaca() -> None:
         await runner.cleanup()
 
 
+@pytest.mark.timeout(30)
+async def test_a_key_accepted_again_clears_the_refusal() -> None:
+    """A key fixed at the venue's side (a plan renewed) works after the pause,
+    without a restart; a 5xx meanwhile proves nothing either way."""
+    answers = iter([
+        web.json_response({"message": "forbidden"}, status=403),
+        web.json_response({"message": "internal server error"}, status=500),
+    ])  # fmt: skip
+
+    async def bars(request: web.Request) -> web.StreamResponse:
+        return next(answers, web.json_response({"bars": {}, "next_page_token": None}))
+
+    app = web.Application()
+    app.router.add_get("/v2/stocks/bars", bars)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        fetcher = Fetcher(f"http://127.0.0.1:{port}", ALPACA, VenueThrottle(200, 60.0, 5),
+                          retry_base_s=0.05, auth_retry_s=0.3)  # fmt: skip
+        async with fetcher:
+            with pytest.raises(CredentialsRefused):
+                await fetcher.fetch(_request())  # type: ignore[arg-type]
+            await wait_until(lambda: asyncio.sleep(0, time.monotonic() >= fetcher.refused_until))
+            response = await fetcher.fetch(_request())  # type: ignore[arg-type]
+            assert response.status == 200
+            assert fetcher.refusal is None and refused_credentials() == {}
+    finally:
+        await runner.cleanup()
+
+
 # --- the real daemon --------------------------------------------------------------
 
 

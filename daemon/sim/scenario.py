@@ -80,7 +80,9 @@ every = 3                      # nothing is ever sent on it: no data, replies, p
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -171,8 +173,11 @@ class Scenario:
 def load_scenario(path: Path, now: datetime) -> Scenario:
     """Read a scenario file; relative times are taken from `now`."""
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    # ValueError: TOMLDecodeError, a file that is not UTF-8 (UnicodeDecodeError),
+    # an integer past Python's digit limit; RecursionError: arrays or inline
+    # tables nested deeper than the interpreter's recursion limit.
+    except (OSError, ValueError, RecursionError) as exc:
         raise ScenarioError(f"{path}: {exc}") from None
     return parse_scenario(data, now)
 
@@ -313,7 +318,7 @@ class _Table:
         value = self._take(key)
         # bool is an int subclass: `seed = true` is a mistake, not 1.
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ScenarioError(f"{self.path}{key}: expected {kind.__name__}, got {value!r}")
+            raise ScenarioError(f"{self.path}{key}: expected {kind.__name__}, got {_shown(value)}")
         return value
 
     def require(self, key: str, kind: type[T]) -> T:
@@ -325,9 +330,10 @@ class _Table:
         if key not in self._data:
             return default
         value = self._take(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ScenarioError(f"{self.path}{key}: expected a number, got {value!r}")
-        return float(value)
+        number = _finite(value)
+        if number is None:
+            raise ScenarioError(f"{self.path}{key}: expected a finite number, got {_shown(value)}")
+        return number
 
     def positive(self, key: str, default: int) -> int:
         value = self.get(key, int, default)
@@ -347,7 +353,9 @@ class _Table:
         value = self._take(key)
         seconds = _duration_s(value)
         if seconds is None or seconds <= 0:
-            raise ScenarioError(f"{self.path}{key}: expected a positive duration, got {value!r}")
+            raise ScenarioError(
+                f"{self.path}{key}: expected a positive duration, got {_shown(value)}"
+            )
         return seconds
 
     def time(self, key: str, default: datetime) -> datetime:
@@ -360,7 +368,8 @@ class _Table:
         ts = _time(value, self._now)
         if ts is None:
             raise ScenarioError(
-                f"{self.path}{key}: expected a time with offset or '-2h'/'+10m', got {value!r}"
+                f"{self.path}{key}: expected a time with offset or '-2h'/'+10m',"
+                f" got {_shown(value)}"
             )
         return ts
 
@@ -389,17 +398,38 @@ class _Table:
             raise ScenarioError(f"unknown key(s): {keys}")
 
 
-def _duration_s(value: object) -> float | None:
-    if isinstance(value, bool):
+def _finite(value: object) -> float | None:
+    """`value` as a finite float, or None (bool, not a number, NaN, inf, 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    try:
+        number = float(value)
+    except OverflowError:  # TOML integers have no bound
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _duration_s(value: object) -> float | None:
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and (m := _DURATION.match(value.strip())):
-        return float(m.group(1)) * _UNIT_S[m.group(2)]
-    return None
+        seconds = _finite(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]  # "9999...9d" is inf
+    else:
+        return None
+    # A timer of infinite (or NaN) seconds would never fire, or fire at once.
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 def _time(value: object, now: datetime) -> datetime | None:
+    """`value` as a UTC time, or None; None too where it lies outside years 1-9999
+    (a datetime at 0001-01-01T00:00+01:00 is in year 0 in UTC)."""
+    try:
+        return _utc_time(value, now)
+    except OverflowError:
+        return None
+
+
+def _utc_time(value: object, now: datetime) -> datetime | None:
     if isinstance(value, datetime):
         return value.astimezone(UTC) if value.tzinfo is not None else None
     if not isinstance(value, str) or not value:
@@ -414,3 +444,12 @@ def _time(value: object, now: datetime) -> datetime | None:
     except ValueError:
         return None
     return ts.astimezone(UTC) if ts.tzinfo is not None else None
+
+
+# Error messages quote the bad value, bounded: it may be long or deeply nested.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 60, 60
+
+
+def _shown(value: object) -> str:
+    return _SHOWN.repr(value)

@@ -52,11 +52,15 @@ from daemon.venues.base import (
     RateFacts,
     VenueError,
     VenueLimits,
+    bar_open,
     empty_window,
+    header_count,
     json_number,
     json_or_none,
     only_option,
     seconds_or_none,
+    shown,
+    venue_words,
 )
 
 LIMITS = VenueLimits(
@@ -198,8 +202,9 @@ class AlpacaCodec(CodecBase):
             # The request asked for more bars than its window holds, so a full
             # page cannot be the reason: Alpaca left bars of the window out.
             # Keeping what came would let the healer confirm the rest empty.
+            size = f"{len(token)} characters" if isinstance(token, str) else shown(token)
             raise CodecError(
-                f"bars: a next_page_token came back ({len(str(token))} characters):"
+                f"bars: a next_page_token came back ({size}):"
                 " the answer holds only part of the window"
             )
         bars = payload["bars"]
@@ -230,8 +235,8 @@ class AlpacaCodec(CodecBase):
         # answer (forum.alpaca.markets/t/executing-orders/12029); the reset is a
         # clock time this clock-free codec cannot turn into a wait. No bans.
         lowered = {name.lower(): value for name, value in headers.items()}
-        limit = _count(lowered.get("x-ratelimit-limit"))
-        remaining = _count(lowered.get("x-ratelimit-remaining"))
+        limit = header_count(lowered.get("x-ratelimit-limit"))
+        remaining = header_count(lowered.get("x-ratelimit-remaining"))
         used = limit - remaining if limit is not None and remaining is not None else None
         return RateFacts(
             used_weight=max(0, used) if used is not None else None,
@@ -284,10 +289,7 @@ class AlpacaCodec(CodecBase):
         return json.dumps({"action": action, "bars": symbols, "updatedBars": symbols})
 
     def parse_frame(self, text: str) -> FrameResult:
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            return _MALFORMED
+        payload = json_or_none(text)
         # Every server message is an array of objects, each with its type in `T`.
         if not isinstance(payload, list) or not all(
             isinstance(m, dict) and isinstance(m.get("T"), str) for m in payload
@@ -296,7 +298,9 @@ class AlpacaCodec(CodecBase):
         errors = [m for m in payload if m["T"] == "error"]
         if errors:
             # e.g. 402 "auth failed", 406 "connection limit exceeded": no id to match.
-            text = "; ".join(f"{m.get('code')} {m.get('msg')}" for m in errors)
+            text = "; ".join(
+                f"{venue_words(m.get('code'))} {venue_words(m.get('msg'))}" for m in errors
+            )
             # 402 "auth failed" and 409 "insufficient subscription" are the key's
             # (docs.alpaca.markets/docs/streaming-market-data, "Error"): the
             # same key on a new connection meets the same answer.
@@ -343,13 +347,14 @@ def wire_time(tf: Timeframe, ts: datetime) -> datetime:
 def domain_time(tf: Timeframe, ts: datetime) -> datetime:
     """The domain's open time of the bar Alpaca labels `ts`; CodecError if misaligned."""
     if tf.seconds == 86_400:
-        local = ts.astimezone(NEW_YORK)
+        try:
+            local = ts.astimezone(NEW_YORK)
+        except OverflowError:  # New York's date of 0001-01-01T00:00Z is in year 0
+            raise CodecError(f"daily bar at {ts.isoformat()}, before year 1 in New York") from None
         if local.time() != time():
             raise CodecError(f"daily bar at {ts.isoformat()}, not midnight in New York")
-        return datetime.combine(local.date(), time(), UTC)
-    if not tf.is_aligned(ts):
-        raise CodecError(f"open time {ts.isoformat()} is not aligned to {tf}")
-    return ts
+        return bar_open(tf, datetime.combine(local.date(), time(), UTC))
+    return bar_open(tf, ts)
 
 
 def rfc3339(ts: datetime) -> str:
@@ -359,13 +364,13 @@ def rfc3339(ts: datetime) -> str:
 def parse_time(value: object) -> datetime:
     m = _RFC3339.match(value) if isinstance(value, str) else None
     if m is None:
-        raise CodecError(f"time {value!r} is not an RFC 3339 UTC time")
+        raise CodecError(f"time {shown(value)} is not an RFC 3339 UTC time")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     micros = int((m.group(7) or "0").ljust(9, "0")[:6])  # digits past microseconds dropped
     try:
         return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
     except ValueError:
-        raise CodecError(f"time {value!r} is not a valid date") from None
+        raise CodecError(f"time {shown(value)} is not a valid date") from None
 
 
 def _bar(series: SeriesKey, row: object) -> Candle:
@@ -384,9 +389,3 @@ def _venue_error(status: int, payload: Any) -> VenueError:
         code = code if isinstance(code, int) and not isinstance(code, bool) else None
         return VenueError(status, code, payload["message"])
     return VenueError(status, None, "no error body")
-
-
-def _count(text: str | None) -> int | None:
-    if text is None or not text.strip().isdigit():
-        return None
-    return int(text.strip())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import reprlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -221,7 +223,33 @@ def to_ms(ts: datetime) -> int:
 
 
 def from_ms(ms: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=ms)
+    """The instant `ms` milliseconds after the epoch; CodecError past what a datetime holds."""
+    try:
+        return EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:  # e.g. 10**18 ms, some 31 million years on
+        raise CodecError(f"{shown(ms)} ms is outside the datetime range") from None
+
+
+def from_seconds(seconds: int) -> datetime:
+    """The instant `seconds` after the epoch; CodecError past what a datetime holds."""
+    try:
+        return EPOCH + timedelta(seconds=seconds)
+    except OverflowError:
+        raise CodecError(f"{shown(seconds)} s is outside the datetime range") from None
+
+
+def bar_open(tf: Timeframe, ts: datetime) -> datetime:
+    """`ts`, if a bar of `tf` opens then and closes at a time a datetime holds;
+    else CodecError. The drivers compute every bar's close (and the next bar's
+    open): a bar in the last minute of year 9999 would overflow there."""
+    try:
+        aligned = tf.is_aligned(ts)
+        tf.close_time(ts)
+    except (OverflowError, ValueError):  # the bar opens or closes outside years 1-9999
+        raise CodecError(f"open time {ts.isoformat()} has no {tf} bar in range") from None
+    if not aligned:
+        raise CodecError(f"open time {ts.isoformat()} is not aligned to {tf}")
+    return ts
 
 
 class CodecBase:
@@ -292,35 +320,80 @@ def empty_window(start: datetime, end: datetime) -> ValueError:
     return ValueError(f"empty window [{start.isoformat()}, {end.isoformat()})")
 
 
-def json_or_none(body: bytes) -> Any:
+def json_or_none(body: bytes | str) -> Any:
     """The JSON in `body`, or None where there is none."""
     try:
         return json.loads(body)
-    except ValueError:
+    # ValueError: not JSON, not UTF-8 (UnicodeDecodeError), an integer past
+    # Python's digit limit. RecursionError: nesting deeper than the interpreter's
+    # recursion limit, which no venue payload comes near.
+    except (ValueError, RecursionError):
         return None  # the caller decides: an error status, or a malformed body
+
+
+# Error messages quote what arrived, bounded: a value may be megabytes long or
+# nested a thousand deep (a plain repr would then raise RecursionError).
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 60, 60
+
+
+def shown(value: object) -> str:
+    """A short repr of `value` for an error message, whatever its size or depth."""
+    return _SHOWN.repr(value)
+
+
+def venue_words(value: object) -> str:
+    """A venue's error message as text, bounded in length (it gets logged)."""
+    return value[:200] if isinstance(value, str) else shown(value)
 
 
 def decimal_string(value: object) -> float:
     """A finite decimal sent as a string to keep its precision (Binance, OANDA)."""
     if not isinstance(value, str):
-        raise CodecError(f"{value!r} is not a decimal string")
+        raise CodecError(f"{shown(value)} is not a decimal string")
     try:
         number = float(value)
     except ValueError:
-        raise CodecError(f"{value!r} is not a decimal") from None
+        raise CodecError(f"{shown(value)} is not a decimal") from None
     if not math.isfinite(number):
-        raise CodecError(f"{value!r} is not finite")
+        raise CodecError(f"{shown(value)} is not finite")
     return number
 
 
 def json_number(value: object) -> float:
     """A finite JSON number (bool is an int subclass, and no number)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise CodecError(f"{value!r} is not a number")
-    number = float(value)
+        raise CodecError(f"{shown(value)} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past float's range, e.g. 10**400
+        raise CodecError(f"{shown(value)} is not finite") from None
     if not math.isfinite(number):
-        raise CodecError(f"{value!r} is not finite")
+        raise CodecError(f"{shown(value)} is not finite")
     return number
+
+
+def json_count(value: object) -> int:
+    """A non-negative JSON integer within float's range (a count, e.g. OANDA's volume)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CodecError(f"{shown(value)} is not a count")
+    if value > _MAX_COUNT:  # float(value) would overflow; no venue counts so far
+        raise CodecError(f"{shown(value)} is past any count")
+    return value
+
+
+_MAX_COUNT = 2**63 - 1
+# A header's count: ASCII digits, at most 18. `str.isdigit` passes "²", which
+# int() refuses; int() itself takes "1_000", other scripts' digits, and
+# thousands of digits that no rate limit has.
+_HEADER_COUNT = re.compile(r"[0-9]{1,18}")
+
+
+def header_count(text: str | None) -> int | None:
+    """A header's non-negative integer (used weight, limits), or None."""
+    if text is None or not _HEADER_COUNT.fullmatch(text := text.strip()):
+        return None
+    return int(text)
 
 
 def seconds_or_none(text: str | None) -> float | None:

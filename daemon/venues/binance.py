@@ -23,12 +23,16 @@ from daemon.venues.base import (
     RateFacts,
     VenueError,
     VenueLimits,
+    bar_open,
     decimal_string,
     from_ms,
+    header_count,
     json_or_none,
     no_options,
     seconds_or_none,
+    shown,
     to_ms,
+    venue_words,
 )
 
 LIMITS = VenueLimits(
@@ -101,7 +105,7 @@ class BinanceCodec(CodecBase):
         # Header names are case-insensitive; a plain Mapping may not know that.
         lowered = {name.lower(): value for name, value in headers.items()}
         return RateFacts(
-            used_weight=_int_or_none(lowered.get(USED_WEIGHT_HEADER)),
+            used_weight=header_count(lowered.get(USED_WEIGHT_HEADER)),
             retry_after_s=seconds_or_none(lowered.get("retry-after")),
             rate_limited=status == 429,
             banned=status == 418,
@@ -129,10 +133,7 @@ class BinanceCodec(CodecBase):
         return json.dumps({"method": method, "params": params, "id": request_id})
 
     def parse_frame(self, text: str) -> FrameResult:
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            return _MALFORMED
+        payload = json_or_none(text)
         if not isinstance(payload, dict):
             return _MALFORMED
         if "result" in payload or "code" in payload:
@@ -187,11 +188,8 @@ def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Ca
 def _open_time(tf: Timeframe, value: object) -> datetime:
     # bool is an int subclass; true is not a timestamp.
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise CodecError(f"open time {value!r} is not a millisecond timestamp")
-    ts = from_ms(value)
-    if not tf.is_aligned(ts):
-        raise CodecError(f"open time {ts.isoformat()} is not aligned to {tf}")
-    return ts
+        raise CodecError(f"open time {shown(value)} is not a millisecond timestamp")
+    return bar_open(tf, from_ms(value))
 
 
 def _venue_error(status: int, payload: Any) -> VenueError:
@@ -209,15 +207,6 @@ def _reply(payload: dict[str, Any]) -> FrameResult:
     if reply_id is not None and (not isinstance(reply_id, int) or isinstance(reply_id, bool)):
         return _MALFORMED
     if "code" in payload:
-        return FrameResult(reply_id=reply_id, error=str(payload.get("msg", payload["code"])))
+        error = venue_words(payload.get("msg", payload["code"]))
+        return FrameResult(reply_id=reply_id, error=error)
     return FrameResult(reply_id=reply_id)
-
-
-def _int_or_none(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        value = int(text.strip())
-    except ValueError:
-        return None
-    return value if value >= 0 else None

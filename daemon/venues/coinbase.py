@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.domain.timeframe import EPOCH, require_utc
+from daemon.domain.timeframe import require_utc
 from daemon.venues.base import (
     CodecBase,
     CodecError,
@@ -38,9 +38,12 @@ from daemon.venues.base import (
     RateFacts,
     VenueError,
     VenueLimits,
+    bar_open,
+    from_seconds,
     json_number,
     json_or_none,
     no_options,
+    shown,
 )
 
 LIMITS = VenueLimits(
@@ -186,11 +189,8 @@ def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Ca
 def _bucket_start(tf: Timeframe, value: object) -> datetime:
     # bool is an int subclass; true is not a timestamp.
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise CodecError(f"time {value!r} is not a Unix timestamp in seconds")
-    ts = EPOCH + timedelta(seconds=value)
-    if not tf.is_aligned(ts):
-        raise CodecError(f"time {ts.isoformat()} is not aligned to {tf}")
-    return ts
+        raise CodecError(f"time {shown(value)} is not a Unix timestamp in seconds")
+    return bar_open(tf, from_seconds(value))
 
 
 def _venue_error(status: int, payload: Any) -> VenueError:

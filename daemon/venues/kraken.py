@@ -38,9 +38,13 @@ from daemon.venues.base import (
     RateLimitedAnswer,
     VenueError,
     VenueLimits,
+    bar_open,
+    from_seconds,
     json_number,
     json_or_none,
     no_options,
+    shown,
+    venue_words,
 )
 
 LIMITS = VenueLimits(
@@ -177,10 +181,7 @@ class KrakenCodec(CodecBase):
         return json.dumps({"method": method, "params": params, "req_id": request_id})
 
     def parse_frame(self, text: str) -> FrameResult:
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            return _MALFORMED
+        payload = json_or_none(text)
         if not isinstance(payload, dict):
             return _MALFORMED
         if "method" in payload or "success" in payload:  # an answer to a request
@@ -215,7 +216,7 @@ class KrakenCodec(CodecBase):
         if timeframe is None:
             raise CodecError(f"ohlc interval {interval} minutes is not collected")
         series = SeriesKey(self._venue, symbol, timeframe)
-        ts = _aligned(series.tf, _rfc3339(entry.get("interval_begin")))
+        ts = bar_open(series.tf, _rfc3339(entry.get("interval_begin")))
         fields = ("open", "high", "low", "close", "volume")  # JSON numbers on the v2 stream
         o, h, low, c, v = (json_number(entry.get(k)) for k in fields)
         return Candle(series, ts, o, h, low, c, v)
@@ -245,30 +246,24 @@ def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Ca
     time_s = row[0]
     try:
         if not isinstance(time_s, int) or isinstance(time_s, bool) or time_s < 0:
-            raise CodecError(f"time {time_s!r} is not a Unix timestamp in seconds")
-        ts = _aligned(tf, EPOCH + timedelta(seconds=time_s))
+            raise CodecError(f"time {shown(time_s)} is not a Unix timestamp in seconds")
+        ts = bar_open(tf, from_seconds(time_s))
         o, h, low, c, v = (_decimal(row[i]) for i in (1, 2, 3, 4, 6))
     except CodecError as exc:
         raise CodecError(f"OHLC row {index}: {exc}") from None
     return Candle(series, ts, o, h, low, c, v)
 
 
-def _aligned(tf: Timeframe, ts: datetime) -> datetime:
-    if not tf.is_aligned(ts):
-        raise CodecError(f"open time {ts.isoformat()} is not aligned to {tf}")
-    return ts
-
-
 def _rfc3339(value: object) -> datetime:
     m = _RFC3339.match(value) if isinstance(value, str) else None
     if m is None:
-        raise CodecError(f"{value!r} is not an RFC 3339 UTC time")
+        raise CodecError(f"{shown(value)} is not an RFC 3339 UTC time")
     year, month, day, hour, minute, second = (int(f) for f in m.groups()[:6])
     fraction = m.group(7)
     try:
         ts = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
-        raise CodecError(f"{value!r} is not a valid time") from None
+        raise CodecError(f"{shown(value)} is not a valid time") from None
     # Nanoseconds past the microsecond are dropped; an aligned open has none.
     return ts + timedelta(microseconds=int((fraction or "0").ljust(6, "0")[:6]))
 
@@ -276,11 +271,11 @@ def _rfc3339(value: object) -> datetime:
 def _decimal(value: object) -> float:
     # REST sends decimals as strings to keep their precision.
     if not isinstance(value, str):
-        raise CodecError(f"{value!r} is not a decimal string")
+        raise CodecError(f"{shown(value)} is not a decimal string")
     try:
         return _finite(float(value))
     except ValueError:
-        raise CodecError(f"{value!r} is not a decimal") from None
+        raise CodecError(f"{shown(value)} is not a decimal") from None
 
 
 def _finite(number: float) -> float:
@@ -302,5 +297,6 @@ def _reply(payload: dict[str, Any]) -> FrameResult:
     if req_id is not None and (not isinstance(req_id, int) or isinstance(req_id, bool)):
         return _MALFORMED
     if payload.get("success") is False:
-        return FrameResult(reply_id=req_id, error=str(payload.get("error", "request refused")))
+        error = venue_words(payload.get("error", "request refused"))
+        return FrameResult(reply_id=req_id, error=error)
     return FrameResult(reply_id=req_id)

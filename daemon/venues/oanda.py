@@ -41,11 +41,14 @@ from daemon.venues.base import (
     RateFacts,
     VenueError,
     VenueLimits,
+    bar_open,
     decimal_string,
     empty_window,
+    json_count,
     json_or_none,
     only_option,
     seconds_or_none,
+    shown,
 )
 
 LIMITS = VenueLimits(
@@ -169,9 +172,11 @@ class OandaCodec(CodecBase):
             raise CodecError("candles: expected a JSON object")
         instrument, granularity = payload.get("instrument"), payload.get("granularity")
         if instrument != series.symbol:
-            raise CodecError(f"candles of instrument {instrument!r}, asked for {series.symbol}")
+            raise CodecError(
+                f"candles of instrument {shown(instrument)}, asked for {series.symbol}"
+            )
         if granularity != _GRANULARITIES.get(series.timeframe):
-            raise CodecError(f"candles of granularity {granularity!r}, asked for {series.tf}")
+            raise CodecError(f"candles of granularity {shown(granularity)}, asked for {series.tf}")
         rows = payload.get("candles")
         if not isinstance(rows, list):
             raise CodecError("candles: expected a `candles` array")
@@ -194,20 +199,19 @@ class OandaCodec(CodecBase):
             raise CodecError("expected an object")
         complete = row.get("complete")
         if not isinstance(complete, bool):
-            raise CodecError(f"complete flag {complete!r}")
-        ts = parse_time(row.get("time"))
-        if not tf.is_aligned(ts):
-            raise CodecError(f"time {ts.isoformat()} is not aligned to {tf}")
+            raise CodecError(f"complete flag {shown(complete)}")
+        ts = bar_open(tf, parse_time(row.get("time")))
         if not complete:
             return None
         data = row.get(self._component)
         if not isinstance(data, dict):
             raise CodecError(f"no `{self._component}` prices")
         o, h, low, c = (decimal_string(data.get(key)) for key in ("o", "h", "l", "c"))
-        volume = row.get("volume")
-        # The number of prices in the interval: an integer (bool is an int subclass).
-        if not isinstance(volume, int) or isinstance(volume, bool) or volume < 0:
-            raise CodecError(f"volume {volume!r} is not a count")
+        try:
+            # The number of prices in the interval: an integer.
+            volume = json_count(row.get("volume"))
+        except CodecError as exc:
+            raise CodecError(f"volume: {exc}") from None
         return Candle(series, ts, o, h, low, c, float(volume))
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
@@ -274,13 +278,13 @@ def parse_time(value: object) -> datetime:
     """An RFC 3339 UTC time as OANDA sends it; digits past the microsecond are dropped."""
     m = _RFC3339.match(value) if isinstance(value, str) else None
     if m is None:
-        raise CodecError(f"time {value!r} is not an RFC 3339 UTC time")
+        raise CodecError(f"time {shown(value)} is not an RFC 3339 UTC time")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     micros = int((m.group(7) or "0").ljust(9, "0")[:6])
     try:
         return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
     except ValueError:
-        raise CodecError(f"time {value!r} is not a valid date") from None
+        raise CodecError(f"time {shown(value)} is not a valid date") from None
 
 
 def _venue_error(status: int, payload: Any) -> VenueError:
