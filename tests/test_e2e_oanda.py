@@ -6,10 +6,12 @@ without a price (no candle on OANDA) are confirmed empty.
 
 It runs at pinned market instants (tests.daemon_proc.pinned), so it proves
 the same at every hour: the FX Sunday open (the first bar of the week comes
-only by the poll) and a minute inside the week."""
+only by the poll), a minute inside the week, and a Saturday (the polls are
+answered with nothing, and that is no hole: the series is OK, not STALE)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +33,9 @@ from tests.daemon_proc import (
     running_daemon,
     series_toml,
     stop,
+    tail,
     venue_toml,
+    wait_for_event,
     wait_until,
     write_config,
 )
@@ -46,15 +50,26 @@ SCENARIO = {
     "seed": 21,
     "symbols": [{"symbol": "EUR_USD", "listed": "-60d", "profile": "FOREX", "illiquid": 0.01}],
 }
+
+
+@dataclass(frozen=True)
+class Case:
+    instant: datetime
+    market_open: bool  # the polls bring bars
+
+
 # 40 s into a minute: the catch-up (three requests) is done long before the
 # bar in progress closes, so that bar comes by the poll alone.
-INSTANTS = [
+CASES = [
     # Sunday 17:00:40 New York: the market opened 40 s ago; the bar in progress
     # is the week's first, the lookback ends with the weekend.
-    pytest.param(at("2026-11-29T22:00:40Z"), id="sunday-open"),
+    pytest.param(Case(at("2026-11-29T22:00:40Z"), market_open=True), id="sunday-open"),
     # Wednesday mid-morning in New York: an ordinary minute of the week.
-    pytest.param(at("2026-11-25T14:30:40Z"), id="midweek"),
+    pytest.param(Case(at("2026-11-25T14:30:40Z"), market_open=True), id="midweek"),
+    # Saturday: closed since Friday 17:00 New York; the polls go on, empty.
+    pytest.param(Case(at("2026-11-28T15:00:40Z"), market_open=False), id="saturday-closed"),
 ]
+WEEK_CLOSED = at("2026-11-27T22:00:00Z")  # Friday 17:00 New York, before the Saturday case
 
 
 class AsPublished:
@@ -82,17 +97,20 @@ def _candle_requests(requests: list[SimRequest]) -> list[SimRequest]:
     return [r for r in requests if r.path.endswith("/candles")]
 
 
-@pytest.mark.parametrize("instant", INSTANTS)
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.timeout(180)
 async def test_forex_series_polled_at_a_pinned_instant_ends_ok(
-    instant: datetime, tsdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    case: Case, tsdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    instant = case.instant
     now = pinned(instant, monkeypatch)
     sim = SimExchange(parse_scenario(SCENARIO, now()), clock=now, protocol="oanda")
     requests = record_requests(sim, now)
-    # The instant is chosen so that its minute has a price: the poll has a bar to fetch.
-    assert sim.truth.candles(SIM_KEY, TF.floor(instant), TF.next(instant), TF.next(instant),
-                             sparse=True)  # fmt: skip
+    # An open market's instant is chosen so that its minute has a price: the
+    # poll has a bar to fetch.
+    prices = sim.truth.candles(SIM_KEY, TF.floor(instant), TF.next(instant), TF.next(instant),
+                               sparse=True)  # fmt: skip
+    assert bool(prices) == case.market_open
     if instant.weekday() == 6:  # Sunday: the bar in progress is the week's first
         weekend = (TF.floor(instant) - timedelta(hours=47), TF.floor(instant))
         assert not sim.truth.candles(SIM_KEY, *weekend, weekend[1], sparse=False)
@@ -118,16 +136,21 @@ async def test_forex_series_polled_at_a_pinned_instant_ends_ok(
                 return [r for r in _candle_requests(requests)
                         if _window(r)[0] >= TF.floor(started)]  # fmt: skip
 
-            async def a_polled_bar_stored() -> datetime | None:
-                assert proc.returncode is None, log.read_text()[-3000:]
+            async def polled_after_a_close() -> bool:
+                # A poll answered after the bars it asked for closed; in an
+                # open market, with a bar of them stored.
+                assert proc.returncode is None, tail(log)
                 for r in polls():
                     first, end = _window(r)
-                    stored = await _stored(conn, first, end)
-                    if stored:
-                        return stored[0]
-                return None
+                    if r.at >= end and (not case.market_open or await _stored(conn, first, end)):
+                        return True
+                return False
 
-            await wait_until(a_polled_bar_stored, within=120)
+            # The daemon's own first heal cycle (after its orchestrated
+            # backfill): OK, the weekend being no hole.
+            cycle = await wait_for_event(log, "heal cycle done", proc, within=120)
+            assert cycle["statuses"] == {"OK": 1}, tail(log)
+            await wait_until(polled_after_a_close, within=120)
             stopped = now()
             assert await stop(proc) == 0
         polled = polls()
@@ -141,13 +164,14 @@ async def test_forex_series_polled_at_a_pinned_instant_ends_ok(
         first_polled = min(_window(r)[0] for r in polled)
         assert first_polled <= TF.next(TF.floor(started)), "the poll started late"
         due = TF.floor(stopped - POLL_DELAY)
+        for ts in TF.bars(first_polled, due):
+            asked = [r for r in polled if _window(r)[0] <= ts < _window(r)[1]]
+            assert asked and all(r.at >= TF.close_time(ts) for r in asked), (ts, asked)
         truth_bars = sim.truth.candles(SIM_KEY, first_polled, due, due, sparse=True)
-        assert truth_bars, "no bar with a price closed during the run"
-        for bar in truth_bars:
-            close = TF.close_time(bar.ts)
-            asked = [r for r in polled if _window(r)[0] <= bar.ts < _window(r)[1]]
-            assert asked and all(r.at >= close for r in asked), (bar.ts, asked)
+        assert bool(truth_bars) == case.market_open, truth_bars
         assert set(await _stored(conn, first_polled, due)) == {c.ts for c in truth_bars}
+        if not case.market_open:
+            assert not await _stored(conn, WEEK_CLOSED, due)  # nothing since Friday's close
 
         await repair_pass(config, tsdb_dsn, tmp_path)
         # The daemon took its lookback a moment after `started`.
@@ -161,9 +185,9 @@ async def test_forex_series_polled_at_a_pinned_instant_ends_ok(
             " WHERE venue = 'oanda' AND symbol = $1 AND timeframe = $2",
             KEY.symbol, KEY.timeframe,
         )  # fmt: skip
-        assert status is not None and (status["status"], status["missing_bars"]) == ("OK", 0), (
+        assert status is not None and (status["status"], status["missing_bars"]) == ("OK", 0), tail(
             tmp_path / "repair.log"
-        ).read_text()[-3000:]
+        )
     finally:
         if conn is not None:
             await conn.close()
