@@ -35,7 +35,8 @@ from tests.daemon_proc import (
     write_config,
 )
 from tests.pg import free_port
-from tests.test_e2e_collection import SYMBOLS, assert_store_equals_truth, scenario
+from tests.test_e2e_collection import HEALING, SYMBOLS, assert_store_equals_truth, scenario
+from tests.waiting import first_request
 
 # Shallow enough for two shared CPUs, deep enough that the backfill outlasts
 # the first seconds of the run.
@@ -56,7 +57,7 @@ def config_for(tmp_path: Path, sim_port: int, depth: dict[str, timedelta]) -> tu
         hours = int(d.total_seconds() // 3600)
         body += series_toml("binance", SYMBOLS, [tf], lookback=f'"{hours}h"')
     health_port = free_port()
-    return write_config(tmp_path, body, health_port=health_port), health_port
+    return write_config(tmp_path, body + HEALING, health_port=health_port), health_port
 
 
 async def health(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, Any]] | None:
@@ -88,6 +89,7 @@ async def test_database_outage_mid_run_loses_and_duplicates_nothing(
                 got = await health(session, hport)
                 return got[1] if got is not None and got[0] == code else None
 
+            asked = await first_request(sim)
             await wait_until(lambda: status(200))
             await asyncio.sleep(10)  # backfilling and streaming
             await asyncio.to_thread(cluster.stop)
@@ -118,7 +120,7 @@ async def test_database_outage_mid_run_loses_and_duplicates_nothing(
         # (a dropped stream's hole backfill) at the stop; the heal cycle
         # leaves the last 30 s to its next run.
         await assert_store_equals_truth(sim, cluster.dsn, started, stopped, settle_s=35,
-                                        lookback=DEPTH)  # fmt: skip
+                                        lookback=DEPTH, asked=asked)  # fmt: skip
     finally:
         await sim.stop()
 
@@ -137,8 +139,9 @@ async def test_kill_9_with_candles_spooled_then_database_returns(
     """kill -9 while the database is down and candles wait in the spool;
     restart while it is still down; bring it back: every spooled candle is
     in the store exactly once, with the spooled values."""
-    # A day of 1s bars: the backfill outgrows the writer's memory buffer
-    # during the outage, so the overflow goes to the spool.
+    # A day of 1s bars: the backfill is still putting candles when the
+    # database stops, so a write fails and the writer moves its buffer, and
+    # every later candle, to the spool.
     sim = SimExchange(parse_scenario(scenario(), clock.now()))
     _, sim_port = await sim.start("127.0.0.1", 0)
     config, hport = config_for(tmp_path, sim_port, {"1s": timedelta(days=1)})
