@@ -30,6 +30,7 @@ from tests.daemon_proc import (
     stop,
     tail,
     venue_toml,
+    wait_for_event,
     wait_until,
     write_config,
 )
@@ -114,6 +115,10 @@ async def test_coinbase_store_equals_sparse_truth_and_illiquid_minutes_end_confi
                             found.add(key)
                     return found == {BTC, ETH}
 
+                # The daemon's own first heal cycle (after its orchestrated
+                # backfill): both OK, ETH-USD's untraded minutes confirmed empty.
+                cycle = await wait_for_event(log, "heal cycle done", proc, within=120)
+                assert cycle["statuses"] == {"OK": 2}, tail(log)
                 await wait_until(polled_bars_stored, within=120)
                 stopped = now()
                 assert await stop(proc) == 0
