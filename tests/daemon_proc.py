@@ -174,10 +174,9 @@ async def wait_for_event(
 
 @dataclass(frozen=True)
 class SimRequest:
-    """One request the simulator answered, with its times by the simulator's clock."""
+    """One request the simulator answered (its time by the simulator's clock)."""
 
-    at: datetime  # arrived
-    answered: datetime
+    at: datetime  # when it arrived
     path: str
     params: Mapping[str, str]
     status: int
@@ -202,8 +201,8 @@ class _Recording:
         async def recorded(request: web.Request) -> web.StreamResponse:
             arrived = self._now()
             response: web.StreamResponse = await handler(request)
-            self._log.append(SimRequest(arrived, self._now(), request.path,
-                                        dict(request.query), response.status))  # fmt: skip
+            self._log.append(SimRequest(arrived, request.path, dict(request.query),
+                                        response.status))  # fmt: skip
             return response
 
         return recorded
