@@ -23,6 +23,7 @@ from daemon.app import Daemon
 from daemon.config import load_config
 from daemon.domain import Candle
 from daemon.health import HealthFacts, assess
+from daemon.store import database
 from daemon.store.migrations import migrate
 from daemon.store.spool import Spool
 from daemon.store.writer import CandleStore, CandleWriter
@@ -379,3 +380,20 @@ async def test_a_full_spool_makes_producers_wait(
             assert writer.failing is None
             runner.cancel()
     assert len(await stored(migrated)) == len(candles) + 1
+
+
+async def test_any_statement_on_a_hung_database_is_bounded(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only the writer: every pool the daemon opens bounds each statement,
+    so a healer or health query on a hung server ends in an error."""
+    monkeypatch.setattr(database, "STATEMENT_TIMEOUT_S", 0.5)
+    db = await database.Database.connect(proxy.dsn)
+    try:
+        proxy.hang()
+        async with asyncio.timeout(30):  # only against a hang of the test itself
+            with pytest.raises(database.UNAVAILABLE):
+                await db.pool.fetchval("SELECT 1")
+    finally:
+        proxy.up()
+        db.pool.terminate()

@@ -9,6 +9,8 @@ import asyncpg
 # What a query raises when the database is down, restarting or too slow: the
 # caller reports it and goes on without the answer.
 UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+STATEMENT_TIMEOUT_S = 300.0
+CONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,14 @@ class Database:
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> Database:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        # Every statement is bounded, so a hung server shows as an error
+        # (UNAVAILABLE) instead of a task waiting for ever. Generous: a full
+        # audit of a large series is one long query. The writer bounds its own
+        # calls tighter (CandleStore timeout_s) and spools on a timeout.
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, command_timeout=STATEMENT_TIMEOUT_S,
+            timeout=CONNECT_TIMEOUT_S,
+        )  # fmt: skip
         try:
             async with pool.acquire() as conn:
                 info = await server_info(conn)
