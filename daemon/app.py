@@ -226,7 +226,9 @@ class Daemon:
             for name, rt in self.runtimes.items()
         }
         report = await healer.repair(repairers, audits, max_fills=self.config.healing.max_fills)
-        if report.requests:
+        # Re-audit whatever the repair learnt something about: bars it fetched,
+        # or ranges it confirmed empty (past a venue's horizon, without a request).
+        if report.requests or report.empty:
             await self._writer.drain()  # repaired bars must be stored before the re-audit
             again = [a.key for a in audits if a.gaps]
             repaired = {a.key: a for a in await healer.audit(again, at=at)}

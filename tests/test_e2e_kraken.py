@@ -243,12 +243,6 @@ async def test_kraken_horizon_backfill_stream_and_heal(
         assert all(_asked_from(r) >= M1.add(_horizon(r), -1) for r in log)
         assert sim.counters.sent_429 == 0
         # After that heal cycle every series is OK: it confirmed the rest empty.
-        if cycle["statuses"] != {"OK": len(SYMBOLS)} and cycle["requests"] == 0:
-            pytest.xfail(
-                "daemon bug: Daemon.heal_cycle re-audits only when the repair sent requests; "
-                "the unreachable range confirmed empty without one (Backfiller.run_job clamps it "
-                f"to oldest_served) leaves the series DEGRADED until the next cycle: {cycle}"
-            )
         assert cycle["statuses"] == {"OK": len(SYMBOLS)}, cycle
     finally:
         await sim.stop()
