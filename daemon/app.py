@@ -424,6 +424,7 @@ class Daemon:
                 name, rt.collector.connected if rt.collector else None, rt.throttle.tokens,
                 datetime.fromtimestamp(banned, UTC) if rt.throttle.banned else None,
                 component.state if component else "stopped",
+                str(rt.fetcher.refusal) if rt.fetcher.refusal is not None else None,
             ))  # fmt: skip
         writer = self._writer
         return HealthFacts(

@@ -73,14 +73,6 @@ class RedirectRefused(FetchError):
 
 
 _RETRIED = (RetryableStatus, UnusableBody, aiohttp.ClientError, TimeoutError)
-# Venues whose credentials are refused now, and what was said: /health shows
-# them. Process-wide like the metrics registry; each fetcher keeps its venue's.
-_refusals: dict[str, tuple[Fetcher, str]] = {}
-
-
-def refused_credentials() -> dict[str, str]:
-    """Venue name -> why its credentials are refused, for the venues refused now."""
-    return {venue: message for venue, (_, message) in _refusals.items()}
 
 
 def safe_url(url: str | URL) -> str:
@@ -161,8 +153,6 @@ class Fetcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if _refusals.get(self._codec.venue, (None,))[0] is self:
-            del _refusals[self._codec.venue]
         if self._session is not None:
             await self._session.close()
 
@@ -247,13 +237,10 @@ class Fetcher:
                       retry_in_s=self._auth_retry_s)  # fmt: skip
         self._refusal = refusal
         self._refused_until = time.monotonic() + self._auth_retry_s
-        _refusals[self._codec.venue] = (self, str(refusal))
 
     def _accepted(self) -> None:
         log.warning("venue accepts the credentials again", venue=self._codec.venue)
         self._refusal = None
-        if _refusals.get(self._codec.venue, (None,))[0] is self:
-            del _refusals[self._codec.venue]
 
     async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         """The whole body. (`content.read(n)` would return only what has

@@ -6,8 +6,8 @@ document; the server is a thin aiohttp edge around it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +16,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon import __version__, calendars, metrics
 from daemon.config import SeriesSpec
-from daemon.fetch import refused_credentials
 
 
 @dataclass(frozen=True)
@@ -26,6 +25,7 @@ class VenueHealth:
     rate_tokens: float
     banned_until: datetime | None
     component: str  # the supervisor's state of its runtime
+    credentials_refused: str | None = None  # why the venue refuses the key (names the settings)
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,6 @@ class HealthFacts:
     crash_looping: Sequence[str]
     writer_failing: str | None = None  # why writes are failing, if they are
     spooled_candles: int = 0  # waiting on disk for the database
-    # Venue -> why its credentials are refused (naming the settings to fix).
-    credentials_refused: Mapping[str, str] = field(default_factory=dict)
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -75,10 +73,11 @@ def assess(f: HealthFacts) -> dict[str, Any]:
     if f.last_reload != "ok":
         reasons.append(f"last config reload failed: {f.last_reload}")
     reasons += [f"component {name} is crash-looping" for name in f.crash_looping]
-    reasons += [message for _, message in sorted(f.credentials_refused.items())]
     for v in f.venues:
         if v.banned_until is not None:
             reasons.append(f"venue {v.name} banned until {v.banned_until.isoformat()}")
+        if v.credentials_refused is not None:
+            reasons.append(v.credentials_refused)
         if v.ws_connected is False:
             reasons.append(f"venue {v.name} stream disconnected")
     not_ok = [s for s in f.series if s.status != "OK"]
@@ -105,7 +104,7 @@ def assess(f: HealthFacts) -> dict[str, Any]:
                 "rate_tokens": int(v.rate_tokens),
                 "banned_until": _iso(v.banned_until),
                 "component": v.component,
-                "credentials_refused": f.credentials_refused.get(v.name),
+                "credentials_refused": v.credentials_refused,
             }
             for v in f.venues
         ],
@@ -146,10 +145,7 @@ class HealthServer:
             self._runner = None
 
     async def _health(self, request: web.Request) -> web.Response:
-        facts = await self._gather()
-        if not facts.credentials_refused:  # the fetchers keep them, venue by venue
-            facts = replace(facts, credentials_refused=refused_credentials())
-        doc = assess(facts)
+        doc = assess(await self._gather())
         return web.json_response(doc, status=503 if doc["status"] == "failing" else 200)
 
     async def _metrics(self, request: web.Request) -> web.Response:
