@@ -19,7 +19,7 @@ from daemon.sim.server import SimExchange
 
 
 def log_events(log: Path, event: str) -> list[dict[str, Any]]:
-    """The JSON log lines of `log` whose event is `event`, in order."""
+    """The JSON log lines of `log` whose event starts with `event`, in order."""
     if not log.exists():
         return []
     found = []
@@ -28,14 +28,16 @@ def log_events(log: Path, event: str) -> list[dict[str, Any]]:
             doc = json.loads(line)
         except ValueError:
             continue
-        if isinstance(doc, dict) and doc.get("event") == event:
+        if isinstance(doc, dict) and str(doc.get("event", "")).startswith(event):
             found.append(doc)
     return found
 
 
-async def until(check: Callable[[], bool | Awaitable[bool]], within: float, what: str) -> None:
-    """Poll `check` every 0.2 s until it is true; past `within` seconds (a
-    hang, not slowness) fail naming `what`."""
+async def until(
+    check: Callable[[], bool | Awaitable[bool]], within: float, what: str, every: float = 0.2
+) -> None:
+    """Poll `check` every `every` seconds until it is true; past `within`
+    seconds (a hang, not slowness) fail naming `what`."""
     try:
         async with asyncio.timeout(within):
             while True:
@@ -44,7 +46,7 @@ async def until(check: Callable[[], bool | Awaitable[bool]], within: float, what
                     result = await result
                 if result:
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(every)
     except TimeoutError:
         raise AssertionError(f"still waiting after {within:g} s for {what}") from None
 
