@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import signal
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +21,8 @@ from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
 from tests.daemon_proc import (
     NotifyListener,
+    SimRequest,
+    record_requests,
     running_daemon,
     series_toml,
     stop,
@@ -29,6 +31,7 @@ from tests.daemon_proc import (
     write_config,
 )
 from tests.pg import free_port
+from tests.waiting import log_events
 
 
 async def health(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:
@@ -116,7 +119,8 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
 
             async def ccc_live() -> bool:
                 n = await conn.fetchval(
-                    "SELECT count(*) FROM candles WHERE symbol = 'CCCUSDT' AND ts > now() - interval '5 seconds'"
+                    "SELECT count(*) FROM candles WHERE symbol = 'CCCUSDT' AND ts > $1",
+                    clock.now() - timedelta(seconds=5),
                 )
                 return bool(n)
 
@@ -124,7 +128,14 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
             assert await written(session, hport) > metrics_before  # counters move
             assert sim.counters.ws_connections == connections, "reload reconnected the stream"
             bbb_before = await conn.fetchval("SELECT max(ts) FROM candles WHERE symbol = 'BBBUSDT'")
-            await asyncio.sleep(3)
+            aaa_before = await conn.fetchval("SELECT max(ts) FROM candles WHERE symbol = 'AAAUSDT'")
+
+            async def aaa_streamed_3_more() -> bool:
+                # AAA's stream goes on: three more bars, and BBB's would have come too.
+                last = await conn.fetchval("SELECT max(ts) FROM candles WHERE symbol = 'AAAUSDT'")
+                return bool(last >= aaa_before + timedelta(seconds=3))
+
+            await wait_until(aaa_streamed_3_more)
             assert (
                 await conn.fetchval("SELECT max(ts) FROM candles WHERE symbol = 'BBBUSDT'")
                 == bbb_before
@@ -166,26 +177,38 @@ async def test_restart_during_a_ban_sends_nothing_until_it_ends(
         from daemon.store.migrations import migrate
 
         await migrate(conn)
-        # An earlier run was banned (418) until 8 s from now.
-        ban_ends = await conn.fetchval(
-            "INSERT INTO venue_state (venue, banned_until) VALUES ('binance', now() + interval '8 seconds')"
-            " RETURNING banned_until"
-        )
+
+        async def ban_for_8_more_seconds() -> None:
+            """An earlier run was banned (418) until 8 s from now: kept so until
+            the daemon has read it, however long its start takes."""
+            await conn.execute(
+                """INSERT INTO venue_state (venue, banned_until) VALUES ('binance', $1)
+                   ON CONFLICT (venue) DO UPDATE SET banned_until = excluded.banned_until""",
+                clock.now() + timedelta(seconds=8),
+            )
+
+        await ban_for_8_more_seconds()
         body = venue_toml("binance", sim_port) + series_toml(
             "binance", ["AAAUSDT"], ["1m"], lookback='"1h"', live="false"
         )
         config = write_config(tmp_path, body, health_port=free_port())
-        async with running_daemon(config, tsdb_dsn, tmp_path / "daemon.log") as proc:
+        log = tmp_path / "daemon.log"
+        async with running_daemon(config, tsdb_dsn, log) as proc:
 
             def requests() -> int:
                 return sum(sim.counters.requests_by_status.values())
 
+            while not (held := log_events(log, "venue ban still in force")):
+                assert proc.returncode is None, log.read_text()[-3000:]
+                await ban_for_8_more_seconds()
+                await asyncio.sleep(0.5)
+            ban_ends = datetime.fromisoformat(held[0]["until"])  # the end the daemon read
+            assert ban_ends > clock.now()
             while clock.now() < ban_ends - timedelta(seconds=1):
                 assert requests() == 0, "a request went out during the ban"
                 await asyncio.sleep(0.2)
             await wait_until(lambda: asyncio.sleep(0, requests() > 0), within=30)
             assert await stop(proc) == 0
-        assert "venue ban still in force" in (tmp_path / "daemon.log").read_text()
         assert sim.counters.requests_during_ban == 0 and sim.counters.sent_418 == 0
     finally:
         await conn.close()
@@ -211,6 +234,7 @@ async def test_a_venue_started_while_the_database_is_down_fetches_then_honours_t
 
     sim = SimExchange(parse_scenario({"symbols": [{"symbol": "AAAUSDT", "listed": "-2d"}]},
                                      clock.now()))  # fmt: skip
+    answered = record_requests(sim, clock.now)
     _, sim_port = await sim.start("127.0.0.1", 0)
     key = SeriesKey("binance", "AAAUSDT", "1m")
     venue = VenueConfig("binance", "binance", f"http://127.0.0.1:{sim_port}",
@@ -226,8 +250,9 @@ async def test_a_venue_started_while_the_database_is_down_fetches_then_honours_t
             async with db.pool.acquire() as conn:
                 await migrate(conn)
                 ban_ends = await conn.fetchval(
-                    "INSERT INTO venue_state (venue, banned_until)"
-                    " VALUES ('binance', now() + interval '40 seconds') RETURNING banned_until"
+                    "INSERT INTO venue_state (venue, banned_until) VALUES ('binance', $1)"
+                    " RETURNING banned_until",
+                    clock.now() + timedelta(seconds=40),
                 )
             await asyncio.to_thread(cluster.stop)
             spool = Spool(tmp_path / "spool")
@@ -242,14 +267,21 @@ async def test_a_venue_started_while_the_database_is_down_fetches_then_honours_t
                 # Back: the persisted ban is found and held.
                 await wait_until(lambda: asyncio.sleep(0, runtime.throttle.banned), within=30)
                 assert runtime.throttle.banned_until == ban_ends.timestamp()
-                await asyncio.sleep(1)  # requests already past the throttle land
-                before = requests()
+                # A job for a window no other asks for (the lookback is 6 h):
+                # its requests are told apart by their startTime, whatever was
+                # already past the throttle when the ban was found.
                 now = clock.now()
-                runtime.backfiller.submit(BackfillJob(key, now - timedelta(days=1), now, "test"))
-                while clock.now() < ban_ends - timedelta(seconds=1):
-                    assert requests() == before, "a request went out during the ban"
-                    await asyncio.sleep(0.2)
-                await wait_until(lambda: asyncio.sleep(0, requests() > before), within=30)
+                job = BackfillJob(key, now - timedelta(days=1), now - timedelta(hours=12), "test")
+                runtime.backfiller.submit(job)
+                lo, hi = (int(t.timestamp() * 1000) for t in (job.start, job.end))
+
+                def of_the_job() -> list[SimRequest]:
+                    return [r for r in answered
+                            if lo <= int(r.params.get("startTime", -1)) < hi]  # fmt: skip
+
+                await wait_until(lambda: asyncio.sleep(0, of_the_job()), within=90)
+                first = min(r.at for r in of_the_job())
+                assert first >= ban_ends - timedelta(seconds=1), "a request went out during the ban"
                 assert not any(t.done() for t in tasks), [t for t in tasks if t.done()]
                 for t in tasks:
                     t.cancel()
