@@ -4,7 +4,6 @@ Alpaca is the venue kind that needs both a key and a secret."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -18,7 +17,8 @@ from daemon.config import ConfigError, load_config
 from daemon.sim import SimExchange, parse_scenario
 from daemon.sim.alpaca import SIM_KEY, SIM_SECRET
 from daemon.venues import Credentials
-from tests.daemon_proc import REPO, running_daemon, stop, wait_until
+from tests.daemon_proc import REPO, running_daemon, stop
+from tests.waiting import until
 
 KEY, SECRET = "AKSIMKEY0000000000", "sim-secret-that-must-never-show"
 ENV = {"ALPACA_KEY": KEY, "ALPACA_SECRET": SECRET}
@@ -162,12 +162,14 @@ async def test_the_secret_never_shows_in_the_daemons_log(tmp_path: Path, tsdb_ds
         with patch.dict(os.environ, env):
             async with running_daemon(path, tsdb_dsn, tmp_path / "daemon.log") as proc:
                 log = tmp_path / "daemon.log"
-                await wait_until(lambda: asyncio.sleep(0, _logged(log, "stream connected")))
+                # Streaming and fetching, both with the credentials.
+                await until(lambda: _logged(log, "stream connected")
+                            and sim.counters.requests_by_status[200] > 0, 120,
+                            "the stream connected and a request answered")  # fmt: skip
                 assert await stop(proc) == 0
     finally:
         await sim.stop()
     lines = (tmp_path / "daemon.log").read_text().splitlines()
-    assert sim.counters.requests_by_status[200] > 0  # the credentials were used
     assert not [line for line in lines if SIM_SECRET in line]
 
 

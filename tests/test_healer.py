@@ -160,7 +160,12 @@ async def test_range_the_venue_lacks_is_confirmed_empty_after_k_cycles(rig: Rig)
         audits = await rig.healer.audit([EARLY_GAP])
         await rig.healer.repair(rig.repairers, audits, max_fills=10)
         requests_per_cycle.append(sum(rig.sim.counters.requests_by_status.values()) - before)
-        await asyncio.sleep(rig.healer.interval.total_seconds())
+        # The next cycle once the range is due again (retries at growing intervals).
+        async with rig.db.pool.acquire() as conn:
+            due = await conn.fetchval("SELECT max(next_attempt_at) FROM empty_ranges")
+        assert due is None or due - wallclock.now() < timedelta(seconds=30), due  # a few s
+        while due is not None and wallclock.now() < due:
+            await asyncio.sleep(0.1)
     # Three empty answers (one per cycle), then the range is never asked again.
     assert requests_per_cycle[:3] == [1, 1, 1] and requests_per_cycle[3] == 0
     [audit] = await rig.healer.audit([EARLY_GAP])
