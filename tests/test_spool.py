@@ -286,6 +286,63 @@ def test_damage_found_during_replay(tmp_path: Path, strict: bool) -> None:
         assert s.pending_batches == 0 and spool_files(tmp_path) == []
 
 
+def _payload(
+    names: list[bytes], rows: list[tuple[int, int, float, float, float, float, float]]
+) -> bytes:
+    """A batch laid out by hand (a valid checksum, whatever it says)."""
+    table = b"".join(struct.pack("<H", len(s)) + s for s in names)
+    body = b"".join(struct.pack("<Iq5d", *r) for r in rows)
+    return struct.pack("<BII", 1, len(rows), len(names) // 3) + table + body
+
+
+_US0 = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+_ROW0 = (0, _US0, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("ts", "series"), [(2**62, 0), (-(2**63), 0), (_US0, 1)], ids=["2**62", "-2**63", "no series"]
+)
+def test_a_row_that_does_not_decode_is_damage_found_on_replay(
+    tmp_path: Path, ts: int, series: int
+) -> None:
+    """Its checksum is valid, so it passes the open; replay skips and reports it."""
+    sizes = write(tmp_path, [batch(0)])
+    [path] = spool_files(tmp_path)
+    hostile = _frame(_payload([b"sim", b"SYM0", b"1m"], [_ROW0, (series, ts, *_ROW0[2:])]))
+    with path.open("ab") as f:
+        f.write(hostile + _frame(_payload([b"sim", b"SYM0", b"1m"], [_ROW0])))
+    with Spool(tmp_path) as s:
+        assert s.corruptions == []
+        assert replayed(s) == [batch(0), [Candle(KEYS[0], T0, 1.0, 1.0, 1.0, 1.0, 1.0)]]
+        [corruption] = s.corruptions
+        assert (corruption.offset, corruption.length) == (sizes[0], len(hostile))
+        assert corruption.reason.startswith("undecodable batch: a row")
+
+
+@pytest.mark.parametrize(
+    "symbol", [b"SYM\0", b"S" * (spool_mod.MAX_NAME_BYTES + 1)], ids=["NUL", "too long"]
+)
+def test_a_series_name_the_database_cannot_hold_is_damage(tmp_path: Path, symbol: bytes) -> None:
+    """Written back, it would fail for ever and hold up the whole spool."""
+    sizes = write(tmp_path, [batch(0)])
+    [path] = spool_files(tmp_path)
+    hostile = _frame(_payload([b"sim", symbol, b"1m"], [_ROW0]))
+    with path.open("ab") as f:
+        f.write(hostile + _frame(_payload([b"sim", b"SYM0", b"1m"], [_ROW0])))
+    with Spool(tmp_path) as s:
+        [corruption] = s.corruptions
+        assert (corruption.offset, corruption.length) == (sizes[0], len(hostile))
+        assert replayed(s) == [batch(0), [Candle(KEYS[0], T0, 1.0, 1.0, 1.0, 1.0, 1.0)]]
+
+
+def test_the_longest_series_name_allowed_comes_back(tmp_path: Path) -> None:
+    key = SeriesKey("v" * spool_mod.MAX_NAME_BYTES, "é" * (spool_mod.MAX_NAME_BYTES // 2), "1m")
+    candles = [Candle(key, T0, 1.0, 1.0, 1.0, 1.0, 1.0)]
+    write(tmp_path, [candles])
+    with Spool(tmp_path) as s:
+        assert replayed(s) == [candles] and s.corruptions == []
+
+
 # --- acks ---------------------------------------------------------------------
 
 

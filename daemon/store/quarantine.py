@@ -11,9 +11,9 @@ from daemon.domain import Candle
 
 
 async def quarantine(
-    pool: asyncpg.Pool, rejected: Sequence[tuple[Candle, str]], source: str
+    db: asyncpg.Pool | asyncpg.Connection, rejected: Sequence[tuple[Candle, str]], source: str
 ) -> None:
-    await pool.executemany(
+    await db.executemany(
         """INSERT INTO quarantine (venue, symbol, timeframe, ts, reason, payload)
            VALUES ($1, $2, $3, $4, $5, $6::jsonb)""",
         [

@@ -36,6 +36,13 @@ Damage, two kinds:
   A damaged *last* record of the newest file is indistinguishable from a torn
   one and is treated as torn.
 
+A valid checksum only says the bytes are the ones written, not that they are
+sane: the file may come from another build, a bug, or a hand. A record that
+does not decode (a series name that is not UTF-8, holds a NUL or is longer
+than `MAX_NAME_BYTES`, a row naming no series, a ts no datetime holds, ...) is
+damage like any other, and decoding raises nothing else for any bytes. Values
+are not judged here: the writer validates replayed candles like live ones.
+
 Acks: `replay()` yields `(SpoolPosition, batch)`; `ack(position)` confirms that
 batch and every one before it are in the database, and deletes the files it
 fully covers. Acks live in memory: after a restart, files still present replay
@@ -67,6 +74,10 @@ MAGIC = b"CSPL"
 VERSION = 1
 ROTATE_BYTES = 64 << 20
 MAX_BYTES = 1 << 30
+# Far longer than any venue, symbol or timeframe, and short enough that the
+# three fit in one btree index entry (at most 2,704 bytes) of the series table:
+# a longer name would make every write of its record fail, for ever.
+MAX_NAME_BYTES = 1024
 _FRAME = struct.Struct("<4sII")  # magic, payload length, crc32
 _LEN = struct.Struct("<I")
 _BATCH = struct.Struct("<BII")  # version, n_candles, n_series
@@ -170,17 +181,30 @@ def _decode_str(payload: memoryview, pos: int) -> tuple[str, int]:
     pos += _STR.size
     if pos + size > len(payload):
         raise ValueError("series table truncated")
-    return str(payload[pos : pos + size], "utf-8"), pos + size
+    if size > MAX_NAME_BYTES:
+        raise ValueError(f"series name of {size} bytes")
+    text = str(payload[pos : pos + size], "utf-8")  # UnicodeDecodeError is a ValueError
+    if "\0" in text:
+        raise ValueError("NUL in a series name")  # PostgreSQL text cannot hold one
+    return text, pos + size
 
 
 def _decode(payload: memoryview) -> list[Candle]:
+    """The batch's candles; ValueError (only) if it does not decode."""
     _, table, pos = _layout(payload)
-    keys = [SeriesKey(*t) for t in table]
+    keys = [SeriesKey(*t) for t in table]  # ValueError: unknown timeframe
     epoch = _EPOCH
-    return [
-        Candle(keys[s], epoch + timedelta(microseconds=ts), o, h, lo, c, v)
-        for s, ts, o, h, lo, c, v in _ROW.iter_unpack(payload[pos:])
-    ]
+    # Caught around the whole comprehension rather than checked per row: this
+    # loop is the whole cost of a replay.
+    try:
+        return [
+            Candle(keys[s], epoch + timedelta(microseconds=ts), o, h, lo, c, v)
+            for s, ts, o, h, lo, c, v in _ROW.iter_unpack(payload[pos:])
+        ]
+    except IndexError:
+        raise ValueError("a row names a series the table does not have") from None
+    except OverflowError:
+        raise ValueError("a row's ts is outside the datetime range") from None
 
 
 # --- scanning ---------------------------------------------------------------
@@ -529,7 +553,7 @@ class Spool:
         if reason is None:
             try:
                 return _decode(memoryview(data)[_FRAME.size :])
-            except (ValueError, IndexError) as e:
+            except ValueError as e:
                 reason = f"undecodable batch: {e}"
         self._damaged(Corruption(spool_file.path, start, len(data), reason))
         with self._mutex:

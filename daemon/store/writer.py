@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from daemon import logs, metrics
+from daemon import clock, logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.store.database import UNAVAILABLE
+from daemon.store.quarantine import quarantine
 from daemon.store.series import ensure_series
 from daemon.store.spool import Spool, SpoolFull, SpoolPosition
+from daemon.validate import problem
 
 log = logs.get("candled.writer")
 _STAGE_DDL = """CREATE TEMP TABLE IF NOT EXISTS candle_stage (
@@ -139,6 +141,10 @@ class CandleStore:
 
     async def write(self, candles: Sequence[Candle]) -> WriteResult:
         return await self.execute(await self.prepare(candles))
+
+    async def quarantine(self, rejected: Sequence[tuple[Candle, str]], source: str) -> None:
+        async with self._connection() as conn:
+            await quarantine(conn, rejected, source)
 
 
 class CandleWriter:
@@ -282,24 +288,37 @@ class CandleWriter:
         self._oldest = None
         self._spooling = True
 
-    def _read_spool(self) -> tuple[list[Candle], SpoolPosition | None]:
-        """The oldest spooled candles, about a batch (in a worker thread)."""
+    def _read_spool(
+        self,
+    ) -> tuple[list[Candle], list[tuple[Candle, str]], SpoolPosition | None]:
+        """The oldest spooled candles, about a batch, split into the sane ones
+        and the rejected ones with their reasons (in a worker thread: the
+        checks cost some 20 us a candle: 0.1 s a batch, too long to hold the loop)."""
         assert self._spool is not None
-        candles: list[Candle] = []
+        good: list[Candle] = []
+        bad: list[tuple[Candle, str]] = []
         last = None
+        # The spool's checksums prove nothing about the values (the file may
+        # come from another build, or a hand): they are judged like live ones.
+        now = clock.now()
         for position, batch in self._spool.replay():
-            candles += batch
+            for c in batch:
+                reason = problem(c, now)
+                if reason is None:
+                    good.append(c)
+                else:
+                    bad.append((c, reason))
             last = position
-            if len(candles) >= self.batch_size:
+            if len(good) + len(bad) >= self.batch_size:
                 break
-        return candles, last
+        return good, bad, last
 
     async def _replay_spool(self) -> Exception | None:
         """Write back the oldest spooled candles; the error if that failed.
         Once the spool is empty, candles go through memory again."""
         spool = self._spool
         assert spool is not None
-        candles, last = await asyncio.to_thread(self._read_spool)
+        good, bad, last = await asyncio.to_thread(self._read_spool)
         if last is None:
             async with self._changed:
                 if not spool.pending_batches:  # else an append came in meanwhile
@@ -309,10 +328,20 @@ class CandleWriter:
             return None
         result = WriteResult()
         try:
-            for start in range(0, len(candles), self.batch_size):
-                result += await self._store.write(candles[start : start + self.batch_size])
+            for start in range(0, len(good), self.batch_size):
+                result += await self._store.write(good[start : start + self.batch_size])
+            # After the good ones: a retry rewrites those as no-ops, while a
+            # quarantine that succeeded before a failed write would be doubled.
+            # Failing, it leaves the batches unacked: the evidence stays on disk.
+            if bad:
+                await self._store.quarantine(bad, "spool")
         except UNAVAILABLE as e:
             return e
+        if bad:
+            for c, reason in bad:
+                metrics.candles_rejected.labels(c.series.venue, reason).inc()
+            log.warning("candles quarantined", source="spool", count=len(bad),
+                        first=str(bad[0][0].series), reason=bad[0][1])  # fmt: skip
         async with self._changed:
             before = spool.pending_candles
             await asyncio.to_thread(spool.ack, last)
@@ -321,7 +350,7 @@ class CandleWriter:
         earlier = min(done, self._earlier)
         self._earlier -= earlier
         await self._record(result, done - earlier)
-        log.info("spooled candles written", candles=len(candles), left=spool.pending_candles)
+        log.info("spooled candles written", candles=len(good), left=spool.pending_candles)
         return None
 
     async def _take(self, interrupt: asyncio.Task[Exception | None] | None) -> list[Candle] | None:
