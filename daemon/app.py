@@ -117,6 +117,9 @@ class Daemon:
                     sup = self._supervisor = Supervisor(tg)
                     try:
                         await self.health.start(*self.config.daemon.health_addr)
+                        if self.config.daemon.health_is_public:  # health_public = true
+                            log.warning("serving /health and /metrics beyond loopback",
+                                        health_listen=self.config.daemon.health_listen)  # fmt: skip
                         sup.start("writer", writer.run)
                         sup.start("reporter", self._report)
                         sup.start("watchdog", self.notifier.watchdog)
@@ -343,6 +346,9 @@ class Daemon:
         await self.health.stop()
         try:
             await self.health.start(*self.config.daemon.health_addr)
+            if self.config.daemon.health_is_public:  # health_public = true
+                log.warning("serving /health and /metrics beyond loopback",
+                            health_listen=self.config.daemon.health_listen)  # fmt: skip
             return []
         except OSError as e:
             await self.health.start(*old.daemon.health_addr)

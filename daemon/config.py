@@ -8,9 +8,12 @@ reload what changed.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import stat
 import tomllib
+import unicodedata
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -28,6 +31,24 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # A century: more than any lookback or period needs, and short enough that
 # "now - lookback" and every timer stay within what datetime and the loop hold.
 MAX_DURATION = timedelta(days=36500)
+# Files named by the config are read whole: past these sizes the path names
+# something else (a log, /dev/zero), which would be read until memory runs out.
+MAX_CONFIG_BYTES = 4 << 20
+MAX_SECRET_BYTES = 64 << 10  # API keys and tokens are tens of bytes
+# Counts (batch, rate_capacity, max_fills, ...): far above any real setting, and
+# small enough for a float and a PostgreSQL integer to hold exactly.
+MAX_COUNT = 1_000_000_000
+# Symbols or timeframes in one [[series]]: each pair is a series with its own
+# tasks and state; far more than a venue lists, few enough to check at once.
+MAX_LIST = 10_000
+# Venue names and symbols are stored with every candle and in the spool, and
+# shown in logs and metrics; real symbols are under 20 characters.
+MAX_NAME = 64
+# A venue name: an identifier; ":" would make `VENUE:SYMBOL:TF` ambiguous.
+_VENUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A host name as RFC 1123 allows it: dot-separated labels of letters, digits
+# and inner hyphens.
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 
@@ -38,6 +59,10 @@ class ConfigError(ValueError):
     """A config problem, located by its key path."""
 
     def __init__(self, path: str, reason: str) -> None:
+        # The path holds key names from the file and the reason may quote a
+        # value or a path: a megabyte-long key or one holding NUL, newlines or
+        # terminal escapes still makes one printable line of bounded length.
+        path, reason = _shorten(_printable(path), 200), _shorten(_printable(reason), 600)
         super().__init__(f"{path}: {reason}" if path else reason)
         self.path = path
         self.reason = reason
@@ -45,14 +70,16 @@ class ConfigError(ValueError):
 
 def parse_duration(text: str) -> timedelta:
     """Parse `"30s"`, `"15m"`, `"6h"`, `"200d"`, `"2w"`."""
-    m = _DURATION.match(text.strip())
+    m = _DURATION.fullmatch(text.strip())
     if not m or int(m.group(1)) == 0:
-        raise ValueError(f'expected a duration like "30s", "15m", "6h" or "200d", got {text!r}')
+        raise ValueError(
+            f'expected a duration like "30s", "15m", "6h" or "200d", got {_shorten(repr(text))}'
+        )
     seconds = int(m.group(1)) * _DURATION_UNITS[m.group(2)]
     # Compared as integers: timedelta itself overflows on "999999999w".
     if seconds > MAX_DURATION.total_seconds():
         limit = format_duration(MAX_DURATION)
-        raise ValueError(f'expected a duration of at most {limit}, got "{text.strip()}"')
+        raise ValueError(f'expected a duration of at most {limit}, got "{_shorten(text.strip())}"')
     return timedelta(seconds=seconds)
 
 
@@ -65,15 +92,51 @@ def format_duration(td: timedelta) -> str:
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
+    """`HOST:PORT` with HOST an IPv4 address, a host name or a bracketed IPv6
+    address (`[::1]:8321`); the host is returned without brackets."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f'expected "HOST:PORT", got {text!r}')
-    return host.strip("[]"), int(port)
+    # isdigit() alone takes "²" and full-width digits, which int() then reads.
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f'expected "HOST:PORT", got {_shorten(repr(text))}')
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{_shorten(repr(host))} is not an IPv6 address") from None
+        return host[1:-1], int(port)
+    if not host:
+        raise ValueError(f'expected "HOST:PORT", got {_shorten(repr(text))}: the host is empty')
+    if ":" in host:
+        raise ValueError(
+            f"an IPv6 address goes in brackets, as in [::1]:8321; got {_shorten(repr(text))}"
+        )
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address") from None
+    elif len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{_shorten(repr(host))} is not an IP address or host name")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener on `host` is reachable from this machine only.
+    Names other than localhost could resolve anywhere: they count as public."""
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
     health_listen: str = "127.0.0.1:8321"
+    # /health and /metrics show every series, venue and error: serving them
+    # beyond loopback (0.0.0.0, a LAN address) has to be asked for.
+    health_public: bool = False
     log_level: str = "info"
     log_format: str = "json"
     state_dir: Path = Path("var")
@@ -83,6 +146,10 @@ class DaemonConfig:
     @property
     def health_addr(self) -> tuple[str, int]:
         return parse_hostport(self.health_listen)
+
+    @property
+    def health_is_public(self) -> bool:
+        return not is_loopback(self.health_addr[0])
 
 
 @dataclass(frozen=True)
@@ -106,7 +173,10 @@ class HealingConfig:
 
     def overrides(self) -> Overrides | None:
         """The override file's contents (read now, so a reload picks up edits)."""
-        return load_overrides(self.calendar_overrides) if self.calendar_overrides else None
+        if self.calendar_overrides is None:
+            return None
+        # Checked when the config was read, but the file may have changed since.
+        return _read_overrides(self.calendar_overrides, "healing.calendar_overrides")
 
 
 @dataclass(frozen=True)
@@ -262,20 +332,26 @@ class _Table:
         value = self.get(name, str, default)
         if value not in choices:
             raise ConfigError(
-                self.key(name), f'expected one of {", ".join(choices)}, got "{value}"'
+                self.key(name), f"expected one of {', '.join(choices)}, got {_quote(value)}"
             )
         return value
 
     def positive(self, name: str, default: int | None = None) -> int:
         value = self.get(name, int, default)
         if value < 1:
-            raise ConfigError(self.key(name), f"expected a positive integer, got {value}")
+            raise ConfigError(self.key(name), f"expected a positive integer, got {_number(value)}")
+        if value > MAX_COUNT:
+            raise ConfigError(self.key(name), f"expected at most {MAX_COUNT}, got {_number(value)}")
         return value
 
     def strings(self, name: str, check: Callable[[str], object] | None = None) -> tuple[str, ...]:
         items = self.get(name, list)
         if not items:
             raise ConfigError(self.key(name), "expected a non-empty list")
+        if len(items) > MAX_LIST:
+            raise ConfigError(
+                self.key(name), f"expected at most {MAX_LIST} entries, got {len(items)}"
+            )
         for i, item in enumerate(items):
             if not isinstance(item, str) or not item:
                 raise ConfigError(
@@ -286,15 +362,17 @@ class _Table:
                     check(item)
                 except ValueError as e:
                     raise ConfigError(f"{self.key(name)}[{i}]", str(e)) from None
-        if len(set(items)) != len(items):
-            dup = next(x for x in items if items.count(x) > 1)
-            raise ConfigError(self.key(name), f'duplicate entry "{dup}"')
+        seen: set[str] = set()  # not items.count(): quadratic in a long list
+        for item in items:
+            if item in seen:
+                raise ConfigError(self.key(name), f"duplicate entry {_quote(item)}")
+            seen.add(item)
         return tuple(items)
 
     def done(self) -> None:
         unknown = sorted(self.raw.keys() - self.seen)
         if unknown:
-            raise ConfigError(self.key(unknown[0]), "unknown key")
+            raise ConfigError(self.key(_show_key(unknown[0])), "unknown key")
 
 
 _TYPE_NAMES: dict[type, str] = {
@@ -314,7 +392,8 @@ def _describe(value: object) -> str:
         (float, "a float"),
     ):
         if isinstance(value, kind):
-            return f"{name} ({value!r})"
+            shown = _number(value) if type(value) is int else _shorten(repr(value))
+            return f"{name} ({shown})"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -322,12 +401,96 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
+def _shorten(text: str, limit: int = 100) -> str:
+    """A message quoting a value stays one readable line, however long the value."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _printable(text: str) -> str:
+    """`text` with each unprintable character as its escape (NUL as \\x00)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _quote(value: str) -> str:
+    """A string value in a message: in double quotes, or as Python shows it
+    where it holds characters a terminal would not (NUL, escapes, newlines)."""
+    return f'"{_shorten(value)}"' if value.isprintable() else _shorten(repr(value))
+
+
+def _show_key(name: str) -> str:
+    """A key from the file as a key path shows it: quoted where it is not plain text."""
+    return name if name.isprintable() and len(name) <= MAX_NAME else _shorten(repr(name), MAX_NAME)
+
+
+def _symbol(text: str) -> str:
+    """A venue symbol: `BTCUSDT`, `BTC-USD`, `BTC/USD`, `EUR_USD`, `BRK.B`, and
+    any letters (Binance lists some in Chinese), but nothing a URL, a log line,
+    a file or `VENUE:SYMBOL:TF` would read differently."""
+    if len(text) > MAX_NAME:
+        raise ValueError(f"longer than {MAX_NAME} characters: {_shorten(repr(text), 40)}")
+    for c in text:
+        category = unicodedata.category(c)
+        # Cc control, Cf format (zero-width), Cs surrogate, Co private, Cn unassigned.
+        if category.startswith("C"):
+            raise ValueError(f"contains a control character (U+{ord(c):04X}): {text!r}")
+        if c.isspace() or category.startswith("Z"):
+            raise ValueError(f"contains whitespace (U+{ord(c):04X}): {text!r}")
+    if ":" in text:
+        raise ValueError(f"contains ':', which separates VENUE:SYMBOL:TIMEFRAME: {text!r}")
+    return text
+
+
+def _venue_name(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    if len(text) > MAX_NAME or not _VENUE_NAME.fullmatch(text):
+        raise ValueError(
+            f'expected a venue name: up to {MAX_NAME} letters, digits, ".", "_" or "-",'
+            f" starting with a letter or digit; got {_shorten(repr(text), 80)}"
+        )
+    return text
+
+
+def _path(text: str) -> str:
+    """A file or directory path; a NUL would fail only when it is opened."""
+    if "\0" in text:
+        raise ValueError(f"a path cannot contain a NUL character: {_shorten(repr(text))}")
+    return text
+
+
+def _read_file(path: str | Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; `ValueError` (for
+    the key's message) otherwise. A FIFO would block the open, a device such as
+    /dev/zero never ends: both are refused before reading. O_NONBLOCK keeps a
+    FIFO swapped in after the check from blocking the open; fstat refuses it."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        data = f.read(limit + 1)  # one byte more tells "too large"
+    if len(data) > limit:
+        size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
+        raise ValueError(f"{path} is larger than {size}{what}")
+    return data
+
+
+def _number(value: int) -> str:
+    # TOML integers are unbounded, and str() refuses over 4300 digits.
+    if -(10**30) < value < 10**30:
+        return str(value)
+    return f"an integer of about {round(value.bit_length() * 0.30103)} digits"
+
+
 def _url(schemes: tuple[str, ...], optional: bool = False) -> Callable[[str], str]:
     def check(text: str) -> str:
         if optional and not text:
             return text
         if not text.startswith(tuple(f"{s}://" for s in schemes)):
-            raise ValueError(f"expected a {' or '.join(schemes)} URL, got {text!r}")
+            raise ValueError(f"expected a {' or '.join(schemes)} URL, got {_shorten(repr(text))}")
         return text.rstrip("/")
 
     return check
@@ -347,23 +510,28 @@ def _array_of_tables(root: _Table, name: str) -> list[_Table]:
 
 
 def _overrides_path(t: _Table) -> Path | None:
-    text = t.get("calendar_overrides", str, "")
+    text = t.convert("calendar_overrides", _path, "")
     if not text:
         return None
-    try:
-        load_overrides(text)
-    except OSError as e:
-        raise ConfigError(
-            t.key("calendar_overrides"), f"cannot read {text}: {e.strerror}"
-        ) from None
-    except ValueError as e:
-        raise ConfigError(t.key("calendar_overrides"), str(e)) from None
+    _read_overrides(Path(text), t.key("calendar_overrides"))
     return Path(text)
+
+
+def _read_overrides(path: Path, key: str) -> Overrides:
+    """The override file's contents; any problem with it is a `ConfigError`
+    naming `key`, the setting that points at it."""
+    try:
+        return load_overrides(path)
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(key, str(e) or type(e).__name__) from None
 
 
 def _secret(t: _Table, what: str, env: Mapping[str, str]) -> str:
     """The `api_<what>` from `api_<what>_env` or `api_<what>_file` ("" when neither is set)."""
-    var, path = t.get(f"api_{what}_env", str, ""), t.get(f"api_{what}_file", str, "")
+    var = t.get(f"api_{what}_env", str, "")
+    path = t.convert(f"api_{what}_file", _path, "")
     if var and path:
         raise ConfigError(
             t.key(f"api_{what}_file"), f"set api_{what}_env or api_{what}_file, not both"
@@ -375,13 +543,15 @@ def _secret(t: _Table, what: str, env: Mapping[str, str]) -> str:
         return value
     if path:
         try:
-            value = Path(path).read_text(encoding="utf-8").strip()
+            value = _read_file(path, MAX_SECRET_BYTES, ": not a key").decode("utf-8").strip()
         except OSError as e:
             raise ConfigError(
                 t.key(f"api_{what}_file"), f"cannot read {path}: {e.strerror}"
             ) from None
         except UnicodeDecodeError:
             raise ConfigError(t.key(f"api_{what}_file"), f"{path} is not UTF-8 text") from None
+        except ValueError as e:
+            raise ConfigError(t.key(f"api_{what}_file"), str(e)) from None
         if not value:
             raise ConfigError(t.key(f"api_{what}_file"), f"{path} is empty")
         return value
@@ -394,7 +564,7 @@ def _options(t: _Table) -> tuple[tuple[str, str], ...]:
     for name, value in raw.items():
         if not isinstance(value, str):
             raise ConfigError(
-                t.key(f"options.{name}"), f"expected a string, got {_describe(value)}"
+                t.key(f"options.{_show_key(name)}"), f"expected a string, got {_describe(value)}"
             )
     return tuple(sorted(raw.items()))
 
@@ -404,7 +574,7 @@ def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> V
     limits = get_codec(kind).limits
     key, secret = _secret(t, "key", env), _secret(t, "secret", env)
     v = VenueConfig(
-        name=t.get("name", str),
+        name=t.convert("name", _venue_name),
         kind=kind,
         rest_url=t.convert("rest_url", _url(("http", "https"))),
         # Venues polled for live bars have no stream to connect to.
@@ -428,8 +598,6 @@ def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> V
         credentials=Credentials(key, secret) if key else None,
     )
     t.done()
-    if not v.name:
-        raise ConfigError(t.key("name"), "must not be empty")
     if secret and not key:
         raise ConfigError(t.key("api_key_env"), "an api secret is set but no api key")
     if limits.needs_credentials and v.credentials is None:
@@ -456,11 +624,11 @@ def _parse_series(t: _Table, venues: Mapping[str, VenueConfig]) -> SeriesConfig:
     venue = t.get("venue", str)
     if venue not in venues:
         known = ", ".join(sorted(venues)) or "none configured"
-        raise ConfigError(t.key("venue"), f'unknown venue "{venue}" (venues: {known})')
+        raise ConfigError(t.key("venue"), f"unknown venue {_quote(venue)} (venues: {known})")
     lookback = t.convert("lookback", parse_duration, "") if "lookback" in t.raw else None
     s = SeriesConfig(
         venue=venue,
-        symbols=t.strings("symbols"),
+        symbols=t.strings("symbols", _symbol),
         timeframes=t.strings("timeframes", Timeframe.parse),
         profile=DataProfile(t.choice("profile", tuple(DataProfile), "CRYPTO")),
         calendar=t.get("calendar", str, ""),
@@ -490,15 +658,22 @@ def parse_config(
     d = _optional_table(root, "daemon")
     daemon = DaemonConfig(
         health_listen=d.get("health_listen", str, DaemonConfig.health_listen),
+        health_public=d.get("health_public", bool, False),
         log_level=d.choice("log_level", LOG_LEVELS, "info"),
         log_format=d.choice("log_format", LOG_FORMATS, "json"),
-        state_dir=Path(d.get("state_dir", str, "var")),
+        state_dir=Path(d.convert("state_dir", _path, "var")),
         shutdown_timeout=d.convert("shutdown_timeout", parse_duration, "10s"),
     )
     try:
-        daemon.health_addr  # noqa: B018 - validate now, not when the server binds
+        public = daemon.health_is_public  # validated now, not when the server binds
     except ValueError as e:
         raise ConfigError(d.key("health_listen"), str(e)) from None
+    if public and not daemon.health_public:
+        raise ConfigError(
+            d.key("health_listen"),
+            f'"{daemon.health_listen}" serves /health and /metrics beyond this machine:'
+            " set [daemon] health_public = true to allow it, or listen on 127.0.0.1",
+        )
     d.done()
 
     db = _optional_table(root, "database")
@@ -545,7 +720,9 @@ def _decode(path: Path, data: bytes) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         key = ""  # where the text is not TOML either, the line alone says where
-        with suppress(tomllib.TOMLDecodeError):
+        # ValueError: TOMLDecodeError, or an integer of over 4300 digits;
+        # RecursionError: nesting deeper than tomllib (or _key_holding) recurses.
+        with suppress(ValueError, RecursionError):
             key = _key_holding(tomllib.loads(data.decode("utf-8", errors="replace")), "\ufffd")
         reason = f"{path} line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save it as UTF-8"
         raise ConfigError(key, reason) from None
@@ -579,12 +756,22 @@ def load_config(explicit: str | Path | None = None, env: Mapping[str, str] = os.
     """Read the config file and apply environment overrides."""
     path = config_path(explicit, env)
     try:
-        raw = tomllib.loads(_decode(path, path.read_bytes()))
+        data = _read_file(path, MAX_CONFIG_BYTES, "")
     except FileNotFoundError:
         raise ConfigError("", f"config file not found: {path}") from None
     except OSError as e:
         raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:
+        raise ConfigError("", f"config file {e}") from None
+    try:
+        raw = tomllib.loads(_decode(path, data))
+    except RecursionError:
+        # tomllib recurses per nested array or inline table.
+        raise ConfigError("", f"{path}: invalid TOML: nested too deeply") from None
+    except ConfigError:
+        raise
+    except ValueError as e:
+        # TOMLDecodeError, and ValueError for an integer of over 4300 digits.
         raise ConfigError("", f"{path}: invalid TOML: {e}") from None
     config = parse_config(raw, source=path, env=env)
     if env.get("CANDLED_DATABASE_URL"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -318,3 +319,292 @@ def test_check_config_names_the_key_of_an_unreadable_value(tmp_path: Path) -> No
     r = run_cli("check-config", "--config", str(bad))
     assert (r.returncode, "Traceback" in r.stderr) == (78, False), r.stderr
     assert "healing.interval" in r.stderr
+
+
+# --- issue 12 item 5: every bad input is a ConfigError naming the key --------
+
+ALPACA = """
+[[venues]]
+name = "alpaca"
+kind = "alpaca"
+rest_url = "http://x"
+ws_url = "ws://x"
+api_key_file = "{key}"
+api_secret_file = "{secret}"
+"""
+
+
+def run_cli_bounded(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`run_cli` in a child that may hold only 1 GiB and `timeout` seconds: a
+    reader that never stops fails the test instead of the machine."""
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        preexec_fn=limit,
+    )
+
+
+def assert_exits_78(config: Path, key: str, reason: str) -> None:
+    r = run_cli_bounded("check-config", "--config", str(config))
+    assert (r.returncode, "Traceback" in r.stderr) == (78, False), r.stderr[-2000:]
+    assert f"{key}: " in r.stderr and reason in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("key", ["api_key_file", "api_secret_file"])
+def test_an_endless_secret_file_is_refused(tmp_path: Path, key: str) -> None:
+    paths = {"key": tmp_path / "key", "secret": tmp_path / "secret"}
+    for p in paths.values():
+        p.write_text("k\n")
+    paths[key.split("_")[1]] = Path("/dev/zero")
+    config = write(tmp_path, ALPACA.format(key=paths["key"], secret=paths["secret"]))
+    assert_exits_78(config, f"venues[0].{key}", "/dev/zero is not a regular file")
+
+
+def test_secret_files_are_small_regular_files(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    big = tmp_path / "big.key"
+    big.write_text("k" * (64 * 1024 + 1))
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, ALPACA.format(key=big, secret=secret)), env={})
+    assert (e.value.path, e.value.reason) == (
+        "venues[0].api_key_file",
+        f"{big} is larger than 64 KiB: not a key",
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, ALPACA.format(key=tmp_path, secret=secret)), env={})
+    assert (e.value.path, e.value.reason) == (
+        "venues[0].api_key_file",
+        f"{tmp_path} is not a regular file",
+    )
+    # Exactly the limit still loads.
+    big.write_text("k" * (64 * 1024))
+    c = load_config(write(tmp_path, ALPACA.format(key=big, secret=secret)), env={})
+    assert c.venues[0].credentials is not None
+
+
+def test_a_fifo_as_secret_file_does_not_block(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer: refused without waiting."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    config = write(tmp_path, ALPACA.format(key=fifo, secret=secret))
+    assert_exits_78(config, "venues[0].api_key_file", f"{fifo} is not a regular file")
+
+
+def with_overrides(tmp_path: Path, path: Path | str) -> Path:
+    return write(
+        tmp_path, replace_line("max_fills = 10", f'max_fills = 10\ncalendar_overrides = "{path}"')
+    )
+
+
+def test_an_endless_overrides_file_is_refused(tmp_path: Path) -> None:
+    config = with_overrides(tmp_path, "/dev/zero")
+    assert_exits_78(config, "healing.calendar_overrides", "/dev/zero is not a regular file")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"# " + b"x" * (1 << 20) + b"\n", "is larger than 1 MiB"),
+        (b"[XNYS]\nclosed = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+        (b'[XNYS]\nclosed = ["2025-01-09\xff"]\n', "line 2: not UTF-8 (byte 0xff)"),
+        (b"[XNYS]\nclosed = [" + b"9" * 5000 + b"]\n", "invalid TOML"),
+        (b"[XNYS]\nclosed = [2025-01-32]\n", "invalid TOML"),
+        (b"[XNYS]\nclosed = [1]\n", "[XNYS].closed[0]: expected a date YYYY-MM-DD, got 1"),
+        (b'[XNYS]\nopen = ["2025-01-09"]\n', "[XNYS].open: unknown key"),
+        (b'["XN\\u0000YS"]\n', "unknown calendar 'XN\\x00YS'"),
+    ],
+)
+def test_bad_overrides_name_the_key(tmp_path: Path, content: bytes, reason: str) -> None:
+    overrides = tmp_path / "overrides.toml"
+    overrides.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        load_config(with_overrides(tmp_path, overrides), env={})
+    assert e.value.path == "healing.calendar_overrides"
+    assert reason in e.value.reason
+    assert len(str(e.value)) < 1000  # the message quotes values, never whole files
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n",
+        b"a = " + b"{b = " * 5000 + b"1" + b"}" * 5000 + b"\n",
+    ],
+)
+def test_deep_nesting_is_a_config_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path, env={})
+    # Where the file is also not UTF-8, finding the key must not recurse either.
+    path.write_bytes(content + b'x = "\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path, env={})
+
+
+def test_an_endless_config_file_is_refused(tmp_path: Path) -> None:
+    r = run_cli_bounded("check-config", "--config", "/dev/zero")
+    assert (r.returncode, "Traceback" in r.stderr) == (78, False), r.stderr[-2000:]
+    assert "/dev/zero is not a regular file" in r.stderr
+    big = tmp_path / "config.toml"
+    big.write_bytes(b"# " + b"x" * (4 << 20) + b"\n")
+    with pytest.raises(ConfigError, match="larger than 4 MiB"):
+        load_config(big, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            replace_line(
+                'log_format = "json"', 'log_format = "json"\nshutdown_timeout = ' + "9" * 5000
+            ),
+            "invalid TOML",
+        ),
+        (
+            replace_line("batch = 5", "batch = " + "9" * 4000),
+            "venues[0].batch: expected at most 1000000000, got an integer of about 4000 digits",
+        ),
+        (
+            replace_line("max_fills = 10", "max_fills = 9223372036854775807"),
+            "healing.max_fills: expected at most 1000000000, got 9223372036854775807",
+        ),
+        (
+            replace_line('profile = "CRYPTO"', 'profile = "' + "C" * 100000 + '"', 1),
+            'series[1].profile: expected one of CRYPTO, EQUITY, FUTURES, FOREX, got "CCC',
+        ),
+    ],
+)
+def test_huge_values_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env={})
+    assert message in str(e.value)
+    assert len(str(e.value)) < 1000  # quoted values are shortened
+
+
+@pytest.mark.parametrize(
+    "symbol", ["BTC-USD", "BTC/USD", "EUR_USD", "BRK.B", "XBT/USD", "ES=F", "币安人生USDT"]
+)
+def test_real_venue_symbols_load(tmp_path: Path, symbol: str) -> None:
+    c = load_config(write(tmp_path, GOOD.replace('"SOLUSDT"', f'"{symbol}"')), env={})
+    assert c.series[1].symbols == (symbol,)
+
+
+@pytest.mark.parametrize(
+    ("symbol", "reason"),
+    [
+        ("BTC\\u0000USDT", "control character"),
+        ("BTC\\tUSDT", "control character"),
+        ("BTC\\u007fUSDT", "control character"),
+        ("BTC USDT", "whitespace"),
+        ("BTC\\u00a0USDT", "whitespace"),
+        (" BTCUSDT", "whitespace"),
+        ("BTC:USDT", "':'"),
+        ("BTC\\u200bUSDT", "control character"),
+        ("X" * 65, "longer than 64 characters"),
+    ],
+)
+def test_bad_symbols_name_the_key(tmp_path: Path, symbol: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, GOOD.replace('"ETHUSDT"', f'"{symbol}"')), env={})
+    assert e.value.path == "series[0].symbols[1]"
+    assert reason in e.value.reason
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("bin\\u0000ance", "expected a venue name"),
+        ("bin ance", "expected a venue name"),
+        ("bin:ance", "expected a venue name"),
+        ("n" * 65, "expected a venue name"),
+    ],
+)
+def test_bad_venue_names_name_the_key(tmp_path: Path, name: str, reason: str) -> None:
+    text = GOOD.replace('name = "binance"', f'name = "{name}"').replace(
+        'venue = "binance"', f'venue = "{name}"'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env={})
+    assert e.value.path == "venues[0].name"
+    assert reason in e.value.reason
+
+
+@pytest.mark.parametrize("name", ["binance", "us-equities", "fx", "Binance_US", "kraken.v2"])
+def test_venue_names_in_use_load(tmp_path: Path, name: str) -> None:
+    text = GOOD.replace('name = "binance"', f'name = "{name}"').replace(
+        'venue = "binance"', f'venue = "{name}"'
+    )
+    assert load_config(write(tmp_path, text), env={}).venues[0].name == name
+
+
+def listen(value: str, public: bool | None = None) -> str:
+    line = f'health_listen = "{value}"'
+    if public is not None:
+        line += f"\nhealth_public = {str(public).lower()}"
+    return replace_line('health_listen = "127.0.0.1:8321"', line)
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:8321", "127.0.0.2:0", "localhost:8321", "[::1]:8321"])
+def test_loopback_health_listen_needs_no_setting(tmp_path: Path, value: str) -> None:
+    c = load_config(write(tmp_path, listen(value)), env={})
+    assert c.daemon.health_public is False
+    assert not c.daemon.health_is_public
+
+
+@pytest.mark.parametrize(
+    "value", ["0.0.0.0:8321", "[::]:8321", "192.0.2.7:8321", "[2001:db8::1]:8321", "myhost:8321"]
+)
+def test_a_public_health_listen_needs_health_public(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, listen(value)), env={})
+    assert e.value.path == "daemon.health_listen"
+    assert "set [daemon] health_public = true" in e.value.reason
+    c = load_config(write(tmp_path, listen(value, public=True)), env={})
+    assert c.daemon.health_public and c.daemon.health_is_public
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["[]:8321", ":8321", "[:8321", "::1:8321", "127.0.0.1:", "127.0.0.1:65536",
+     "127.0.0.1:\\uff18\\uff13\\uff12\\uff11", "127.0.0.1:²", "bad host:8321", "a..b:8321", "127.0.0.1\\u0000:8321",
+     "-x:8321", "[127.0.0.1]:8321"],
+)  # fmt: skip
+def test_malformed_health_listen_names_the_key(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, listen(value, public=True)), env={})
+    assert e.value.path == "daemon.health_listen"
+
+
+def test_long_lists_are_refused(tmp_path: Path) -> None:
+    """Each symbol x timeframe is a series: a million-entry list is a mistake,
+    and checking it would take minutes and gigabytes."""
+    symbols = ", ".join(f'"S{i}"' for i in range(10_001))
+    text = replace_line('symbols = ["SOLUSDT"]', f"symbols = [{symbols}]")
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env={})
+    assert str(e.value) == "series[1].symbols: expected at most 10000 entries, got 10001"
+
+
+def test_messages_show_unprintable_values_escaped(tmp_path: Path) -> None:
+    """A NUL or newline in a value reaches the terminal as an escape, not raw."""
+    text = replace_line('log_level = "info"', 'log_level = "info\\u0000\\n"')
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env={})
+    assert str(e.value).endswith("got 'info\\x00\\n'")
+    text = replace_line('venue = "binance"', 'venue = "bin\\u001b[2J"', 1)
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env={})
+    assert "unknown venue 'bin\\x1b[2J'" in str(e.value)

@@ -26,6 +26,8 @@ closed and an early close are errors that name the offending key.
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,23 +58,73 @@ class Overrides:
         return self.calendars.get(calendar)
 
 
+# A year of corrections for every calendar is a few KiB: past this, the path
+# names something else (a log, /dev/zero), which would be read without end.
+MAX_FILE_BYTES = 1 << 20
+
+
 def load_overrides(path: str | Path) -> Overrides:
-    """Read and validate an override file (the only I/O of the calendars)."""
+    """Read and validate an override file (the only I/O of the calendars).
+
+    Every problem with the file is an `OSError` (cannot open it) or a
+    `ValueError` whose message says where, never another exception: the file
+    is read through the config, whose loader names the key that points here.
+    """
+    data = _read_regular(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: {e}") from e
-    return parse_overrides(data, source=str(path))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path} line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save it as UTF-8"
+        ) from None
+    try:
+        parsed = tomllib.loads(text)
+    except RecursionError:
+        # tomllib recurses per nested array or inline table.
+        raise ValueError(f"{path}: invalid TOML: nested too deeply") from None
+    except ValueError as e:
+        # TOMLDecodeError, and ValueError for an integer of over 4300 digits.
+        raise ValueError(f"{path}: invalid TOML: {_shorten(str(e))}") from None
+    return parse_overrides(parsed, source=str(path))
+
+
+def _read_regular(path: str | Path) -> bytes:
+    """The file's bytes, if it is a regular file of at most MAX_FILE_BYTES.
+
+    Checked before reading: a FIFO would block the open and a device such as
+    /dev/zero never ends. O_NONBLOCK keeps a FIFO swapped in after the check
+    from blocking the open; fstat then refuses it.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        data = f.read(MAX_FILE_BYTES + 1)  # one byte more tells "too large"
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_FILE_BYTES >> 20} MiB")
+    return data
+
+
+def _key(name: str) -> str:
+    """A TOML key as a message shows it: quoted where it is not plain text."""
+    return name if name.isprintable() and len(name) <= 64 else _shorten(repr(name), 64)
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    """A message quoting a value stays one readable line, however long the value."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse_overrides(data: Mapping[str, Any], *, source: str = "overrides") -> Overrides:
     """Validate already-parsed TOML (e.g. a table embedded in another file)."""
     calendars: dict[str, CalendarOverride] = {}
     for name, table in data.items():
-        where = f"{source}: [{name}]"
+        where = f"{source}: [{_key(name)}]"
         if name != FOREX and not is_library_calendar(name):
-            raise ValueError(f"{where}: unknown calendar {name!r}")
+            raise ValueError(f"{where}: unknown calendar {_shorten(repr(name))}")
         if not isinstance(table, dict):
             raise ValueError(f"{where}: expected a table")
         calendars[name] = _parse_calendar(table, where)
@@ -82,7 +134,9 @@ def parse_overrides(data: Mapping[str, Any], *, source: str = "overrides") -> Ov
 def _parse_calendar(table: Mapping[str, Any], where: str) -> CalendarOverride:
     unknown = sorted(set(table) - set(_KEYS))
     if unknown:
-        raise ValueError(f"{where}.{unknown[0]}: unknown key; expected one of {', '.join(_KEYS)}")
+        raise ValueError(
+            f"{where}.{_key(unknown[0])}: unknown key; expected one of {', '.join(_KEYS)}"
+        )
     closed_list = table.get("closed", [])
     if not isinstance(closed_list, list):
         raise ValueError(f"{where}.closed: expected a list of dates")
@@ -92,7 +146,7 @@ def _parse_calendar(table: Mapping[str, Any], where: str) -> CalendarOverride:
         raise ValueError(f"{where}.early_closes: expected a table of date = time")
     early: dict[date, time] = {}
     for key, value in early_table.items():
-        key_where = f"{where}.early_closes.{key}"
+        key_where = f"{where}.early_closes.{_key(key)}"
         day = _date(key, key_where)
         if day in closed:
             raise ValueError(f"{key_where}: date is also listed in closed")
@@ -109,7 +163,7 @@ def _date(value: object, where: str) -> date:
             return date.fromisoformat(value)
         except ValueError:
             pass
-    raise ValueError(f"{where}: expected a date YYYY-MM-DD, got {value!r}")
+    raise ValueError(f"{where}: expected a date YYYY-MM-DD, got {_shorten(repr(value))}")
 
 
 def _time(value: object, where: str) -> time:
@@ -123,5 +177,5 @@ def _time(value: object, where: str) -> time:
     else:
         parsed = None
     if parsed is None or parsed.tzinfo is not None:
-        raise ValueError(f"{where}: expected a local time HH:MM, got {value!r}")
+        raise ValueError(f"{where}: expected a local time HH:MM, got {_shorten(repr(value))}")
     return parsed
