@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import stat
 import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 
 from daemon.calendars import Overrides, load_overrides, validate_calendar
 from daemon.domain import DataProfile, SeriesKey, Timeframe
+from daemon.files import read_bounded
 from daemon.venues import Credentials, VenueCodec, get_codec, known_kinds
 
 EX_CONFIG = 78  # sysexits.h: configuration error
@@ -460,24 +460,6 @@ def _path(text: str) -> str:
     return text
 
 
-def _read_file(path: str | Path, limit: int, what: str) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes; `ValueError` (for
-    the key's message) otherwise. A FIFO would block the open, a device such as
-    /dev/zero never ends: both are refused before reading. O_NONBLOCK keeps a
-    FIFO swapped in after the check from blocking the open; fstat refuses it."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ValueError(f"{path} is not a regular file")
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        data = f.read(limit + 1)  # one byte more tells "too large"
-    if len(data) > limit:
-        size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
-        raise ValueError(f"{path} is larger than {size}{what}")
-    return data
-
-
 def _number(value: int) -> str:
     # TOML integers are unbounded, and str() refuses over 4300 digits.
     if -(10**30) < value < 10**30:
@@ -543,7 +525,7 @@ def _secret(t: _Table, what: str, env: Mapping[str, str]) -> str:
         return value
     if path:
         try:
-            value = _read_file(path, MAX_SECRET_BYTES, ": not a key").decode("utf-8").strip()
+            value = read_bounded(path, MAX_SECRET_BYTES, ": not a key").decode("utf-8").strip()
         except OSError as e:
             raise ConfigError(
                 t.key(f"api_{what}_file"), f"cannot read {path}: {e.strerror}"
@@ -756,7 +738,7 @@ def load_config(explicit: str | Path | None = None, env: Mapping[str, str] = os.
     """Read the config file and apply environment overrides."""
     path = config_path(explicit, env)
     try:
-        data = _read_file(path, MAX_CONFIG_BYTES, "")
+        data = read_bounded(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError("", f"config file not found: {path}") from None
     except OSError as e:

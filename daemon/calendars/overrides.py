@@ -26,8 +26,6 @@ closed and an early close are errors that name the offending key.
 
 from __future__ import annotations
 
-import os
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.calendars.library import FOREX, is_library_calendar
+from daemon.files import read_bounded
 
 _KEYS = ("closed", "early_closes")
 
@@ -70,7 +69,7 @@ def load_overrides(path: str | Path) -> Overrides:
     `ValueError` whose message says where, never another exception: the file
     is read through the config, whose loader names the key that points here.
     """
-    data = _read_regular(path)
+    data = read_bounded(path, MAX_FILE_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -87,25 +86,6 @@ def load_overrides(path: str | Path) -> Overrides:
         # TOMLDecodeError, and ValueError for an integer of over 4300 digits.
         raise ValueError(f"{path}: invalid TOML: {_shorten(str(e))}") from None
     return parse_overrides(parsed, source=str(path))
-
-
-def _read_regular(path: str | Path) -> bytes:
-    """The file's bytes, if it is a regular file of at most MAX_FILE_BYTES.
-
-    Checked before reading: a FIFO would block the open and a device such as
-    /dev/zero never ends. O_NONBLOCK keeps a FIFO swapped in after the check
-    from blocking the open; fstat then refuses it.
-    """
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ValueError(f"{path} is not a regular file")
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        data = f.read(MAX_FILE_BYTES + 1)  # one byte more tells "too large"
-    if len(data) > MAX_FILE_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_FILE_BYTES >> 20} MiB")
-    return data
 
 
 def _key(name: str) -> str:
