@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import itertools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,9 +97,15 @@ class Backfiller:
         self._workers = workers
         self._clock = clock
         # Fresh holes (a lost closing frame, a reconnect) jump ahead of deep
-        # history: (priority, submission order, job).
-        self._queue: asyncio.PriorityQueue[tuple[int, int, BackfillJob]] = asyncio.PriorityQueue()
-        self._submitted = itertools.count()
+        # history: (priority, submission order, original's order, job).
+        self._queue: asyncio.PriorityQueue[tuple[int, int, int, BackfillJob]] = (
+            asyncio.PriorityQueue()
+        )
+        self._submitted = 0  # submission order of the next piece
+        # Pieces not yet run, by the submission order of the job they belong
+        # to (a retry counts as its original): what join() waits for.
+        self._unfinished: collections.Counter[int] = collections.Counter()
+        self._finished = asyncio.Condition()
         self._genesis: dict[SeriesKey, datetime] = {}
         # Per series, so that one venue's slow answer does not hold up another series.
         self._genesis_locks: collections.defaultdict[SeriesKey, asyncio.Lock] = (
@@ -108,21 +113,30 @@ class Backfiller:
         )
         self.results: collections.deque[JobResult] = collections.deque(maxlen=_KEPT_RESULTS)
 
-    def submit(self, job: BackfillJob) -> None:
+    def submit(self, job: BackfillJob, *, retry_of: int | None = None) -> None:
         """Queue a window; long ones are split so that workers share them."""
         if job.end <= job.start:
             return
         for piece in split_window(job, self.codec.limits.page_size):
             priority = _PRIORITY.get(piece.reason, len(_PRIORITY))
-            self._queue.put_nowait((priority, next(self._submitted), piece))
+            order, self._submitted = self._submitted, self._submitted + 1
+            origin = order if retry_of is None else retry_of
+            self._unfinished[origin] += 1
+            self._queue.put_nowait((priority, order, origin, piece))
 
     @property
     def queued(self) -> int:
         return self._queue.qsize()
 
     async def join(self) -> None:
-        """Wait until every submitted job has run."""
-        await self._queue.join()
+        """Wait until every job submitted so far has run, its retries too.
+        Jobs submitted later (a stream's gap fetches, polls) do not hold it
+        up: on a venue whose stream keeps dropping there always are some."""
+        before = self._submitted
+        async with self._finished:
+            await self._finished.wait_for(
+                lambda: all(origin >= before for origin in self._unfinished)
+            )
 
     async def run(self) -> None:
         """Run the workers until cancelled. Concurrency is bounded by the
@@ -133,7 +147,7 @@ class Backfiller:
 
     async def _worker(self) -> None:
         while True:
-            _, _, job = await self._queue.get()
+            _, _, origin, job = await self._queue.get()
             try:
                 result = await self.run_job(job)
                 self.results.append(result)
@@ -144,9 +158,15 @@ class Backfiller:
                     if retry:
                         # Held by this worker, so that join() waits for the retry too.
                         await asyncio.sleep(2.0**job.attempt)
-                        self.submit(dataclasses.replace(job, attempt=job.attempt + 1))
+                        self.submit(dataclasses.replace(job, attempt=job.attempt + 1),
+                                    retry_of=origin)  # fmt: skip
             finally:
                 self._queue.task_done()
+                async with self._finished:
+                    self._unfinished[origin] -= 1
+                    if not self._unfinished[origin]:
+                        del self._unfinished[origin]
+                    self._finished.notify_all()
 
     async def genesis(self, series: SeriesKey) -> datetime | None:
         """The series' first bar, asked of the venue once where it can answer.

@@ -373,3 +373,38 @@ async def test_a_job_failing_for_a_passing_reason_is_queued_again(
     assert second.complete and second.job.attempt == 1
     truth = exchange.truth.candles(OLD_1M, job.start, job.end, job.end)
     assert await stored(db, OLD_1M) == truth
+
+
+async def test_join_waits_for_the_jobs_submitted_before_it_not_later_ones(
+    sim: tuple[SimExchange, str], db: Database
+) -> None:
+    """The heal loop joins the startup backfill; a stream that keeps dropping
+    keeps submitting gap fetches, which must not hold that join up for ever."""
+    _, url = sim
+    codec = BinanceCodec()
+    fetcher = RecordingFetcher(url, codec, VenueThrottle(6000, 60, 5), retry_base_s=0.05)
+    store = CandleStore(db.pool)
+    gate = asyncio.Event()  # later jobs' candles wait here until the test is done
+
+    async def sink(candles: Sequence[Candle]) -> None:
+        if candles and candles[0].series.symbol == "MNTUSDT":
+            await gate.wait()
+        await store.write(candles)
+
+    bf = Backfiller(codec, fetcher, sink, db.pool, workers=4)
+    now = OLD_1M.tf.floor(clock.now())
+    early = BackfillJob(OLD_1M, now - timedelta(hours=2), now, "lookback")
+    later = BackfillJob(MAINT_1M, now - timedelta(hours=1), now, "live-gap")
+    async with fetcher, asyncio.timeout(60), asyncio.TaskGroup() as tg:
+        workers = tg.create_task(bf.run())
+        bf.submit(early)
+        joined = tg.create_task(bf.join())
+        await asyncio.sleep(0)  # join() has begun: what it waits for is decided
+        bf.submit(later)  # still running when join() must return
+        await joined
+        assert len(await stored(db, early.series)) == 120
+        assert not await stored(db, later.series)
+        gate.set()
+        await bf.join()
+        workers.cancel()
+    assert await stored(db, later.series)
