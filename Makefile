@@ -35,14 +35,15 @@ sim: .venv/.synced
 test: .venv/.synced timescaledb
 	.venv/bin/pytest -q -n 2 --dist loadfile
 
-# The fuzz tests (codecs, validator, scenario loader) with FUZZ_EXAMPLES examples
+# The fuzz tests (codecs, validator, scenario loader, spool reader, config loader) with FUZZ_EXAMPLES examples
 # each, not the bounded number `make test` runs; statistics say how many ran, how fast.
 FUZZ_EXAMPLES ?= 2000
 FUZZ_WORKERS ?= 2
 fuzz: .venv/.synced
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) .venv/bin/pytest -q -n $(FUZZ_WORKERS) \
 		--hypothesis-show-statistics tests/test_fuzz_codecs.py tests/test_fuzz_validate.py \
-		tests/test_fuzz_scenario.py
+		tests/test_fuzz_scenario.py tests/test_config_mutations.py \
+		tests/test_spool_hostile.py -k "not hostile_record and not failed_quarantine"
 
 bench: .venv/.synced timescaledb
 	$(PY) -m bench
