@@ -401,7 +401,11 @@ class Daemon:
     async def _health_facts(self) -> HealthFacts:
         assert self._db is not None and self._supervisor is not None
         db_ok, db_error, rows, bounds = True, None, [], {}
+        # One snapshot of the config and how it was loaded, taken before the
+        # queries: a reload finishing meanwhile must not pair its "ok" with
+        # the series of the config it replaced.
         specs = self.config.series_specs()
+        loaded_at, last_reload = self.loaded_at, self.last_reload
         try:
             async with asyncio.timeout(3), self._db.pool.acquire() as conn:
                 rows = await conn.fetch(
@@ -437,7 +441,7 @@ class Daemon:
             uptime_s=time.monotonic() - self.started,
             database_ok=db_ok, database_error=db_error,
             timescaledb=self._db.info.timescaledb, license=self._db.info.license,
-            config_loaded_at=self.loaded_at, last_reload=self.last_reload,
+            config_loaded_at=loaded_at, last_reload=last_reload,
             venues=venues, series=series, crash_looping=self._supervisor.crash_looping(),
             writer_failing=None if writer is None else writer.failing,
             spooled_candles=self._spool.pending_candles if self._spool else 0,

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from daemon.domain import Candle, SeriesKey, Timeframe
+from daemon.sim import sessions
 from daemon.sim.alpaca import SIM_KEY, SIM_SECRET
 from daemon.sim.scenario import parse_scenario
 from daemon.sim.server import SimExchange
@@ -200,6 +201,27 @@ async def test_equity_series_at_a_pinned_instant_ends_ok(
             if not case.in_session and key == QUARTERS:
                 # The newest bar is the last traded one, before the untraded tail.
                 assert status["last_ts"] == M15.add(UNTRADED_TAIL[0], -1), dict(status)
+
+        # The daemon's calendar agrees with the venue's sessions (the
+        # simulator's hand-checked table, not daemon.calendars): it never
+        # found bars where it thinks the market is closed, and every range it
+        # confirmed empty lies inside a session (untraded bars, not a holiday
+        # it missed).
+        assert not [e for e in log_events(log) if "calendar says the market is closed"
+                    in str(e.get("event"))], tail(log)  # fmt: skip
+        for key in (QUARTERS, MINUTES):
+            confirmed = await conn.fetch(
+                """SELECT e.start_ts, e.end_ts FROM empty_ranges e JOIN series s ON s.id = e.series_id
+                   WHERE s.symbol = $1 AND s.timeframe = $2 AND e.confirmed_at IS NOT NULL""",
+                SYMBOL, key.timeframe,
+            )  # fmt: skip
+            assert confirmed, key
+            for r in confirmed:
+                bars = list(key.tf.bars(r["start_ts"], r["end_ts"]))
+                closed = [ts for ts in bars if not sessions.has_bar("XNYS", key.tf, ts)]
+                assert not closed, (
+                    f"{key}: confirmed empty while the market was closed: {closed[:3]}"
+                )
 
         # The range holds the holiday (no bar) and, once it is past, the early
         # close (none after it).
