@@ -15,10 +15,12 @@ if at := os.environ.get("CANDLED_TEST_AT"):
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from hypothesis import settings
 
 from daemon.store.cluster import ClusterError, PostgresCluster
+from daemon.store.migrations import migrate
 from tests.pg import fresh_database, scratch_dir, unavailable
 
 # `make fuzz` (HYPOTHESIS_PROFILE=fuzz): the fuzz tests, tests/test_fuzz_*.py,
@@ -55,6 +57,17 @@ async def tsdb_dsn(timescale_cluster: PostgresCluster) -> AsyncIterator[str]:
     """DSN of a fresh empty database on the TimescaleDB cluster (extension not created)."""
     async with fresh_database(timescale_cluster.dsn, "tsdb") as dsn:
         yield dsn
+
+
+@pytest.fixture
+async def migrated(tsdb_dsn: str) -> str:
+    """`tsdb_dsn` with candled's migrations applied."""
+    conn = await asyncpg.connect(tsdb_dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return tsdb_dsn
 
 
 @pytest.fixture

@@ -141,6 +141,19 @@ async def wait_until(check: Callable[[], Awaitable[T | None]], within: float = 6
         return result
 
 
+async def stored_candle(conn: asyncpg.Connection, key: SeriesKey, ts: datetime) -> Candle | None:
+    """The stored bar of `key` opening at `ts` (None also before the daemon migrated)."""
+    try:
+        row = await conn.fetchrow(
+            "SELECT open, high, low, close, volume FROM candles"
+            " WHERE venue = $1 AND symbol = $2 AND timeframe = $3 AND ts = $4",
+            key.venue, key.symbol, key.timeframe, ts,
+        )  # fmt: skip
+    except asyncpg.UndefinedTableError:
+        return None  # not migrated yet
+    return None if row is None else Candle(key, ts, *row)
+
+
 def tail(log: Path, chars: int = 3000) -> str:
     """The end of a log, for an assertion's message."""
     return log.read_text(errors="replace")[-chars:]

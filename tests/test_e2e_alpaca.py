@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.domain import Candle, SeriesKey, Timeframe
+from daemon.domain import SeriesKey, Timeframe
 from daemon.sim import sessions
 from daemon.sim.alpaca import SIM_KEY, SIM_SECRET
 from daemon.sim.scenario import parse_scenario
@@ -37,6 +37,7 @@ from tests.daemon_proc import (
     running_daemon,
     series_toml,
     stop,
+    stored_candle,
     tail,
     venue_toml,
     wait_for_event,
@@ -89,18 +90,6 @@ def _fetched_after_close(requests: list[SimRequest], ts: datetime) -> bool:
     return any(w[0] <= ts < w[1] and r.at >= M1.close_time(ts) for w, r in windows)
 
 
-async def _row(conn: asyncpg.Connection, key: SeriesKey, ts: datetime) -> Candle | None:
-    try:
-        row = await conn.fetchrow(
-            "SELECT open, high, low, close, volume FROM candles"
-            " WHERE venue = $1 AND symbol = $2 AND timeframe = $3 AND ts = $4",
-            key.venue, key.symbol, key.timeframe, ts,
-        )  # fmt: skip
-    except asyncpg.UndefinedTableError:
-        return None  # not migrated yet
-    return None if row is None else Candle(key, ts, *row)
-
-
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.timeout(240)
 async def test_equity_series_at_a_pinned_instant_ends_ok(
@@ -147,7 +136,7 @@ async def test_equity_series_at_a_pinned_instant_ends_ok(
                     assert proc.returncode is None, tail(log)
                     assert now() < EARLY_CLOSE, "the session closed before a bar was streamed"
                     for ts in M1.bars(M1.floor(started), M1.floor(now())):
-                        stored = await _row(conn, MINUTES, ts)
+                        stored = await stored_candle(conn, MINUTES, ts)
                         final = sim.truth.bar(sim_minutes, ts)
                         if (
                             stored is not None

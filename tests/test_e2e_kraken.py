@@ -32,6 +32,7 @@ from tests.daemon_proc import (
     running_daemon,
     series_toml,
     stop,
+    stored_candle,
     tail,
     venue_toml,
     wait_for_event,
@@ -79,18 +80,6 @@ async def _unreachable_attempts(
         series_id, before,
     )  # fmt: skip
     return attempts, ranges
-
-
-async def _stored(conn: asyncpg.Connection, key: SeriesKey, ts: datetime) -> Candle | None:
-    try:
-        row = await conn.fetchrow(
-            "SELECT open, high, low, close, volume FROM candles"
-            " WHERE venue = $1 AND symbol = $2 AND timeframe = $3 AND ts = $4",
-            key.venue, key.symbol, key.timeframe, ts,
-        )  # fmt: skip
-    except asyncpg.UndefinedTableError:
-        return None  # not migrated yet
-    return None if row is None else Candle(key, ts, *row)
 
 
 def _values(c: Candle) -> tuple[float, ...]:
@@ -156,7 +145,7 @@ async def test_kraken_horizon_backfill_stream_and_heal(
                         for ts in sim.truth.opens(sim_key, M1.floor(started), M1.floor(now())):
                             if symbol in streamed:
                                 break
-                            stored = await _stored(conn, key, ts)
+                            stored = await stored_candle(conn, key, ts)
                             final = sim.truth.bar(sim_key, ts)
                             if (stored is not None and _values(stored) == _values(final)
                                     and not _fetched_after_close(log, symbol, ts)):  # fmt: skip

@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 from daemon import metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.domain.timeframe import SUPPORTED
-from daemon.store.migrations import migrate
 from daemon.store.spool import MAGIC, MAX_NAME_BYTES, Spool, SpoolCorrupt, SpoolError
 from daemon.store.writer import CandleStore, CandleWriter
 from daemon.validate import problem
@@ -155,16 +154,6 @@ def spool_dir(base: Path, *records: bytes) -> Path:
     d.mkdir(mode=0o700)
     (d / "spool-0000000001.bin").write_bytes(b"".join(records))
     return d
-
-
-@pytest.fixture
-async def migrated(tsdb_dsn: str) -> str:
-    conn = await asyncpg.connect(tsdb_dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return tsdb_dsn
 
 
 async def contents(dsn: str) -> tuple[set[Row], list[tuple[Row, str, str]]]:

@@ -24,7 +24,6 @@ from daemon.config import load_config
 from daemon.domain import Candle
 from daemon.health import HealthFacts, assess
 from daemon.store import database
-from daemon.store.migrations import migrate
 from daemon.store.spool import Spool
 from daemon.store.writer import CandleStore, CandleWriter
 from daemon.supervisor import Supervisor
@@ -121,16 +120,6 @@ async def until(check: Callable[[], bool | Awaitable[bool]], within: float = 30)
             if await got if not isinstance(got, bool) else got:
                 return
             await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def migrated(tsdb_dsn: str) -> str:
-    conn = await asyncpg.connect(tsdb_dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return tsdb_dsn
 
 
 @pytest.fixture
