@@ -33,10 +33,10 @@ class SimClock:
     throttle share it, as a venue and a client share real time."""
 
     def __init__(self, second: float = 0.0) -> None:
-        self.offset_s = (second - time.time() % 60) if second else 0.0
+        self.offset_s = (second - wallclock.epoch() % 60) if second else 0.0
 
     def epoch(self) -> float:
-        return time.time() + self.offset_s
+        return wallclock.epoch() + self.offset_s
 
     def utc(self) -> datetime:
         return datetime.fromtimestamp(self.epoch(), UTC)
