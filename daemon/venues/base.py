@@ -107,6 +107,10 @@ class VenueLimits:
     # A healthy stream may stay silent for long (no heartbeat, nothing while the
     # market is closed): no idle detection; WebSocket pings still find a dead link.
     quiet_stream: bool = False
+    # Seconds after a bar's close before the venue's answer about it is final
+    # (a stream's close frame, OANDA's `complete`, Kraken's committed entry):
+    # a range that ends later than this before now is "not yet", never "empty".
+    settling_s: float = 30.0
 
     def oldest_served(self, tf: Timeframe, now: datetime) -> datetime | None:
         """Open time of the oldest bar the venue still serves at `now` (None: all)."""
