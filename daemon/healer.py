@@ -137,9 +137,12 @@ class Healer:
         full_audit_interval: timedelta = timedelta(hours=24),
         confirm_after: int = 3,
         overrides: calendars.Overrides | None = None,
+        settling: Mapping[str, timedelta] | None = None,
         clock: Clock = clock.now,
     ) -> None:
         self._pool = pool
+        # Per venue, how long after a bar's close its answer about the bar is final.
+        self.settling = dict(settling or {})
         self.overrides = overrides
         self._alarmed: set[tuple[SeriesKey, datetime]] = set()  # ranges already reported
         self.specs = dict(specs)
@@ -154,6 +157,9 @@ class Healer:
         self.specs, self.interval = config.series_specs(), h.interval
         self.full_audit_interval = h.full_audit_interval
         self.confirm_after, self.overrides = h.confirm_empty_after, h.overrides()
+        self.settling = {
+            v.name: timedelta(seconds=v.codec().limits.settling_s) for v in config.venues
+        }
 
     @classmethod
     def for_config(cls, pool: asyncpg.Pool, config: Config) -> Healer:
@@ -217,12 +223,14 @@ class Healer:
             or row.last_full_audit is None
             or now - row.last_full_audit >= self.full_audit_interval
         )
-        # Bars that closed moments ago may still be on their way to the store:
-        # judge them at the next audit.
+        # Bars that closed moments ago may still be on their way to the store,
+        # or not final at the venue yet (an empty answer about them would mean
+        # "not yet", not "none"): judge them at a later audit.
+        settle = max(SETTLE, self.settling.get(key.venue, SETTLE))
         settled = calendars.last_expected_bar(
-            spec.profile, spec.calendar, tf, now - SETTLE, overrides=self.overrides
+            spec.profile, spec.calendar, tf, now - settle, overrides=self.overrides
         )
-        hi = tf.next(settled) if settled is not None else tf.floor(now - SETTLE)
+        hi = tf.next(settled) if settled is not None else tf.floor(now - settle)
         lo = tf.ceil(now - spec.lookback)
         if row.genesis is not None:
             lo = max(lo, tf.ceil(row.genesis))

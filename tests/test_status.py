@@ -103,8 +103,12 @@ async def confirm_empty(db: Database, key: SeriesKey, ranges: Sequence[Range]) -
             await healing.save_empty_state(conn, row.id, r, state, r[1])
 
 
-async def audit(db: Database, key: SeriesKey, now: datetime) -> tuple[SeriesStatus, int]:
-    healer = Healer(db.pool, specs(), interval=timedelta(minutes=15), clock=lambda: now)
+async def audit(
+    db: Database, key: SeriesKey, now: datetime, settling: dict[str, timedelta] | None = None
+) -> tuple[SeriesStatus, int]:
+    healer = Healer(
+        db.pool, specs(), interval=timedelta(minutes=15), settling=settling, clock=lambda: now
+    )
     (result,) = await healer.audit([key], full=True)
     return result.status, result.missing_bars
 
@@ -126,6 +130,20 @@ async def test_a_bar_the_venue_has_not_yet_published_is_not_a_hole(db: Database)
     assert await audit(db, EQ1, at("2026-11-30 20:00:20")) == (SeriesStatus.OK, 0)
     # Once settled, the same missing bar is a hole (one bar: DEGRADED, not STALE).
     assert await audit(db, EQ1, at("2026-11-30 20:01:00")) == (SeriesStatus.DEGRADED, 1)
+
+
+async def test_a_venue_that_settles_slowly_is_judged_after_its_own_settling_time(
+    db: Database,
+) -> None:
+    # A venue whose answer about a bar is final only 120 s after its close
+    # (OANDA's incomplete candles): at 20:01:30 the 19:59 bar closed 90 s ago,
+    # so it is "not yet" for that venue, though past the default 30 s.
+    await store_bars(db, EQ1, at("2026-11-28 00:00"), at("2026-11-30 19:59"))
+    slow = {"alpaca": timedelta(seconds=120)}
+    assert await audit(db, EQ1, at("2026-11-30 20:01:30")) == (SeriesStatus.DEGRADED, 2)
+    assert await audit(db, EQ1, at("2026-11-30 20:01:30"), slow) == (SeriesStatus.OK, 0)
+    # Two minutes after its close, the same bar is a hole for that venue too.
+    assert await audit(db, EQ1, at("2026-11-30 20:02:00"), slow) == (SeriesStatus.DEGRADED, 1)
 
 
 async def test_over_a_weekend_the_friday_close_is_up_to_date(db: Database) -> None:
