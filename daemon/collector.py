@@ -39,6 +39,7 @@ from websockets.asyncio.client import ClientConnection
 
 from daemon import logs, metrics
 from daemon.domain import Candle, SeriesKey
+from daemon.throttle import MessagePacer
 from daemon.venues import VenueCodec
 from daemon.venues.base import CredentialsRefused
 
@@ -92,9 +93,7 @@ class _Link:
         # flag). Per connection: after a reconnect an old one may be stale.
         self.forming: dict[SeriesKey, Candle] = {}
         self._codec = codec
-        # Pings and pongs count against the limit too: leave them one a second.
-        self._interval = 1.0 / max(1.0, codec.limits.max_ws_messages_per_s - 1)
-        self._last_sent = -self._interval
+        self._pacer = MessagePacer(codec.limits.max_ws_messages_per_s)
         self._ids = itertools.count(1)
         self._send_lock = asyncio.Lock()
 
@@ -105,14 +104,14 @@ class _Link:
 
     async def send_method(self, message: Callable[[int], str]) -> int:
         async with self._send_lock:
-            wait = self._last_sent + self._interval - time.monotonic()
-            if wait > 0:
+            wait = self._pacer.delay(time.monotonic())
+            if wait > 0:  # then the window has room: the oldest send has left it
                 await asyncio.sleep(wait)
             request_id = next(self._ids)
             if self._codec.limits.acknowledges_requests:
                 self.pending.add(request_id)
             await self.ws.send(message(request_id))
-            self._last_sent = time.monotonic()
+            self._pacer.sent(time.monotonic())
             return request_id
 
     async def subscribe(self, series: Sequence[SeriesKey], subscribe: bool = True) -> None:

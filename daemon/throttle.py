@@ -193,3 +193,32 @@ class VenueThrottle:
     @property
     def in_batch(self) -> int:
         return self._in_batch
+
+
+class MessagePacer:
+    """Paces a connection's outgoing method messages under a venue's cap per second.
+
+    Venues such as Binance count every frame the client sends against the cap,
+    pings and pongs included, and drop the connection past it. The pacer lets
+    through at most `cap - reserve` messages in any one-second window (closed
+    at both ends, so that a window counted from either edge still fits), which
+    leaves `reserve` frames a second for the WebSocket library's control frames.
+    Pure: callers pass the monotonic time.
+    """
+
+    def __init__(self, cap_per_s: float, reserve: int = 2) -> None:
+        self.per_window = max(1, int(cap_per_s) - reserve)
+        self._sent: collections.deque[float] = collections.deque()
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next message may go at `now`."""
+        while self._sent and now - self._sent[0] > 1.0:
+            self._sent.popleft()
+        if len(self._sent) < self.per_window:
+            return 0.0
+        # Strictly more than one second after the oldest: nudge past the edge.
+        return self._sent[0] + 1.0 - now + 1e-3
+
+    def sent(self, now: float) -> None:
+        """Record a message sent at `now`."""
+        self._sent.append(now)

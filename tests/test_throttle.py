@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from daemon.throttle import VenueThrottle
+from daemon.throttle import MessagePacer, VenueThrottle
 from daemon.venues import RateFacts
 
 WINDOW_START = 1_700_000_040.0  # a multiple of 60: a venue minute starts here
@@ -228,3 +228,28 @@ async def test_configure_changes_limits_and_wakes_batch_waiters() -> None:
     assert t.window_budget == 20
     t.configure(capacity=20, period_s=1, batch=1)  # the operator's word replaces what was learned
     assert t.window_budget == 20 * 60
+
+
+def paced_sends(cap: float, n: int, start: float = 10.0) -> list[float]:
+    """When `n` messages queued at once at `start` go out under the pacer."""
+    pacer, now, sent = MessagePacer(cap), start, []
+    for _ in range(n):
+        now += pacer.delay(now)
+        pacer.sent(now)
+        sent.append(now)
+    return sent
+
+
+def most_in_one_second(times: list[float]) -> int:
+    """The most sends inside any closed one-second window."""
+    return max(sum(1 for u in times if t <= u <= t + 1.0) for t in times)
+
+
+@pytest.mark.parametrize(("cap", "allowed"), [(5.0, 3), (10.0, 8), (1.0, 1)])
+def test_message_pacer_leaves_room_for_control_frames(cap: float, allowed: int) -> None:
+    # Binance allows 5 incoming messages a second, pings and pongs included:
+    # a burst of subscribes leaves two a second for the WebSocket's own frames.
+    sent = paced_sends(cap, 40)
+    assert most_in_one_second(sent) == allowed
+    assert sent[allowed - 1] == sent[0], "a burst up to the allowance goes at once"
+    assert sent[-1] - sent[0] < 40 / allowed + 1, "and the pacer does not crawl"
