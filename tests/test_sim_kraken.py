@@ -117,6 +117,28 @@ async def test_since_keeps_later_entries_and_the_forming_one(start_sim: SimFacto
     assert CODEC.parse_history(BBB, status, body, NOW) == []
 
 
+async def test_with_settle_a_closed_bar_stays_the_uncommitted_last_entry(
+    start_sim: SimFactory,
+) -> None:
+    sim, address = await start_sim([NOW])  # 30 s past 12:00
+    assert personality(sim).settle == timedelta(0)  # the default: committed at the close
+    personality(sim).settle = timedelta(seconds=40)
+    since = str(int(NOW.timestamp()) - 300)
+    status, body = await get(address, pair="AAA/USD", since=since, assetVersion="1")
+    rows = json.loads(body)["result"]["AAA/USD"]
+    # 11:59 closed 30 s ago and is still the last, uncommitted entry; 12:00 is not listed yet.
+    assert rows[-1][0] == int(AAA.tf.floor(NOW).timestamp()) - 60
+    closed = CODEC.parse_history(AAA, status, body, NOW)
+    assert closed and closed[-1].ts == AAA.tf.floor(NOW) - timedelta(minutes=2)
+
+    personality(sim).settle = timedelta(seconds=30)  # committed exactly now
+    status, body = await get(address, pair="AAA/USD", since=since, assetVersion="1")
+    assert json.loads(body)["result"]["AAA/USD"][-1][0] == int(AAA.tf.floor(NOW).timestamp())
+    assert CODEC.parse_history(AAA, status, body, NOW)[-1].ts == AAA.tf.floor(NOW) - timedelta(
+        minutes=1
+    )
+
+
 async def test_every_interval_the_codec_knows(start_sim: SimFactory) -> None:
     sim, address = await start_sim([NOW])
     for timeframe in ("5m", "15m", "30m", "1h", "4h", "1d"):

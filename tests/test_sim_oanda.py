@@ -20,7 +20,7 @@ import pytest
 
 from daemon.domain import Candle, SeriesKey
 from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.oanda import SIM_TOKEN
+from daemon.sim.oanda import SIM_TOKEN, OandaPersonality
 from daemon.sim.oanda_wire import as_published
 from daemon.venues import Credentials, HttpRequest, VenueError, get_codec
 
@@ -143,6 +143,25 @@ async def test_the_bar_in_progress_is_sent_incomplete_and_dropped(venue: Venue) 
     candles = CODEC.parse_history(EUR_1M, status, body, NOW)
     assert [c.ts for c in candles] == [NOW - timedelta(minutes=2, seconds=20),
                                        NOW - timedelta(minutes=1, seconds=20)]  # fmt: skip
+
+
+async def test_a_closed_candle_is_complete_only_settle_after_its_close(venue: Venue) -> None:
+    """OANDA completes a candle when a price after its end arrives: with
+    `settle`, a closed candle stays `complete: false` that long (with its
+    final values), then turns complete."""
+    assert isinstance(venue.sim.personality, OandaPersonality)
+    assert venue.sim.personality.settle == timedelta(0)  # the default: complete at the close
+    venue.sim.personality.settle = timedelta(seconds=40)  # NOW is 20 s past 12:00
+    _, _, payload, _ = await venue.get(CANDLES, {"granularity": "M1", "count": "3"})
+    rows = payload["candles"]
+    assert [(r["time"][11:16], r["complete"]) for r in rows] == [
+        ("11:58", True), ("11:59", False), ("12:00", False)]  # fmt: skip
+    want = venue.truth(EUR_1M, datetime(2024, 3, 4, 11, 59, tzinfo=UTC), NOW)
+    assert rows[1]["mid"]["c"] == f"{want[0].close:.8f}"  # closed: its values are final
+
+    venue.sim.personality.settle = timedelta(seconds=20)  # exactly 20 s after its close
+    _, _, payload, _ = await venue.get(CANDLES, {"granularity": "M1", "count": "3"})
+    assert [r["complete"] for r in payload["candles"]] == [True, True, False]
 
 
 async def test_from_to_count_and_include_first(venue: Venue) -> None:

@@ -2,7 +2,8 @@
 
 As Kraken does (https://docs.kraken.com/api-reference/market-data/get-ohlc-data):
 OHLC answers with the newest 720 entries only, whatever `since` says, and the
-last entry is always the bar still forming; `since` keeps the entries opening
+last entry is always the bar still forming (with `settle`, a bar that closed
+less than `settle` ago: not committed yet); `since` keeps the entries opening
 after it. Bars without trades (`truth.traded`) are not published at all, on
 REST or on the stream. Every answer is HTTP 200, failures included:
 `{"error": ["EQuery:Unknown asset pair"]}`, and over the request budget
@@ -26,7 +27,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -102,12 +103,16 @@ def parse_ohlc_query(query: Mapping[str, str], truth: Truth) -> OhlcQuery:
     )
 
 
-def select_ohlc(truth: Truth, series: SeriesKey, now: datetime) -> list[Candle]:
-    """The newest 720 entries, oldest first: traded bars, then the forming one."""
+def select_ohlc(
+    truth: Truth, series: SeriesKey, now: datetime, settle: timedelta = timedelta(0)
+) -> list[Candle]:
+    """The newest 720 entries, oldest first: traded bars, then the uncommitted
+    one: the bar forming, or, until `settle` after a close, the bar that closed
+    (its values may still change; the next bar is not listed yet)."""
     listed = truth.listing(series.symbol)
     if listed is None or listed > now:
         return []
-    current = series.tf.floor(now)
+    current = max(series.tf.floor(now - settle), series.tf.floor(listed))
     # The forming bar "will always be present", traded or not.
     rows = [truth.partial(series, current, now)]
     traded = (ts for ts in truth.opens_before(series, current) if truth.traded(series, ts))
@@ -122,6 +127,9 @@ class KrakenPersonality:
         budget = min(scenario.weight_per_minute, REQUESTS_PER_MINUTE)
         self._limiter = WeightLimiter(budget, scenario.ban_s, scenario.max_ban_s)
         self.ohlc_requests: list[OhlcRequest] = []  # answered ones, oldest first
+        # OHLC's last entry is uncommitted: a bar stays there this long after
+        # its close (zero: committed at the close). The stream is not delayed.
+        self.settle = timedelta(0)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/0/public/OHLC", self._ohlc), web.get("/v2", self._stream)]
@@ -140,7 +148,7 @@ class KrakenPersonality:
             return web.json_response(error_answer(str(exc)))
         series = query.series
         self.ohlc_requests.append(OhlcRequest(series.symbol, series.timeframe, query.since, now))
-        rows = select_ohlc(ctx.truth, series, now)
+        rows = select_ohlc(ctx.truth, series, now, self.settle)
         committed, forming = rows[:-1], rows[-1:]
         if query.since is not None:
             committed = [c for c in committed if seconds(c.ts) > query.since]

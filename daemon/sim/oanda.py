@@ -6,7 +6,11 @@ anything else is answered 401. Each client may send the scenario's
 recommended rate); more are answered 429 with `Retry-After: 1`. Candles exist
 only for bars with a price (sparse: `Truth.traded`), inside the symbol's
 sessions (`profile = "FOREX"`: none over the weekend); the bar in progress is
-sent with `complete: false`.
+sent with `complete: false`, and so is a closed bar until `settle` after its
+close: OANDA completes a candle only when a price after its end arrives, after
+a second or two in busy hours and up to tens of seconds in quiet ones
+(hootnot/oanda-api-v20#155). `settle` is zero by default; tests set it
+(`OandaPersonality.settle`).
 
 Parameters as documented (instrument-ep): `granularity` (default S5),
 `price` (any of M, B, A; default M), `count` (default 500, at most 5000),
@@ -25,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -33,7 +37,7 @@ from aiohttp import web
 
 from daemon.domain import Candle, SeriesKey
 from daemon.sim import oanda_wire as wire
-from daemon.sim.personality import SimContext
+from daemon.sim.personality import SimContext, settled
 from daemon.sim.truth import Truth
 from daemon.sim.wire import SIM_VENUE
 
@@ -154,8 +158,11 @@ def _require_utc_alignment(query: Mapping[str, str], granularity: str) -> None:
         )
 
 
-def select_candles(truth: Truth, query: CandlesQuery, now: datetime) -> list[tuple[Candle, bool]]:
-    """OANDA's answer, oldest first, each candle with its `complete` flag."""
+def select_candles(
+    truth: Truth, query: CandlesQuery, now: datetime, settle: timedelta = timedelta(0)
+) -> list[tuple[Candle, bool]]:
+    """OANDA's answer, oldest first, each candle with its `complete` flag: a
+    candle is complete `settle` after its close (the bar in progress never is)."""
     series, tf = query.series, query.series.tf
     stop = tf.next(now)  # every bar opening before this has opened
     if query.end is not None:
@@ -173,7 +180,7 @@ def select_candles(truth: Truth, query: CandlesQuery, now: datetime) -> list[tup
     else:
         chosen = list(islice(priced(truth.opens_before(series, stop)), query.count))[::-1]
     return [
-        (truth.bar(series, ts), True)
+        (truth.bar(series, ts), settled(tf.close_time(ts), now, settle))
         if tf.close_time(ts) <= now
         else (truth.partial(series, ts, now), False)
         for ts in chosen
@@ -199,6 +206,7 @@ class OandaPersonality:
     def __init__(self, context: SimContext) -> None:
         self._ctx = context
         self._rate = _RequestsPerSecond(max(1, context.scenario.weight_per_minute // 60))
+        self.settle = timedelta(0)  # a closed candle is `complete` this long after its close
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -226,7 +234,7 @@ class OandaPersonality:
             return _error(400, exc.msg)
         rows = [
             wire.candlestick(candle, complete, query.components)
-            for candle, complete in select_candles(ctx.truth, query, now)
+            for candle, complete in select_candles(ctx.truth, query, now, self.settle)
         ]
         return web.json_response(wire.candles_body(instrument, query.granularity, rows))
 

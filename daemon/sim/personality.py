@@ -7,7 +7,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -38,6 +38,20 @@ class Personality(Protocol):
     def __init__(self, context: SimContext) -> None: ...
 
     def routes(self) -> list[web.RouteDef]: ...
+
+
+class Settling(Protocol):
+    """A personality whose answer about a bar is final only `settle` after the
+    bar's close (OANDA's `complete: false`, Kraken's uncommitted last entry);
+    until then it says "not yet" its own way. Zero by default: every closed
+    bar is final at once. Tests set it (`sim.personality.settle = ...`)."""
+
+    settle: timedelta
+
+
+def settled(close: datetime, now: datetime, settle: timedelta) -> bool:
+    """Whether a bar closing at `close` is final at `now`, `settle` after its close."""
+    return close + settle <= now
 
 
 async def send_json(ws: web.WebSocketResponse, payload: Any) -> bool:
