@@ -26,6 +26,7 @@ from daemon.venues import (
     VenueCodec,
     VenueError,
 )
+from daemon.venues.base import HistoryPage
 
 log = logs.get("candled.backfill")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
@@ -38,9 +39,24 @@ _PAGE_TRIES = 3  # a malformed page is asked for again this many times
 _JOB_TRIES = 4
 _GENESIS_PROBES = (1, 10, 100)  # pages before an empty run that must be empty too
 _KEPT_RESULTS = 1_000  # recent job results kept for inspection; the daemon runs for months
+# Continuation pages followed for one request, where the venue cuts answers
+# short and names the request for the rest (Alpaca: "may return less [than
+# `limit`], even if there are more"). Pages of 50 bars fill a 9,999-bar window;
+# reported crypto pages hold 126 and more.
+MAX_CONTINUATIONS = 200
+
+
+class EndlessPages(Exception):
+    """The venue still named a next page after `max_continuations` of them."""
+
+    def __init__(self, msg: str, requests: int) -> None:
+        super().__init__(msg)
+        self.requests = requests  # sent for the request and its continuations
+
+
 # A job stops on these and reports them; the workers go on with the next job.
-_JOB_ERRORS = (FetchError, VenueError, CodecError, asyncpg.PostgresError, asyncpg.InterfaceError,
-               OSError)  # fmt: skip
+_JOB_ERRORS = (FetchError, VenueError, CodecError, EndlessPages, asyncpg.PostgresError,
+               asyncpg.InterfaceError, OSError)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ class Backfiller:
         *,
         workers: int = 16,
         clock: Clock = clock.now,
+        max_continuations: int = MAX_CONTINUATIONS,
     ) -> None:
         self.codec = codec
         self.fetcher = fetcher
@@ -96,6 +113,7 @@ class Backfiller:
         self._pool = pool
         self._workers = workers
         self._clock = clock
+        self._max_continuations = max_continuations
         # Fresh holes (a lost closing frame, a reconnect) jump ahead of deep
         # history: (priority, submission order, original's order, job).
         self._queue: asyncio.PriorityQueue[tuple[int, int, int, BackfillJob]] = (
@@ -253,7 +271,13 @@ class Backfiller:
                         seen.update(c.ts for c in got)
                 cursor = stop
         except _JOB_ERRORS as e:
-            transient = not isinstance(e, VenueError) or isinstance(e, RateLimitedAnswer)
+            if isinstance(e, EndlessPages):
+                requests += e.requests
+            # A venue that pages for ever is not asked again at once (each run
+            # costs the whole bound in requests): the heal cycle finds the hole.
+            transient = not isinstance(e, VenueError | EndlessPages) or isinstance(
+                e, RateLimitedAnswer
+            )
             # Ours say what happened and where; a library's OSError (aiohttp's
             # among them) is told by `describe`: its repr may hold the request.
             error = describe(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
@@ -294,14 +318,40 @@ class Backfiller:
         return await self._ask(series, self.codec.history_request(series, start, end, limit))
 
     async def _ask(self, series: SeriesKey, req: HttpRequest) -> tuple[list[Candle], int]:
-        """The candles of one request, and the requests it took: a malformed
-        answer is counted and asked for again."""
+        """The candles of one request, and the requests it took. Where the venue
+        cuts the answer short and names the request for the rest, that one is
+        sent too, the same way, until the answer is whole: a short page then
+        still means "no more bars here". At most `max_continuations` of them."""
+        page, requests = await self._ask_once(series, req)
+        candles = list(page.candles)
+        continuations = 0
+        while page.next is not None:
+            if continuations == self._max_continuations:
+                raise EndlessPages(
+                    f"the venue still named a next page (page_token) after"
+                    f" {continuations} continuation pages of one request"
+                    f" ({len(candles)} bars so far): the window is left for the heal cycle",
+                    requests,
+                )
+            continuations += 1
+            page, n = await self._ask_once(series, page.next)
+            candles += page.candles
+            requests += n
+        if continuations:
+            candles.sort(key=lambda c: c.ts)  # oldest first across the pages
+            log.debug("answer followed over continuation pages", series=str(series),
+                      pages=continuations + 1, candles=len(candles))  # fmt: skip
+        return candles, requests
+
+    async def _ask_once(self, series: SeriesKey, req: HttpRequest) -> tuple[HistoryPage, int]:
+        """One page of an answer, and the requests it took: a malformed answer
+        is counted and asked for again."""
         for attempt in range(1, _PAGE_TRIES + 1):
             async with self.fetcher.throttle.batch_slot():
                 resp = await self.fetcher.fetch(req)
             try:
-                return self.codec.parse_history(
-                    series, resp.status, resp.body, self._clock()
+                return self.codec.parse_history_page(
+                    series, req, resp.status, resp.body, self._clock()
                 ), attempt
             except RateLimitedAnswer as e:
                 # Refused in the body: the throttle holds every request to the

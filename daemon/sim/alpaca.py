@@ -16,7 +16,11 @@ bars only for periods with trades inside the symbol's sessions (sparse:
 without bars (unknown ones too) are left out of the multi-symbol answer. Bars go
 symbol by symbol, then by time. When a page is full, `next_page_token` names its
 last bar and the next request continues after it (also when nothing follows:
-Alpaca says only that there "may be more data"). Bad values are answered 422 with
+Alpaca says only that there "may be more data"). Alpaca "may return less [than
+`limit`], even if there are more available data points" (the docs' `limit`):
+`AlpacaPersonality.page_bars` caps every page so, a token on each page it cuts
+short; `endless_pages` puts a fresh token on every page, the last too (a venue
+whose pages never end). Bad values are answered 422 with
 `{"code": 42210000, "message": ...}`, a request without `symbols` or `timeframe`
 or with an unknown parameter 400. Each client may send `min([rest]
 weight_per_minute, 200)` requests a clock minute (Alpaca's Basic plan); more get
@@ -185,6 +189,17 @@ def select_bars(
     return page, None
 
 
+def _beyond(query: BarsQuery) -> tuple[str, datetime]:
+    """A page's last bar beyond every bar of the query, a second further out
+    than the query's range or the token it continues: never the same twice."""
+    second = timedelta(seconds=1)
+    if query.descending:
+        mark = min(query.start, query.after[1]) if query.after is not None else query.start
+        return query.symbols[-1], mark - second
+    mark = max(query.end, query.after[1]) if query.after is not None else query.end
+    return query.symbols[-1], mark + second
+
+
 class _RequestsPerMinute:
     """Requests per client in the current clock minute; past the budget: refused."""
 
@@ -214,6 +229,13 @@ class AlpacaPersonality:
         self._rate = _RequestsPerMinute(budget)
         self.authenticated: set[str] = set()  # keys with an authenticated connection
         self.correction_delay_s = 30.0  # "u" bars go out this long after the "b"
+        # Alpaca "may return less [than `limit`], even if there are more available
+        # data points": a page holds at most this many bars whatever `limit`
+        # asks (None: `limit` alone), with a `next_page_token` when it is cut short.
+        self.page_bars: int | None = None
+        # A misbehaving venue: every page carries a token, the last one too, and
+        # following it gives an empty page with a fresh token, for ever.
+        self.endless_pages = False
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -250,7 +272,11 @@ class AlpacaPersonality:
             query = parse_bars_query(request.query, symbols, now)
         except BadRequest as exc:
             return _error(exc.status, exc.code, exc.message, rate)
+        if self.page_bars is not None:
+            query = dataclasses.replace(query, limit=min(query.limit, self.page_bars))
         page, last = select_bars(ctx.truth, query, now)
+        if last is None and self.endless_pages:
+            last = _beyond(query)
         token = None if last is None else wire.page_token(last[0], query.tf, last[1])
         bars = {symbol: [wire.bar(c) for c in candles] for symbol, candles in page.items()}
         if single:

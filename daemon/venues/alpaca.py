@@ -10,6 +10,16 @@ Wire formats as documented at
   `{"bars": {"AAPL": [{"t", "o", "h", "l", "c", "v", "n", "vw"}]}, "next_page_token"}`;
   errors 400, 403, 422, 429 with `{"code": 42210000, "message": "invalid timeframe"}`
   (alpacahq/Alpaca-API issue 178); the headers `APCA-API-KEY-ID` / `APCA-API-SECRET-KEY`;
+  "Paging": a `next_page_token` that is not null means "there may be more data";
+  send it as `page_token` "while leaving the other parameters unchanged" to
+  continue where the answer left off;
+- https://docs.alpaca.markets/openapi/market-data-api.json, the `limit` parameter
+  /v2/stocks/bars shares: "The maximum number of data points to return in the
+  response page. The API may return less, even if there are more available data
+  points in the requested interval. Always check the `next_page_token` for more
+  pages." Public reports show server-sized pages with a token whatever `limit`
+  asked on Alpaca's crypto bars (ccxt/ccxt issue 30095). `parse_history_page`
+  names the request that continues a page; the backfill follows it to the end;
 - https://docs.alpaca.markets/docs/real-time-stock-pricing-data (`wss://stream.data.
   alpaca.markets/v2/{feed}`: `[{"T":"success","msg":"connected"}]`, then
   `{"action":"auth","key":...,"secret":...}`, `{"action":"subscribe","bars":[...],
@@ -32,6 +42,7 @@ an `idle_timeout` under a minute reconnects an open market's healthy stream.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -48,6 +59,7 @@ from daemon.venues.base import (
     Credentials,
     CredentialsRefused,
     FrameResult,
+    HistoryPage,
     HttpRequest,
     RateFacts,
     VenueError,
@@ -66,8 +78,9 @@ from daemon.venues.base import (
 LIMITS = VenueLimits(
     # `limit` may be 1-10000. One less per window, so that the request can ask for
     # one bar more than the window holds: a full page (after which a
-    # `next_page_token` may come although nothing follows) then cannot happen,
-    # and a token means bars were left out (see `parse_history`).
+    # `next_page_token` may come although nothing follows) then cannot happen.
+    # A token means Alpaca cut the page short, which it may: the backfill sends
+    # the request `parse_history_page` names for the rest until none comes.
     page_size=9_999,
     request_weight=1,  # Alpaca counts requests
     # "There is no limit for the number of channels with minute bars", and an
@@ -104,6 +117,8 @@ STREAM_TIMEFRAME = "1m"  # the stream's `bars` and `updatedBars` are minute bars
 NEW_YORK = ZoneInfo("America/New_York")
 # RFC 3339 in UTC, as Alpaca writes it: "2021-02-22T19:15:00Z", up to nanoseconds.
 _RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
+# A page token goes into the next request's URL: printable ASCII, bounded.
+_PAGE_TOKEN = re.compile(r"[!-~]{1,1024}")
 _BAR_TYPES = frozenset({"b", "u"})  # minute bars and corrected minute bars
 _CONTROL_TYPES = frozenset({"success", "subscription", "error"})
 _MALFORMED = FrameResult(malformed=True)
@@ -192,21 +207,38 @@ class AlpacaCodec(CodecBase):
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
+        candles, token = self._history(series, status, body, now)
+        if token is not None:
+            # Alpaca left bars of the window out, and without the request there
+            # is no asking for them (`parse_history_page` can): keeping what
+            # came would let the healer confirm the rest empty.
+            raise CodecError(
+                f"bars: a next_page_token came back ({len(token)} characters):"
+                " the answer holds only part of the window"
+            )
+        return candles
+
+    def parse_history_page(
+        self, series: SeriesKey, request: HttpRequest, status: int, body: bytes, now: datetime
+    ) -> HistoryPage:
+        # "Include the token ... as the page_token query parameter for the next
+        # request ... while leaving the other parameters unchanged" (Paging).
+        candles, token = self._history(series, status, body, now)
+        if token is None:
+            return HistoryPage(candles)
+        params = {**request.params, "page_token": token}
+        return HistoryPage(candles, dataclasses.replace(request, params=params))
+
+    def _history(
+        self, series: SeriesKey, status: int, body: bytes, now: datetime
+    ) -> tuple[list[Candle], str | None]:
+        """The closed candles of a bars answer, and its page token (None: the last page)."""
         payload = json_or_none(body)
         if status != 200:
             raise self.refused_credentials(status, body) or _venue_error(status, payload)
         if not isinstance(payload, dict) or "bars" not in payload:
             raise CodecError("bars: expected an object with `bars`")
-        token = payload.get("next_page_token")
-        if token is not None:
-            # The request asked for more bars than its window holds, so a full
-            # page cannot be the reason: Alpaca left bars of the window out.
-            # Keeping what came would let the healer confirm the rest empty.
-            size = f"{len(token)} characters" if isinstance(token, str) else shown(token)
-            raise CodecError(
-                f"bars: a next_page_token came back ({size}):"
-                " the answer holds only part of the window"
-            )
+        token = _page_token(payload.get("next_page_token"))
         bars = payload["bars"]
         if bars is None:  # no bar in the window: {} (or null)
             bars = {}
@@ -228,7 +260,7 @@ class AlpacaCodec(CodecBase):
             if wire_time(tf, tf.close_time(candle.ts)) <= now:
                 candles.append(candle)
         candles.sort(key=lambda c: c.ts)  # oldest first, whatever `sort` did
-        return candles
+        return candles, token
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
         # X-RateLimit-Limit / -Remaining / -Reset (epoch seconds) come with every
@@ -328,6 +360,16 @@ class AlpacaCodec(CodecBase):
         if not isinstance(symbol, str) or not symbol:
             raise CodecError("bar symbol")
         return _bar(SeriesKey(self._venue, symbol, STREAM_TIMEFRAME), message)
+
+
+def _page_token(token: object) -> str | None:
+    """`next_page_token`: None (or empty) on the last page, else a token to send
+    back as `page_token` (base64 text, "QUFQTHxNfDIwMjIt..."), bounded."""
+    if token is None or token == "":
+        return None  # sent back, an empty token would be no token at all
+    if not isinstance(token, str) or _PAGE_TOKEN.fullmatch(token) is None:
+        raise CodecError(f"bars: next_page_token {shown(token)} is not a page token")
+    return token
 
 
 def _timeframe(series: SeriesKey) -> str:

@@ -131,6 +131,17 @@ class HttpRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """What one history answer carried."""
+
+    candles: list[Candle]  # closed candles, oldest first (as `parse_history`)
+    # The venue cut the answer short and says how to go on (Alpaca's
+    # `next_page_token`): the request for the rest of the same window, which
+    # the drivers send the same way. None: the answer holds all it will.
+    next: HttpRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RateFacts:
     """What one HTTP response says about the venue's rate limit."""
 
@@ -190,6 +201,13 @@ class VenueCodec(Protocol):
         rate-limit refusal that the status does not show, `VenueError` for
         another error answer and `CodecError` for a malformed one.
         """
+        ...
+
+    def parse_history_page(
+        self, series: SeriesKey, request: HttpRequest, status: int, body: bytes, now: datetime
+    ) -> HistoryPage:
+        """`parse_history` of the answer to `request`, with the request that
+        continues it where the venue cut it short (`HistoryPage.next`)."""
         ...
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts: ...
@@ -280,6 +298,17 @@ class CodecBase:
     def refused_credentials(self, status: int, body: bytes) -> CredentialsRefused | None:
         """Venues without credentials have none to refuse."""
         return None
+
+    def parse_history(
+        self, series: SeriesKey, status: int, body: bytes, now: datetime
+    ) -> list[Candle]:
+        raise NotImplementedError  # each codec's own
+
+    def parse_history_page(
+        self, series: SeriesKey, request: HttpRequest, status: int, body: bytes, now: datetime
+    ) -> HistoryPage:
+        """Venues that answer a request whole: never a continuation."""
+        return HistoryPage(self.parse_history(series, status, body, now))
 
     def check_limit(self, limit: int) -> None:
         """ValueError unless one page may hold `limit` bars."""
