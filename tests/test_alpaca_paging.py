@@ -30,6 +30,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.backfill import Backfiller, BackfillJob
 from daemon.domain import Candle, SeriesKey
@@ -117,6 +119,27 @@ def test_without_the_request_a_token_is_still_refused() -> None:
 def test_a_token_that_is_no_token_is_malformed(token: object) -> None:
     with pytest.raises(CodecError, match="next_page_token"):
         codec.parse_history_page(AAPL_1M, window_request(), 200, answer([], token), LATER)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(token=JSON | st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E)))
+def test_whatever_the_token_a_continuation_or_a_codec_error(token: object) -> None:
+    request = window_request()
+    try:
+        page = codec.parse_history_page(AAPL_1M, request, 200, answer([], token), LATER)
+    except CodecError:
+        return
+    if page.next is None:
+        assert token in (None, "")
+    else:
+        assert dict(page.next.params) == {**request.params, "page_token": token}
 
 
 @pytest.mark.parametrize(
