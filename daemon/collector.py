@@ -17,6 +17,18 @@ and rotates before the venue's maximum connection age, make-before-break:
 Bars in the overlap may be forwarded twice; the store's upsert makes that a
 no-op. After every connect `on_connect` is called so the caller can backfill
 the hole since the newest stored candle.
+
+Where the codec has login messages (Alpaca's auth), a connection counts as
+connected, subscribes and calls `on_connect` only once the venue accepted the
+login. A stream error the codec classifies (`StreamError`) decides what comes
+next, by its fault: a refused key or plan, or a message the venue rejects (a
+bug on our side), ends the connection and is asked about again only after
+`auth_retry_s`; another connection holding the key's only slot backs off from
+`busy_retry_s`, doubling up to `busy_retry_cap_s`; the venue's own trouble
+reconnects with the usual backoff; a harmless one is logged and changes
+nothing. Until the venue confirms a later connection's subscription (or sends
+it data), `refusal` says why (the venue's words, what to fix, where the key
+comes from) for /health.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ from daemon import logs, metrics
 from daemon.domain import Candle, SeriesKey
 from daemon.throttle import MessagePacer
 from daemon.venues import VenueCodec
-from daemon.venues.base import CredentialsRefused
+from daemon.venues.base import StreamError, StreamFault
 
 log = logs.get("candled.collector")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
@@ -62,6 +74,37 @@ class IdleConnection(Exception):
     """The connection is open but delivers no data."""
 
 
+# Faults after which the same connection would meet the same answer: said
+# loudly, then asked about again only after `auth_retry_s`.
+_RARELY = {
+    StreamFault.KEY_REFUSED: "venue refused the stream's credentials; reconnecting rarely",
+    StreamFault.NOT_ENTITLED: "venue refused the stream under the key's plan; reconnecting rarely",
+    StreamFault.REJECTED: "venue rejected a stream message candled sent (a bug); reconnecting"
+    " rarely",
+}
+# The key's settings matter to these faults: their message says where the key comes from.
+_KEY_FAULTS = frozenset({StreamFault.KEY_REFUSED, StreamFault.NOT_ENTITLED,
+                         StreamFault.CONNECTION_LIMIT})  # fmt: skip
+
+
+class StreamRefused(Exception):
+    """The venue ended the stream with an error the codec classified (`StreamError`).
+    The message names the venue, the venue's words, what to fix and, for the
+    key's faults, the settings the key comes from (never the key)."""
+
+    def __init__(self, venue: str, error: StreamError, key_source: str = "") -> None:
+        if error.fault is StreamFault.KEY_REFUSED:
+            text = f'venue "{venue}" refused its credentials (stream error {error.said})'
+        else:
+            text = f'venue "{venue}" stream error {error.said}'
+        if error.fix:
+            text += f": {error.fix}"
+        if key_source and error.fault in _KEY_FAULTS:
+            text += f" (the key: {key_source})"
+        super().__init__(text)
+        self.error = error
+
+
 @dataclass
 class CollectorSettings:
     idle_timeout_s: float = 30.0
@@ -75,9 +118,17 @@ class CollectorSettings:
     # Stream names beyond this URL length are subscribed by message instead:
     # servers refuse request lines much over 8 kB.
     max_url_length: int = 4096
-    # After the venue refused the key, reconnect only this long after: the
-    # same key meets the same answer; a fixed one is picked up in minutes.
+    # After the venue refused the key or the plan, or rejected a message of
+    # ours, reconnect only this long after: the same connection meets the same
+    # answer; a fixed key is picked up in minutes.
     auth_retry_s: float = 300.0
+    # Another connection holds the key's only one (Alpaca's 406): wait this
+    # long, twice as long after each refusal in a row, up to the cap.
+    busy_retry_s: float = 30.0
+    busy_retry_cap_s: float = 300.0
+    # Where the key comes from, for messages: the settings and variable or
+    # file names (e.g. `api_key_env = "ALPACA_KEY"`), never the key.
+    key_source: str = ""
 
 
 class _Link:
@@ -88,6 +139,7 @@ class _Link:
         self.ws = ws
         self.opened = time.monotonic()
         self.data_seen = False
+        self.logged_in = False  # the venue accepted the login messages
         self.pending: set[int] = set()  # ids of method messages not answered yet
         # Per series, the newest bar still forming (venues without a closed
         # flag). Per connection: after a reconnect an old one may be stale.
@@ -132,6 +184,9 @@ class Shard:
     connected: bool = False
     connects: int = 0
     healthy: bool = False  # delivered data since the last connect: resets the backoff
+    # Why the venue keeps this shard's stream down (`StreamRefused`), until a
+    # later connection is subscribed.
+    refusal: str | None = None
     streams: dict[str, SeriesKey] = field(default_factory=dict)  # stream name -> series
     link: _Link | None = None
     task: asyncio.Task[None] | None = None
@@ -170,6 +225,11 @@ class Collector:
     @property
     def connected(self) -> bool:
         return bool(self.shards) and all(s.connected for s in self.shards)
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the venue keeps a stream down (see `StreamRefused`); None when nothing does."""
+        return next((s.refusal for s in self.shards if s.refusal is not None), None)
 
     async def run(self) -> None:
         """Keep every shard connected until cancelled."""
@@ -237,19 +297,23 @@ class Collector:
                         error=f"{type(e).__name__}: {e}")  # fmt: skip
 
     async def _keep_connected(self, shard: Shard) -> None:
-        attempt = 0
+        attempt = busy = 0
         while True:
+            fault = None
             try:
                 await self._connected_loop(shard)
             except IdleConnection as e:
                 reason, error = "idle", str(e)
-            except CredentialsRefused as e:
-                reason, error = "auth", str(e)
+            except StreamRefused as e:
+                fault = e.error.fault
+                reason, error = fault.value, str(e)
             except _LINK_ERRORS as e:
                 # By type and message: a repr may hold what was sent.
                 reason, error = "error", f"{type(e).__name__}: {e}"
             if shard.healthy:
                 attempt = 0
+            if shard.connected or fault is not StreamFault.CONNECTION_LIMIT:
+                busy = 0  # the key's connection was ours, or the refusals are no longer in a row
             shard.connected = shard.healthy = False
             shard.link = None
             self.reconnects[reason] += 1
@@ -258,9 +322,18 @@ class Collector:
                 attempt, self.settings.backoff_base_s, self.settings.backoff_cap_s, self._rnd
             )
             attempt += 1
-            if reason == "auth":
-                delay = self.settings.auth_retry_s
-                log.error("venue refused the stream's credentials; reconnecting rarely",
+            if fault in _RARELY:
+                assert fault is not None
+                shard.refusal, delay = error, self.settings.auth_retry_s
+                log.error(_RARELY[fault], venue=self.codec.venue, error=error, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                continue
+            if fault is StreamFault.CONNECTION_LIMIT:
+                s = self.settings
+                delay = min(s.busy_retry_cap_s, s.busy_retry_s * 2 ** min(busy, 30))
+                busy += 1
+                shard.refusal = error
+                log.error("another connection uses the venue's key; backing off",
                           venue=self.codec.venue, error=error, retry_in_s=delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 continue
@@ -303,8 +376,11 @@ class Collector:
         link = _Link(ws, self.codec)
         try:
             shard.link = link
-            for message in self.codec.login_messages():
+            logins = self.codec.login_messages()
+            for message in logins:
                 await ws.send(message)
+            if logins:
+                await self._await_login(link, shard)
             # add()/remove() calls that came while connecting went to no link.
             current = set(shard.series)
             asked = set(wanted)
@@ -320,6 +396,13 @@ class Collector:
             await self._close(link, shard, forward=False)
             raise
         return link
+
+    async def _await_login(self, link: _Link, shard: Shard) -> None:
+        """Read until the venue accepts the login; its refusal raises
+        (`StreamRefused`), and so does silence past `open_timeout_s`."""
+        async with asyncio.timeout(self.settings.open_timeout_s):
+            while not link.logged_in:
+                await self._handle(link, shard, await link.ws.recv())
 
     async def _rotate(self, old: _Link, shard: Shard) -> _Link:
         """Make before break: see the module docstring."""
@@ -394,13 +477,21 @@ class Collector:
         result = self.codec.parse_frame(
             message if isinstance(message, str) else message.decode("utf-8", "replace")
         )
+        error = result.stream_error
+        if error is not None and error.fault is not StreamFault.HARMLESS:
+            raise StreamRefused(self.codec.venue, error, self.settings.key_source)
+        if error is not None:
+            log.error("venue refused a stream message; the connection stands",
+                      venue=self.codec.venue, error=f"{error.said}: {error.fix}")  # fmt: skip
+            return "reply"
         if result.error is not None:  # with an id or not (some venues give none)
             log.error("venue refused a stream request", venue=self.codec.venue,
                       error=result.error)  # fmt: skip
-        if result.credentials_refused is not None:
-            answer = f"stream error {result.credentials_refused}"
-            raise CredentialsRefused(self.codec.venue, 0, answer,
-                                     needs_secret=self.codec.limits.needs_secret)  # fmt: skip
+        if result.subscribed or result.is_data:
+            shard.refusal = None  # the venue took the subscription: nothing keeps it down
+        if result.logged_in:
+            link.logged_in = True
+            return "reply"
         if result.reply_id is not None:
             link.pending.discard(result.reply_id)
             return "reply"

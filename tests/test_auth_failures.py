@@ -30,7 +30,7 @@ from daemon.sim import SimExchange, parse_scenario
 from daemon.sim.alpaca import SIM_KEY
 from daemon.throttle import VenueThrottle
 from daemon.venues import Credentials, get_codec
-from daemon.venues.base import CredentialsRefused
+from daemon.venues.base import CredentialsRefused, StreamFault
 from tests.daemon_proc import log_events, running_daemon, stop, tail, wait_until
 from tests.pg import free_port
 
@@ -94,13 +94,16 @@ def test_the_parsers_raise_the_refusal_too() -> None:
 
 
 def test_alpaca_stream_auth_errors_refuse_the_key_and_others_do_not() -> None:
-    # docs.alpaca.markets/docs/streaming-market-data: 402 auth failed, 409
-    # insufficient subscription; 406 connection limit exceeded is no key matter.
-    for code, msg in ((402, "auth failed"), (409, "insufficient subscription")):
+    # docs.alpaca.markets/docs/streaming-market-data: 402 auth failed refuses
+    # the key, 409 insufficient subscription the key's plan; 406 connection
+    # limit exceeded is no key matter (every code: test_alpaca_stream_errors).
+    faults = {402: StreamFault.KEY_REFUSED, 409: StreamFault.NOT_ENTITLED,
+              406: StreamFault.CONNECTION_LIMIT}  # fmt: skip
+    for code, msg in ((402, "auth failed"), (409, "insufficient subscription"),
+                      (406, "connection limit exceeded")):  # fmt: skip
         result = ALPACA.parse_frame(json.dumps([{"T": "error", "code": code, "msg": msg}]))
-        assert result.credentials_refused == f"{code} {msg}"
-    result = ALPACA.parse_frame('[{"T": "error", "code": 406, "msg": "connection limit exceeded"}]')
-    assert result.error and result.credentials_refused is None
+        assert result.stream_error is not None and result.stream_error.fault is faults[code]
+        assert result.error == f"{code} {msg}"
 
 
 # --- the fetcher against real sockets -------------------------------------------

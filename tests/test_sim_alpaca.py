@@ -311,8 +311,8 @@ async def test_auth_and_subscription_flow(start_sim: SimFactory) -> None:
     (answer,) = await receive(ws)
     assert (answer["bars"], answer["updatedBars"]) == (["EQ1"], ["EQ1"])
 
-    # One connection per account: a second one is refused once it authenticates.
-    second = await open_stream(address)
+    # One connection per key and endpoint: a second one is refused once it authenticates.
+    second = await open_stream(address, "sip")
     await second.send(CODEC.login_messages()[0])
     assert await receive(second) == [
         {"T": "error", "code": 406, "msg": "connection limit exceeded"}

@@ -29,9 +29,16 @@ truth has no grid for (2Hour, 1Week, ...) are answered 422 saying so.
 
 Stream `/v2/iex` or `/v2/sip` (realtime.md): `[{"T":"success","msg":"connected"}]`
 on connect; the client has `AUTH_TIMEOUT_S` to authenticate (404 "auth timeout");
-one authenticated connection per key (406 "connection limit exceeded"); subscribe
-before auth: 401. `bars` and `updatedBars` take symbols or "*"; after every
-(un)subscribe the whole subscription is sent. Just after each minute closes, the
+one authenticated connection per key and feed (406 "connection limit exceeded",
+then closed: "the number of connections to a single endpoint ... is 1"); a feed
+outside the key's plan (`AlpacaPersonality.feeds`) is refused at login (409
+"insufficient subscription"); subscribe before auth: 401. `bars` and
+`updatedBars` take symbols or "*"; a subscription past `symbol_limit` symbols
+is refused (405, the subscription unchanged), a channel of another stream
+(`orderbooks`, `news`) too (410); after every (un)subscribe the whole
+subscription is sent. `fault_streams(code)` tells every logged-in connection
+of an error: 407 "slow client" (then closed, as Alpaca drops slow readers) or
+500 "internal error" (left open). Just after each minute closes, the
 minute's bars of all subscribed symbols go out in one frame (`"T": "b"`; none for
 a minute without trades or outside the sessions). About one traded minute in
 four (`corrected`) gets a late trade: its "b" carries a smaller volume, and
@@ -227,7 +234,11 @@ class AlpacaPersonality:
         self._ctx = context
         budget = min(context.scenario.weight_per_minute, REQUESTS_PER_MINUTE)
         self._rate = _RequestsPerMinute(budget)
-        self.authenticated: set[str] = set()  # keys with an authenticated connection
+        # (key, feed) of the authenticated connections: one each (406 for another).
+        self.authenticated: set[tuple[str, str]] = set()
+        self.feeds = set(wire.FEEDS)  # the feeds the key's plan includes (others: 409)
+        self.symbol_limit: int | None = None  # symbols a connection may subscribe (405)
+        self._streams: set[_Stream] = set()  # open stream connections
         self.correction_delay_s = 30.0  # "u" bars go out this long after the "b"
         # Alpaca "may return less [than `limit`], even if there are more available
         # data points": a page holds at most this many bars whatever `limit`
@@ -289,13 +300,23 @@ class AlpacaPersonality:
         if request.match_info["feed"] not in wire.FEEDS:
             raise web.HTTPNotFound()
         async with websocket(request, self._ctx) as ws:
-            stream = _Stream(ws, self._ctx, self)
+            stream = _Stream(ws, self._ctx, self, request.match_info["feed"])
+            self._streams.add(stream)
             try:
                 await stream.run()
             finally:
+                self._streams.discard(stream)
                 if stream.key is not None:
-                    self.authenticated.discard(stream.key)
+                    self.authenticated.discard((stream.key, stream.feed))
         return ws
+
+    async def fault_streams(self, code: int) -> int:
+        """Send stream error `code` to every logged-in connection; 407 "slow
+        client" then closes each. Returns how many were told."""
+        told = [s for s in self._streams if s.key is not None]
+        for stream in told:
+            await stream.fault(code, close=code == 407)
+        return len(told)
 
 
 def _error(
@@ -324,10 +345,13 @@ class _Channels:
 class _Stream:
     """One stream connection: auth and (un)subscribe in, bars out."""
 
-    def __init__(self, ws: web.WebSocketResponse, ctx: SimContext, owner: AlpacaPersonality):
+    def __init__(
+        self, ws: web.WebSocketResponse, ctx: SimContext, owner: AlpacaPersonality, feed: str
+    ) -> None:
         self._ws = ws
         self._ctx = ctx
         self._owner = owner
+        self.feed = feed
         self.key: str | None = None  # the authenticated key
         self._channels = _Channels()
         self._pushed = _MINUTE.floor(ctx.clock())  # minutes before this were pushed
@@ -342,6 +366,11 @@ class _Stream:
 
     async def _send(self, messages: list[dict[str, Any]]) -> bool:
         return await send_json(self._ws, messages)
+
+    async def fault(self, code: int, *, close: bool) -> None:
+        await self._send(wire.stream_error(code))
+        if close:
+            await self._ws.close()
 
     async def _read(self) -> None:
         try:
@@ -368,8 +397,8 @@ class _Stream:
         elif action in ("subscribe", "unsubscribe") and isinstance(message, dict):
             if self.key is None:
                 await self._send(wire.stream_error(401))
-            elif not self._subscribe(message, action == "subscribe"):
-                await self._send(wire.stream_error(400))
+            elif (refused := self._subscribe(message, action == "subscribe")) is not None:
+                await self._send(wire.stream_error(refused))
             else:
                 await self._send(wire.subscription(self._channels.as_lists()))
         else:
@@ -380,22 +409,34 @@ class _Stream:
             await self._send(wire.stream_error(403))
         elif message.get("key") != SIM_KEY or message.get("secret") != SIM_SECRET:
             await self._send(wire.stream_error(402))
-        elif SIM_KEY in self._owner.authenticated:
-            await self._send(wire.stream_error(406))  # one connection per account
+        elif self.feed not in self._owner.feeds:
+            await self._send(wire.stream_error(409))  # not logged in; the connection stays
+        elif (SIM_KEY, self.feed) in self._owner.authenticated:
+            await self._send(wire.stream_error(406))  # one connection per key and endpoint
             await self._ws.close()
         else:
             self.key = SIM_KEY
-            self._owner.authenticated.add(SIM_KEY)
+            self._owner.authenticated.add((SIM_KEY, self.feed))
             await self._send(wire.AUTHENTICATED)
 
-    def _subscribe(self, message: dict[str, Any], add: bool) -> bool:
-        """Apply an (un)subscribe; False when it is not the documented shape."""
+    def _subscribe(self, message: dict[str, Any], add: bool) -> int | None:
+        """Apply an (un)subscribe; else the error code: 400 when it is not the
+        documented shape, 410 for another stream's channel, 405 past the limit."""
+        if any(name in message for name in wire.OTHER_STREAMS_CHANNELS):
+            return 410
         changes = {name: message[name] for name in wire.CHANNELS if name in message}
         if not changes or not all(
             isinstance(symbols, list) and all(isinstance(s, str) and s for s in symbols)
             for symbols in changes.values()
         ):
-            return False
+            return 400
+        limit = self._owner.symbol_limit
+        if add and limit is not None:
+            channels = self._channels
+            held = set().union(channels.bars, channels.updated, *channels.others.values())
+            wanted = held.union(*changes.values()) - {"*"}
+            if len(wanted) > limit:
+                return 405  # "your symbol subscriptions are the same as they were before"
         channels = self._channels
         for name, symbols in changes.items():
             target = {"bars": channels.bars, "updatedBars": channels.updated}.get(name)
@@ -405,7 +446,7 @@ class _Stream:
                 target.update(symbols)
             else:
                 target.difference_update(symbols)
-        return True
+        return None
 
     def _symbols(self, subscribed: set[str]) -> list[str]:
         return self._ctx.truth.symbols if "*" in subscribed else sorted(subscribed)

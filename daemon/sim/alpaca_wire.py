@@ -49,9 +49,16 @@ STREAM_ERRORS = {
     402: "auth failed",
     403: "already authenticated",
     404: "auth timeout",
+    405: "symbol limit exceeded",
     406: "connection limit exceeded",
+    407: "slow client",
+    409: "insufficient subscription",
+    410: "invalid subscribe action for this feed",
+    500: "internal error",
 }
 CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars")
+# Channels of Alpaca's other streams (crypto order books, news): 410 here.
+OTHER_STREAMS_CHANNELS = ("orderbooks", "news")
 
 
 def label(tf: Timeframe, ts: datetime) -> datetime:

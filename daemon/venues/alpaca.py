@@ -62,6 +62,8 @@ from daemon.venues.base import (
     HistoryPage,
     HttpRequest,
     RateFacts,
+    StreamError,
+    StreamFault,
     VenueError,
     VenueLimits,
     bar_open,
@@ -122,7 +124,41 @@ _PAGE_TOKEN = re.compile(r"[!-~]{1,1024}")
 _BAR_TYPES = frozenset({"b", "u"})  # minute bars and corrected minute bars
 _CONTROL_TYPES = frozenset({"success", "subscription", "error"})
 _MALFORMED = FrameResult(malformed=True)
-_KEY_ERRORS = frozenset({402, 409})  # stream errors that refuse the credentials
+_KEY_SETTINGS = "api_key_env or api_key_file and api_secret_env or api_secret_file"
+_BUG = "candled sent a message Alpaca refuses, a bug in candled (please report it)"
+# The stream's error codes (docs.alpaca.markets/docs/streaming-market-data,
+# "Errors"), by what each means for the connection, and what to fix; any other
+# code reconnects as usual. 409 comes at login for a feed the plan lacks ("any
+# attempt to access a data feed not available for your subscription will
+# result in an error during authentication"); 406: "in most subscriptions ...
+# this limit is 1" connection per endpoint; 405 leaves the subscription as it was.
+_STREAM_FAULTS: dict[int, tuple[StreamFault, str]] = {
+    400: (StreamFault.REJECTED, f"{_BUG}, or a symbol Alpaca does not accept"),
+    401: (StreamFault.REJECTED, f"{_BUG}: it subscribed before its login was accepted"),
+    402: (
+        StreamFault.KEY_REFUSED,
+        f"fix the key that {_KEY_SETTINGS} of this venue provide, then reload or restart",
+    ),
+    403: (StreamFault.HARMLESS, f"{_BUG}: it logged in twice; the session stands"),
+    404: (StreamFault.VENUE_FAULT, "the login reached Alpaca too late (a slow link?)"),
+    405: (
+        StreamFault.NOT_ENTITLED,
+        "more symbols than the key's plan allows on one connection: stream fewer"
+        " (live = false on some series) or use a key whose plan allows more",
+    ),
+    406: (
+        StreamFault.CONNECTION_LIMIT,
+        "another connection uses this key's only stream connection (another candled,"
+        f" or another program with the key that {_KEY_SETTINGS} provide)",
+    ),
+    407: (StreamFault.VENUE_FAULT, "Alpaca dropped the connection as a slow reader"),
+    409: (StreamFault.NOT_ENTITLED, ""),  # names the feed: see `_stream_error`
+    410: (StreamFault.REJECTED, f"{_BUG}: a channel this feed does not have"),
+    500: (StreamFault.VENUE_FAULT, "Alpaca's internal error"),
+}
+# When one frame holds several errors, the gravest decides.
+_GRAVITY = (StreamFault.KEY_REFUSED, StreamFault.NOT_ENTITLED, StreamFault.CONNECTION_LIMIT,
+            StreamFault.REJECTED, StreamFault.VENUE_FAULT, StreamFault.HARMLESS)  # fmt: skip
 
 
 class _KeyHeaders(Mapping[str, str]):
@@ -327,20 +363,16 @@ class AlpacaCodec(CodecBase):
             isinstance(m, dict) and isinstance(m.get("T"), str) for m in payload
         ):
             return _MALFORMED
-        errors = [m for m in payload if m["T"] == "error"]
+        errors = [self._stream_error(m) for m in payload if m["T"] == "error"]
         if errors:
             # e.g. 402 "auth failed", 406 "connection limit exceeded": no id to match.
-            text = "; ".join(
-                f"{venue_words(m.get('code'))} {venue_words(m.get('msg'))}" for m in errors
-            )
-            # 402 "auth failed" and 409 "insufficient subscription" are the key's
-            # (docs.alpaca.markets/docs/streaming-market-data, "Error"): the
-            # same key on a new connection meets the same answer.
-            # Only an integer code can be one (a list or an object is unhashable).
-            refused = any(
-                isinstance(code := m.get("code"), int) and code in _KEY_ERRORS for m in errors
-            )
-            return FrameResult(error=text, credentials_refused=text[:200] if refused else None)
+            text = "; ".join(e.said for e in errors)
+            error = min(errors, key=lambda e: _GRAVITY.index(e.fault))
+            return FrameResult(error=text, stream_error=error)
+        if any(m["T"] == "success" and m.get("msg") == "authenticated" for m in payload):
+            return FrameResult(logged_in=True)
+        if any(m["T"] == "subscription" for m in payload):
+            return FrameResult(subscribed=True)  # the whole subscription, after each change
         candles, malformed = [], False
         for message in payload:
             if message["T"] not in _BAR_TYPES:
@@ -354,6 +386,19 @@ class AlpacaCodec(CodecBase):
         # Bars arrive just after their minute closes: each is closed. Frames
         # carry several symbols (stream None: the collector sorts them out).
         return FrameResult(candles=tuple(candles), is_data=True, malformed=malformed)
+
+    def _stream_error(self, message: dict[str, Any]) -> StreamError:
+        code, words = message.get("code"), message.get("msg")
+        said = f"{venue_words(code)} {venue_words(words)}"
+        if not isinstance(code, int) or isinstance(code, bool):
+            return StreamError(StreamFault.VENUE_FAULT, None, said)
+        fault, fix = _STREAM_FAULTS.get(code, (StreamFault.VENUE_FAULT, ""))
+        if code == 409:
+            fix = (f'the key\'s plan does not include the "{self._feed}" feed: use a key'
+                   f" whose plan does ({_KEY_SETTINGS})")  # fmt: skip
+            if self._feed != "iex":
+                fix += ' or set the venue\'s options feed = "iex"'
+        return StreamError(fault, code, said, fix)
 
     def _stream_bar(self, message: dict[str, Any]) -> Candle:
         symbol = message.get("S")

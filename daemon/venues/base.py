@@ -15,6 +15,7 @@ import reprlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol
 
 from daemon.domain import Candle, SeriesKey, Timeframe
@@ -164,9 +165,34 @@ class FrameResult:
     stream: str | None = None  # the stream a data frame belongs to (None: see the candles')
     reply_id: int | None = None  # the id of a method message this frame answers
     error: str | None = None  # the venue's error answer to a method message
-    # The venue refused the credentials of the connection (its words): a
-    # reconnect with the same key cannot succeed (`CredentialsRefused`).
-    credentials_refused: str | None = None
+    # An error that decides what becomes of the connection (venues whose errors
+    # say so: Alpaca's codes); the collector acts on its `fault`.
+    stream_error: StreamError | None = None
+    logged_in: bool = False  # the venue accepted the login messages
+    # The venue confirmed a (un)subscription without an id to match (Alpaca's
+    # `subscription` message): the connection's subscribe went through.
+    subscribed: bool = False
+
+
+class StreamFault(StrEnum):
+    """What a stream error means for the connection, and so what the collector does."""
+
+    KEY_REFUSED = "key_refused"  # a wrong or revoked key: fix it; retried only rarely
+    NOT_ENTITLED = "not_entitled"  # the key's plan refuses the feed or the symbols: rarely
+    CONNECTION_LIMIT = "connection_limit"  # another connection holds the key: long backoff
+    REJECTED = "rejected"  # the venue refused a message candled sent: a bug; rarely
+    VENUE_FAULT = "venue_fault"  # the venue's trouble or a slow link: reconnect as usual
+    HARMLESS = "harmless"  # refused, but the connection is as it was: carry on
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """A stream error answer, classified by the codec."""
+
+    fault: StreamFault
+    code: int | None  # the venue's code, when it is one the codec knows the type of
+    said: str  # the venue's code and words, bounded in length
+    fix: str = ""  # what an operator changes, naming the settings (never a key)
 
 
 class VenueCodec(Protocol):
