@@ -435,6 +435,7 @@ class Daemon:
                 datetime.fromtimestamp(banned, UTC) if rt.throttle.banned else None,
                 component.state if component else "stopped",
                 str(rt.fetcher.refusal) if rt.fetcher.refusal is not None else None,
+                stream_refused=rt.stream_refused,
             ))  # fmt: skip
         writer = self._writer
         return HealthFacts(

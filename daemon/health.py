@@ -26,6 +26,9 @@ class VenueHealth:
     banned_until: datetime | None
     component: str  # the supervisor's state of its runtime
     credentials_refused: str | None = None  # why the venue refuses the key (names the settings)
+    # Why the venue keeps the stream down (a refused key or plan, another
+    # connection on the key, a message it rejects), naming what to fix.
+    stream_refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ def assess(f: HealthFacts) -> dict[str, Any]:
             reasons.append(f"venue {v.name} banned until {v.banned_until.isoformat()}")
         if v.credentials_refused is not None:
             reasons.append(v.credentials_refused)
+        if v.stream_refused is not None:
+            reasons.append(v.stream_refused)
         if v.ws_connected is False:
             reasons.append(f"venue {v.name} stream disconnected")
     not_ok = [s for s in f.series if s.status != "OK"]
@@ -105,6 +110,7 @@ def assess(f: HealthFacts) -> dict[str, Any]:
                 "banned_until": _iso(v.banned_until),
                 "component": v.component,
                 "credentials_refused": v.credentials_refused,
+                "stream_refused": v.stream_refused,
             }
             for v in f.venues
         ],

@@ -25,6 +25,18 @@ from daemon.throttle import VenueThrottle
 log = logs.get("candled.venue")
 
 
+def key_source(venue: VenueConfig) -> str:
+    """Where the venue's key comes from, for messages: the settings and the
+    variable or file they name, never the key."""
+    named = {
+        "api_key_env": venue.api_key_env,
+        "api_key_file": venue.api_key_file,
+        "api_secret_env": venue.api_secret_env,
+        "api_secret_file": venue.api_secret_file,
+    }
+    return ", ".join(f'{name} = "{value}"' for name, value in named.items() if value)
+
+
 def catch_up_jobs(
     key: SeriesKey,
     bounds: tuple[datetime, datetime] | None,
@@ -107,12 +119,18 @@ class VenueRuntime:
                                  self.config.poll_delay)  # fmt: skip
             tg.create_task(self.poller.run())
         if self._live() and self.collector is None:
-            settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds())
+            settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds(),
+                                         key_source=key_source(self.config))  # fmt: skip
             self.collector = Collector(
                 self.codec, self.config.ws_url, self._live(), self._ws_intake,
                 self._hole_backfill, settings, on_gap=self._live_gap,
             )  # fmt: skip
             tg.create_task(self.collector.run())
+
+    @property
+    def stream_refused(self) -> str | None:
+        """Why the venue keeps the stream down, for /health (`Collector.refusal`)."""
+        return self.collector.refusal if self.collector is not None else None
 
     def configure(self, venue: VenueConfig) -> None:
         """Apply new limits (reload) to the running throttle and collector."""

@@ -37,9 +37,12 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from daemon import clock
 from daemon.collector import Collector, CollectorSettings
+from daemon.config import VenueConfig
 from daemon.domain import Candle, SeriesKey
+from daemon.health import HealthFacts, VenueHealth, assess
 from daemon.sim import SimExchange, parse_scenario
 from daemon.sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality
+from daemon.venue_runtime import key_source
 from daemon.venues import Credentials, VenueCodec, get_codec
 from daemon.venues.alpaca import AlpacaCodec
 from daemon.venues.base import StreamError, StreamFault
@@ -489,3 +492,30 @@ async def test_logging_in_twice_changes_nothing() -> None:
         await exchange.stop()
     assert exchange.counters.ws_connections == 1 and not run.collector.reconnects
     assert any("403 already authenticated" in e.get("error", "") for e in events(logs, "error"))
+
+
+# --- /health and where the key comes from ----------------------------------------
+
+
+def test_health_shows_why_the_stream_is_down() -> None:
+    why = 'venue "us-equities" stream error 406 connection limit exceeded: another connection ...'
+    facts = HealthFacts(
+        uptime_s=1.0, database_ok=True, database_error=None, timescaledb=None, license=None,
+        config_loaded_at=clock.now(), last_reload="ok",
+        venues=[VenueHealth(VENUE, False, 200, None, "running", stream_refused=why)],
+        series=[], crash_looping=[],
+    )  # fmt: skip
+    doc = assess(facts)
+    assert doc["status"] == "degraded" and why in doc["reasons"]
+    assert doc["venues"][0]["stream_refused"] == why
+
+
+def test_the_key_source_names_the_settings_never_the_key() -> None:
+    venue = VenueConfig(
+        name=VENUE, kind="alpaca", rest_url="http://x", ws_url="ws://x",
+        api_key_env="ALPACA_KEY", api_secret_file="/etc/candled/alpaca-secret",
+        credentials=Credentials(KEY, SECRET),
+    )  # fmt: skip
+    source = key_source(venue)
+    assert source == 'api_key_env = "ALPACA_KEY", api_secret_file = "/etc/candled/alpaca-secret"'
+    assert KEY not in source and SECRET not in source
