@@ -9,7 +9,7 @@ import collections
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -38,6 +38,7 @@ _PAGE_TRIES = 3  # a malformed page is asked for again this many times
 # pause that doubles, until it has run this often; the heal cycle finds the rest.
 _JOB_TRIES = 4
 _GENESIS_PROBES = (1, 10, 100)  # pages before an empty run that must be empty too
+NOT_FINAL_RETRY_S = 5.0  # bars the venue has not finalised are asked for again this often
 _KEPT_RESULTS = 1_000  # recent job results kept for inspection; the daemon runs for months
 # Continuation pages followed for one request, where the venue cuts answers
 # short and names the request for the rest (Alpaca: "may return less [than
@@ -78,6 +79,10 @@ class JobResult:
     # The error may pass (a malformed page, retries run out, the database);
     # not the venue's answer that the request is wrong.
     transient: bool = False
+    # The venue has not finalised the bars from here on (`HistoryPage.not_final`):
+    # "not yet", never "empty". The job stopped there; the bars before it came
+    # complete. Not complete, so that no one judges the window by this answer.
+    not_final: datetime | None = None
 
 
 def split_window(job: BackfillJob, page_size: int) -> list[BackfillJob]:
@@ -169,7 +174,9 @@ class Backfiller:
             try:
                 result = await self.run_job(job)
                 self.results.append(result)
-                if result.error:
+                if result.not_final is not None:
+                    self._ask_again(job, result.not_final)
+                elif result.error:
                     retry = result.transient and job.attempt + 1 < _JOB_TRIES
                     log.error("backfill job failed", series=str(job.series), error=result.error,
                               attempt=job.attempt + 1, retrying=retry)  # fmt: skip
@@ -185,6 +192,21 @@ class Backfiller:
                     if not self._unfinished[origin]:
                         del self._unfinished[origin]
                     self._finished.notify_all()
+
+    def _ask_again(self, job: BackfillJob, not_final: datetime) -> None:
+        """Bars the venue has not finalised yet (no failure): asked for again
+        every NOT_FINAL_RETRY_S until the venue's settling time has passed
+        since the first one closed, then left to the heal cycle. No worker
+        waits meanwhile, nor does join()."""
+        settled_at = job.series.tf.close_time(not_final) + timedelta(
+            seconds=self.codec.limits.settling_s
+        )
+        retry = self._clock() < settled_at
+        log.info("bars not final at the venue yet", series=str(job.series),
+                 start=not_final.isoformat(), retrying=retry)  # fmt: skip
+        if retry:  # fresh bars: ahead of deep history in the queue
+            again = dataclasses.replace(job, start=not_final, reason="reconnect")
+            asyncio.get_running_loop().call_later(NOT_FINAL_RETRY_S, self.submit, again)
 
     async def genesis(self, series: SeriesKey) -> datetime | None:
         """The series' first bar, asked of the venue once where it can answer.
@@ -212,7 +234,7 @@ class Backfiller:
         if stored is not None or not self.codec.limits.exact_genesis:
             return stored
         req = self.codec.genesis_request(series)
-        first, _ = await self._ask(series, req)
+        first, _, _ = await self._ask(series, req)
         if not first:
             return None  # nothing listed yet; ask again next time
         evidence = {"method": "exact", "request": req.path, "params": dict(req.params),
@@ -252,11 +274,17 @@ class Backfiller:
             # Where the job's leading run of empty pages began (None: the first
             # page had data): empty pages then data may be the series' genesis.
             empty_from = cursor if genesis is None and not limits.exact_genesis else None
-            while cursor < job.end:
+            # Bars that closed by the job's end: a window up to "now" ends at
+            # the bar in progress, which no answer holds final (and OANDA
+            # refuses a `to` past its clock, which may be behind ours).
+            end = tf.floor(job.end)
+            while cursor < end:
                 # A page spans at most page_size bars, so that a short answer
                 # means "no more bars here", not "ask again" (sparse venues).
-                stop = min(job.end, tf.add(cursor, limits.page_size))
-                got, n_requests = await self._page(job.series, cursor, stop, limits.page_size)
+                stop = min(end, tf.add(cursor, limits.page_size))
+                got, n_requests, not_final = await self._page(
+                    job.series, cursor, stop, limits.page_size
+                )
                 requests += n_requests
                 got = [c for c in got if cursor <= c.ts < stop]
                 if got and empty_from is not None:
@@ -269,6 +297,12 @@ class Backfiller:
                     metrics.backfill_candles.labels(self.codec.venue).inc(len(got))
                     if seen is not None:
                         seen.update(c.ts for c in got)
+                if not_final is not None and not_final < stop:
+                    pending = max(cursor, not_final)
+                    return JobResult(job, candles, requests, complete=False,
+                                     error=f"bars from {pending.isoformat()} not final at the"
+                                     " venue yet", transient=True,
+                                     not_final=pending)  # fmt: skip
                 cursor = stop
         except _JOB_ERRORS as e:
             if isinstance(e, EndlessPages):
@@ -300,10 +334,10 @@ class Backfiller:
             probe = (tf.add(end, -limits.page_size), end)
             if reachable is not None and probe[0] < reachable:
                 return requests  # the venue no longer serves these bars: no proof either way
-            got, n = await self._page(series, *probe, limits.page_size)
+            got, n, not_final = await self._page(series, *probe, limits.page_size)
             requests += n
-            if any(probe[0] <= c.ts < probe[1] for c in got):
-                return requests  # history goes deeper: the empty run was a gap
+            if not_final is not None or any(probe[0] <= c.ts < probe[1] for c in got):
+                return requests  # history goes deeper (or may): the empty run was a gap
             probes.append([t.isoformat() for t in probe])
         evidence = {"method": "heuristic", "empty_from": empty_from.isoformat(),
                     "first_bar": first.isoformat(), "probes": probes,
@@ -314,16 +348,20 @@ class Backfiller:
 
     async def _page(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
-    ) -> tuple[list[Candle], int]:
+    ) -> tuple[list[Candle], int, datetime | None]:
         return await self._ask(series, self.codec.history_request(series, start, end, limit))
 
-    async def _ask(self, series: SeriesKey, req: HttpRequest) -> tuple[list[Candle], int]:
-        """The candles of one request, and the requests it took. Where the venue
+    async def _ask(
+        self, series: SeriesKey, req: HttpRequest
+    ) -> tuple[list[Candle], int, datetime | None]:
+        """The candles of one request, the requests it took, and where the
+        answer stops being final (`HistoryPage.not_final`). Where the venue
         cuts the answer short and names the request for the rest, that one is
         sent too, the same way, until the answer is whole: a short page then
         still means "no more bars here". At most `max_continuations` of them."""
         page, requests = await self._ask_once(series, req)
         candles = list(page.candles)
+        not_final = page.not_final
         continuations = 0
         while page.next is not None:
             if continuations == self._max_continuations:
@@ -337,11 +375,13 @@ class Backfiller:
             page, n = await self._ask_once(series, page.next)
             candles += page.candles
             requests += n
+            if page.not_final is not None:
+                not_final = min(not_final or page.not_final, page.not_final)
         if continuations:
             candles.sort(key=lambda c: c.ts)  # oldest first across the pages
             log.debug("answer followed over continuation pages", series=str(series),
                       pages=continuations + 1, candles=len(candles))  # fmt: skip
-        return candles, requests
+        return candles, requests, not_final
 
     async def _ask_once(self, series: SeriesKey, req: HttpRequest) -> tuple[HistoryPage, int]:
         """One page of an answer, and the requests it took: a malformed answer

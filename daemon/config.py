@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from daemon.calendars import Overrides, load_overrides, validate_calendar
 from daemon.domain import DataProfile, SeriesKey, Timeframe
 from daemon.files import read_bounded
-from daemon.venues import Credentials, VenueCodec, get_codec, known_kinds
+from daemon.venues import Credentials, VenueCodec, VenueLimits, get_codec, known_kinds
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 _DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
@@ -190,7 +190,9 @@ class VenueConfig:
     rate_period: timedelta = timedelta(seconds=60)
     # A stream connection with no data frame for this long is reconnected.
     idle_timeout: timedelta = timedelta(seconds=30)
-    # Venues polled for live bars: ask this long after each bar's close.
+    # Venues polled for live bars: ask this long after each bar's close (a bar
+    # the venue says is not final yet is asked for again until it settles).
+    # Read from the config, else `default_poll_delay` of the venue's limits.
     poll_delay: timedelta = timedelta(seconds=2)
     options: tuple[tuple[str, str], ...] = ()  # the codec's own settings, e.g. OANDA's price
     # Where the API key and secret come from (environment variable or file).
@@ -551,6 +553,18 @@ def _options(t: _Table) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(raw.items()))
 
 
+POLL_DELAY = timedelta(seconds=2)
+
+
+def default_poll_delay(limits: VenueLimits) -> timedelta:
+    """A venue's `poll_delay` where the config gives none: 2 s after the close,
+    or the venue's settling time where that is shorter. Not the settling time
+    itself where it is longer (OANDA: 120 s): a bar the venue still calls not
+    final at the first poll is polled again until it settles (daemon/poller.py),
+    so waiting longer for the first poll would only delay every live bar."""
+    return min(POLL_DELAY, timedelta(seconds=limits.settling_s))
+
+
 def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> VenueConfig:
     kind = t.choice("kind", kinds)
     limits = get_codec(kind).limits
@@ -571,7 +585,11 @@ def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> V
             "rate_period", parse_duration, format_duration(timedelta(seconds=limits.rate_period_s))
         ),
         idle_timeout=t.convert("idle_timeout", parse_duration, "30s"),
-        poll_delay=t.convert("poll_delay", parse_duration, "2s"),
+        poll_delay=(
+            t.convert("poll_delay", parse_duration)
+            if "poll_delay" in t.raw
+            else default_poll_delay(limits)
+        ),
         options=_options(t),
         api_key_env=t.get("api_key_env", str, ""),
         api_key_file=t.get("api_key_file", str, ""),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from daemon import clock, logs, metrics
 from daemon.backfill import Backfiller, BackfillJob
@@ -115,8 +115,9 @@ class VenueRuntime:
     def _start_live(self, tg: asyncio.TaskGroup) -> None:
         """Stream the live series the venue streams, poll the others."""
         if self._polled() and self.poller is None:
+            settling = timedelta(seconds=self.codec.limits.settling_s)
             self.poller = Poller(self.backfiller.run_job, self.backfiller.submit, self._polled(),
-                                 self.config.poll_delay)  # fmt: skip
+                                 self.config.poll_delay, settling=settling)  # fmt: skip
             tg.create_task(self.poller.run())
         if self._live() and self.collector is None:
             settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds(),

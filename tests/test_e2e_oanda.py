@@ -7,7 +7,11 @@ without a price (no candle on OANDA) are confirmed empty.
 It runs at pinned market instants (tests.daemon_proc.pinned), so it proves
 the same at every hour: the FX Sunday open (the first bar of the week comes
 only by the poll), a minute inside the week, and a Saturday (the polls are
-answered with nothing, and that is no hole: the series is OK, not STALE)."""
+answered with nothing, and that is no hole: the series is OK, not STALE).
+
+And a bar OANDA completes only 40 s after its close (`complete: false` until
+a price after its end arrives): the poll asks again until it is complete and
+stores it then, never taking it for a bar without a price."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import pytest
 
 from daemon.domain import Candle, SeriesKey
 from daemon.sim import SimExchange, Truth, parse_scenario
-from daemon.sim.oanda import SIM_TOKEN
+from daemon.sim.oanda import SIM_TOKEN, OandaPersonality
 from daemon.sim.oanda_wire import as_published
 from daemon.venues.oanda import parse_time
 from tests.daemon_proc import (
@@ -33,6 +37,7 @@ from tests.daemon_proc import (
     running_daemon,
     series_toml,
     stop,
+    stored_candle,
     tail,
     venue_toml,
     wait_for_event,
@@ -205,3 +210,89 @@ async def _stored(conn: asyncpg.Connection, start: datetime, end: datetime) -> l
     except asyncpg.UndefinedTableError:
         return []  # not migrated yet
     return [r["ts"] for r in rows]
+
+
+LATE = timedelta(seconds=40)  # OANDA completes each candle this long after its close
+
+
+@pytest.mark.timeout(240)
+async def test_a_bar_complete_only_40_s_after_its_close_is_stored_not_confirmed_empty(
+    tsdb_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll 1 s after the close finds the bar `complete: false`; it is
+    asked for again until OANDA completes it, 40 s after the close, and stored
+    then (not 15 minutes later by the heal cycle, nor never: OANDA is sparse,
+    and an answer without the bar would have confirmed it empty)."""
+    # A Wednesday, inside the FX week; 14:29 closed 25 s ago, and OANDA will
+    # complete it only 15 s after the daemon started.
+    instant = at("2026-11-25T14:30:25Z")
+    now = pinned(instant, monkeypatch)
+    sim = SimExchange(parse_scenario(SCENARIO, now()), clock=now, protocol="oanda")
+    assert isinstance(sim.personality, OandaPersonality)
+    sim.personality.settle = LATE
+    requests = record_requests(sim, now)
+    caught_up = TF.floor(instant) - timedelta(minutes=1)  # the catch-up's newest bar
+    assert sim.truth.traded(SIM_KEY, caught_up)
+    _, port = await sim.start("127.0.0.1", 0)
+    conn: asyncpg.Connection | None = None
+    try:
+        token = tmp_path / "oanda.token"
+        token.write_text(SIM_TOKEN + "\n")
+        body = venue_toml("oanda", port, kind="oanda", api_key_file=f'"{token}"',
+                          poll_delay=f'"{POLL_DELAY.seconds}s"')  # fmt: skip
+        body += series_toml("oanda", [KEY.symbol], [KEY.timeframe], profile='"FOREX"',
+                            lookback='"1d"')  # fmt: skip
+        config = write_config(tmp_path, body)
+        log = tmp_path / "daemon.log"
+        async with running_daemon(config, tsdb_dsn, log) as proc:
+            conn = await asyncpg.connect(tsdb_dsn)
+            cycle = await wait_for_event(log, "heal cycle done", proc, within=120)
+            assert cycle["statuses"] == {"OK": 1}, tail(log)
+            # The first bar with a price (OANDA publishes a candle) that closes
+            # a few seconds from now: its poll is still to come.
+            bar = TF.floor(now() + timedelta(seconds=5))
+            while not sim.truth.traded(SIM_KEY, bar):
+                bar = TF.next(bar)
+            close = TF.close_time(bar)
+
+            async def stored_at() -> datetime | None:
+                assert proc.returncode is None, tail(log)
+                assert conn is not None
+                return now() if await stored_candle(conn, KEY, bar) else None
+
+            arrived = await wait_until(
+                stored_at, within=(close + LATE - now()).total_seconds() + 30
+            )
+            assert await stop(proc) == 0
+
+        # Stored as OANDA publishes it, once complete, by the poll asking again
+        # every few seconds (not by the next heal cycle, minutes later).
+        assert close + LATE <= arrived <= close + LATE + timedelta(seconds=30), arrived - close
+        got = await stored_candle(conn, KEY, bar)
+        want = as_published(sim.truth.bar(SIM_KEY, bar))
+        assert got is not None and _values(got) == _values(want)
+        asked = [r for r in _candle_requests(requests) if _window(r)[0] <= bar < _window(r)[1]]
+        assert all(r.at >= close for r in asked)  # never before its close
+        unfinished = [r for r in asked if r.at < close + LATE]
+        assert len(unfinished) >= 2, asked  # asked while not complete, and again
+        assert set(sim.counters.requests_by_status) == {200}, sim.counters.requests_by_status
+        # Nothing about the bars was taken for "no bar": no empty answer, no confirmation.
+        empty = await conn.fetch(
+            "SELECT e.start_ts, e.end_ts FROM empty_ranges e JOIN series s ON s.id = e.series_id"
+            " WHERE s.venue = 'oanda' AND e.end_ts > $1",
+            caught_up,
+        )  # fmt: skip
+        assert not empty, empty
+        # The startup catch-up's newest bar, unfinished when it was asked for
+        # (unless the daemon took 15 s to start), was asked for again and stored.
+        got = await stored_candle(conn, KEY, caught_up)
+        want = as_published(sim.truth.bar(SIM_KEY, caught_up))
+        assert got is not None and _values(got) == _values(want)
+    finally:
+        if conn is not None:
+            await conn.close()
+        await sim.stop()
+
+
+def _values(c: Candle) -> tuple[float, ...]:
+    return (c.open, c.high, c.low, c.close, c.volume)

@@ -140,6 +140,10 @@ class HistoryPage:
     # `next_page_token`): the request for the rest of the same window, which
     # the drivers send the same way. None: the answer holds all it will.
     next: HttpRequest | None = None
+    # Open time of the first bar the venue has not finalised yet (OANDA's
+    # `complete: false` after the bar's close): from there the answer says
+    # "not yet", never "no bar". None: final as far as it goes.
+    not_final: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,13 @@ Facts the docs leave implicit, from OANDA's own answers:
   "Maximum value for 'count' exceeded", and a `to` in the future with
   "Invalid value specified for 'to'. Time is in the future"
   (https://github.com/happydasch/btoandav20/issues/28,
-  https://github.com/hootnot/oanda-api-v20/issues/144).
+  https://github.com/hootnot/oanda-api-v20/issues/144);
+- a candle stays `complete: false` after its end until the first price after
+  it arrives: "anything between 1 sec up to the ~45 secs", "gaps of multiple
+  minutes" between prices at quiet hours (https://github.com/hootnot/oanda-api-v20/issues/155,
+  https://github.com/happydasch/btoandav20/issues/65). Such a candle is no
+  answer yet: the page says its range is not final (`HistoryPage.not_final`),
+  never that there is no bar.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from daemon.venues.base import (
     Credentials,
     CredentialsRefused,
     FrameResult,
+    HistoryPage,
     HttpRequest,
     RateFacts,
     VenueError,
@@ -66,6 +73,13 @@ LIMITS = VenueLimits(
     rate_period_s=1.0,
     live="poll",
     needs_credentials=True,  # every v20 endpoint needs the bearer token
+    # A candle is complete once a price after its end arrives: seconds in busy
+    # hours, up to ~45 s observed (hootnot/oanda-api-v20#155), longer for a
+    # quiet instrument at night. 120 s covers the observed delays with room to
+    # spare and still lets the heal cycle judge a bar two minutes after its
+    # close; a candle still incomplete later is "not yet" to whoever asks
+    # (poller, repair), so a longer wait costs a retry, never a lost bar.
+    settling_s=120.0,
 )
 PRICE_COMPONENTS = {"M": "mid", "B": "bid", "A": "ask"}  # `options.price` -> candle field
 _GRANULARITIES = {
@@ -84,6 +98,7 @@ _DAY_ALIGNED = {
 }
 # RFC 3339 as OANDA writes it: "2016-10-17T15:16:40.000000000Z" (up to nine
 # fractional digits; a Python datetime keeps six).
+TO_IN_FUTURE = "Invalid value specified for 'to'. Time is in the future"
 _RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
 
 
@@ -139,7 +154,10 @@ class OandaCodec(CodecBase):
         tf = series.tf
         # `from` includes the candle it falls in: start on a bar so that none opens before.
         first = tf.ceil(require_utc(start))
-        end = min(require_utc(end), tf.add(first, limit))
+        # Only bars that have closed by `end`: a window ending at "now" ends at
+        # the open of the bar in progress. OANDA refuses a `to` in the future
+        # (a 400), and a local clock ahead of OANDA's would otherwise get one.
+        end = min(tf.floor(require_utc(end)), tf.add(first, limit))
         if end <= first:
             raise empty_window(start, end)
         return HttpRequest(
@@ -165,6 +183,23 @@ class OandaCodec(CodecBase):
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
+        return self._parse(series, status, body, now)[0]
+
+    def parse_history_page(
+        self, series: SeriesKey, request: HttpRequest, status: int, body: bytes, now: datetime
+    ) -> HistoryPage:
+        """The complete candles, and where the answer stops being final: at the
+        first candle that has closed by `now` and is still not `complete`.
+        A `to` that OANDA finds in the future (its clock behind ours) is no
+        error either: none of the window is final for OANDA yet."""
+        if status == 400 and _error_message(json_or_none(body)) == TO_IN_FUTURE:
+            return HistoryPage([], not_final=_request_from(request))
+        candles, not_final = self._parse(series, status, body, now)
+        return HistoryPage(candles, not_final=not_final)
+
+    def _parse(
+        self, series: SeriesKey, status: int, body: bytes, now: datetime
+    ) -> tuple[list[Candle], datetime | None]:
         payload = json_or_none(body)
         if status != 200:
             raise self.refused_credentials(status, body) or _venue_error(status, payload)
@@ -182,19 +217,26 @@ class OandaCodec(CodecBase):
             raise CodecError("candles: expected a `candles` array")
         now = require_utc(now)
         tf = series.tf
-        candles = []
+        candles, not_final = [], None
         for index, row in enumerate(rows):
             try:
-                candle = self._candle(series, tf, row)
+                ts, candle = self._candle(series, tf, row)
             except CodecError as exc:
                 raise CodecError(f"candle {index}: {exc}") from None
-            if candle is not None and tf.close_time(candle.ts) <= now:
+            if tf.close_time(ts) > now:
+                continue  # still open at `now` (complete or not): not ours to judge yet
+            if candle is not None:
                 candles.append(candle)
+            elif not_final is None or ts < not_final:
+                not_final = ts  # closed, not complete: waiting for a price after its end
         candles.sort(key=lambda c: c.ts)  # oldest first, whatever the venue's order
-        return candles
+        return candles, not_final
 
-    def _candle(self, series: SeriesKey, tf: Timeframe, row: object) -> Candle | None:
-        """The candle of one `Candlestick`, or None while it is still forming."""
+    def _candle(
+        self, series: SeriesKey, tf: Timeframe, row: object
+    ) -> tuple[datetime, Candle | None]:
+        """The open time of one `Candlestick`, and its candle (None while it is
+        not complete)."""
         if not isinstance(row, dict):
             raise CodecError("expected an object")
         complete = row.get("complete")
@@ -202,7 +244,7 @@ class OandaCodec(CodecBase):
             raise CodecError(f"complete flag {shown(complete)}")
         ts = bar_open(tf, parse_time(row.get("time")))
         if not complete:
-            return None
+            return ts, None
         data = row.get(self._component)
         if not isinstance(data, dict):
             raise CodecError(f"no `{self._component}` prices")
@@ -212,7 +254,7 @@ class OandaCodec(CodecBase):
             volume = json_count(row.get("volume"))
         except CodecError as exc:
             raise CodecError(f"volume: {exc}") from None
-        return Candle(series, ts, o, h, low, c, float(volume))
+        return ts, Candle(series, ts, o, h, low, c, float(volume))
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
         # OANDA reports no usage; a 429 may say how long to wait. There are no bans.
@@ -285,6 +327,17 @@ def parse_time(value: object) -> datetime:
         return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
     except ValueError:
         raise CodecError(f"time {shown(value)} is not a valid date") from None
+
+
+def _error_message(payload: Any) -> str | None:
+    if isinstance(payload, dict) and isinstance(payload.get("errorMessage"), str):
+        return str(payload["errorMessage"])
+    return None
+
+
+def _request_from(request: HttpRequest) -> datetime:
+    """The first bar a candles request (`history_request`'s) asked for."""
+    return parse_time(request.params.get("from"))
 
 
 def _venue_error(status: int, payload: Any) -> VenueError:
