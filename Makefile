@@ -25,11 +25,11 @@ timescaledb:
 # Ctrl-C stops all of them.
 run: .venv/.synced timescaledb
 	@trap 'kill $$sim 2>/dev/null; wait' EXIT INT TERM; \
-	$(PY) -m daemon sim --listen $(SIM_LISTEN) & sim=$$!; \
-	$(PY) -m daemon run --config $(CONFIG)
+	$(PY) -m candled sim --listen $(SIM_LISTEN) & sim=$$!; \
+	$(PY) -m candled run --config $(CONFIG)
 
 sim: .venv/.synced
-	$(PY) -m daemon sim --listen $(SIM_LISTEN) --protocol $(SIM_PROTOCOL)
+	$(PY) -m candled sim --listen $(SIM_LISTEN) --protocol $(SIM_PROTOCOL)
 
 # Two workers, a test file each: the end-to-end tests mostly wait on the clock.
 test: .venv/.synced timescaledb
@@ -55,13 +55,14 @@ chaos: .venv/.synced timescaledb
 	$(PY) scripts/chaos.py --minutes $(CHAOS_MINUTES)
 
 lint: .venv/.synced
-	.venv/bin/ruff check daemon tests bench scripts
-	.venv/bin/ruff format --check daemon tests bench scripts
-	.venv/bin/mypy daemon
+	.venv/bin/ruff check daemon sim tests bench scripts
+	.venv/bin/ruff format --check daemon sim tests bench scripts
+	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 fmt: .venv/.synced
-	.venv/bin/ruff check --fix daemon tests bench scripts
-	.venv/bin/ruff format daemon tests bench scripts
+	.venv/bin/ruff check --fix daemon sim tests bench scripts
+	.venv/bin/ruff format daemon sim tests bench scripts
 
 clean:
 	rm -rf .venv .tools var .pytest_cache .mypy_cache .ruff_cache

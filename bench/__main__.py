@@ -19,8 +19,8 @@ import asyncpg
 import uvloop
 
 from bench import audit, backfill, live, writer
-from daemon import logs
-from daemon.store.cluster import PostgresCluster
+from candled import logs
+from candled.store.cluster import PostgresCluster
 
 BENCHMARKS: dict[str, Callable[[str], Awaitable[None]]] = {
     "writer": writer.run,

@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from daemon.config import SeriesSpec
-from daemon.domain import DataProfile, SeriesKey, Timeframe
-from daemon.healer import AuditResult, Healer
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
-from daemon.store.series import ensure_series
+from candled.config import SeriesSpec
+from candled.domain import DataProfile, SeriesKey, Timeframe
+from candled.healer import AuditResult, Healer
+from candled.store.database import Database
+from candled.store.migrations import migrate
+from candled.store.series import ensure_series
 
 N_SERIES, DAYS, TIMEFRAME = 100, 30, "1m"
 DELETED_PER_SERIES = 5

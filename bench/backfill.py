@@ -31,16 +31,16 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from daemon import logs
-from daemon.backfill import Backfiller, BackfillJob, split_window
-from daemon.domain import SeriesKey, Timeframe
-from daemon.fetch import Fetcher
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
-from daemon.store.writer import CandleStore, CandleWriter
-from daemon.throttle import VenueThrottle
-from daemon.venues import VenueLimits
-from daemon.venues.binance import LIMITS, BinanceCodec
+from candled import logs
+from candled.backfill import Backfiller, BackfillJob, split_window
+from candled.domain import SeriesKey, Timeframe
+from candled.fetch import Fetcher
+from candled.store.database import Database
+from candled.store.migrations import migrate
+from candled.store.writer import CandleStore, CandleWriter
+from candled.throttle import VenueThrottle
+from candled.venues import VenueLimits
+from candled.venues.binance import LIMITS, BinanceCodec
 
 N_SYMBOLS, DAYS, TIMEFRAME = 20, 3, "1m"
 BUDGET, PERIOD_S, BATCH = 1_200, 60.0, 5  # weight per minute: sim and throttle alike
@@ -123,8 +123,8 @@ class SimProcess:
 
 async def _serve_sim() -> None:
     """The child side of `SimProcess`."""
-    from daemon.sim.scenario import parse_scenario
-    from daemon.sim.server import SimExchange
+    from candled_sim.scenario import parse_scenario
+    from candled_sim.server import SimExchange
 
     logs.configure("warning", "console")  # to stderr: stdout carries the protocol
     loop = asyncio.get_running_loop()

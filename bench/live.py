@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.backfill import SimProcess
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
+from candled.store.database import Database
+from candled.store.migrations import migrate
 
 N_STREAMS, SECONDS, TIMEFRAME = 2_000, 60, "1s"
 WRITER_MAX_AGE: float | None = None  # None: the daemon's default (CandleWriter's)
@@ -88,15 +88,15 @@ class _Stats:
 
 
 async def _client(dsn: str, ws_url: str, n: int, seconds: int, max_age: float | None) -> None:
-    from daemon import logs
-    from daemon.collector import Collector
-    from daemon.domain import Candle, SeriesKey
-    from daemon.store.writer import CandleStore, CandleWriter, PreparedBatch, WriteResult
-    from daemon.venues import FrameResult
-    from daemon.venues.binance import BinanceCodec
+    from candled import logs
+    from candled.collector import Collector
+    from candled.domain import Candle, SeriesKey
+    from candled.store.writer import CandleStore, CandleWriter, PreparedBatch, WriteResult
+    from candled.venues import FrameResult
+    from candled.venues.binance import BinanceCodec
 
     try:  # what the daemon process carries besides the live path (pandas, calendars, ...)
-        import daemon.app  # noqa: F401
+        import candled.app  # noqa: F401
 
         imported = "daemon.app"
     except Exception as e:  # others may be mid-edit; the live path does not need it

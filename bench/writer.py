@@ -16,11 +16,11 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from daemon.domain import Candle, SeriesKey
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
-from daemon.store.series import ensure_series
-from daemon.store.writer import CandleStore, CandleWriter
+from candled.domain import Candle, SeriesKey
+from candled.store.database import Database
+from candled.store.migrations import migrate
+from candled.store.series import ensure_series
+from candled.store.writer import CandleStore, CandleWriter
 
 N_SERIES, N_BARS, BATCH = 1_000, 1_000, 10_000
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

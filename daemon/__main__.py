@@ -1,3 +1,3 @@
-from daemon.cli import main
+from candled.cli import main
 
 raise SystemExit(main())

@@ -16,25 +16,26 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from daemon import clock, logs, metrics
-from daemon.config import Config, ConfigError, SeriesSpec, load_config
-from daemon.healer import Healer, Repairer
-from daemon.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth, lag_seconds
-from daemon.sdnotify import Notifier
-from daemon.store.database import UNAVAILABLE, Database
-from daemon.store.provision import StoppedWaiting, open_database
-from daemon.store.series import stored_bounds, sync_configured
-from daemon.store.spool import Spool
-from daemon.store.writer import CandleStore, CandleWriter, WriteResult
-from daemon.supervisor import Supervisor
-from daemon.venue_runtime import VenueRuntime
+from candled import clock, logs, metrics
+from candled.config import Config, ConfigError, SeriesSpec, load_config
+from candled.healer import Healer, Repairer
+from candled.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth, lag_seconds
+from candled.sdnotify import Notifier
+from candled.store.database import UNAVAILABLE, Database
+from candled.store.healing import audited_statuses
+from candled.store.provision import StoppedWaiting, open_database
+from candled.store.series import stored_bounds, sync_configured
+from candled.store.spool import Spool
+from candled.store.writer import CandleStore, CandleWriter, WriteResult
+from candled.supervisor import Supervisor
+from candled.venue_runtime import VenueRuntime
 
 log = logs.get("candled")
 # A reload waits this long for the database to record the new series.
 _RELOAD_DB_TIMEOUT_S = 10.0
 
 
-def _by_venue(config: Config) -> dict[str, list[SeriesSpec]]:
+def series_by_venue(config: Config) -> dict[str, list[SeriesSpec]]:
     grouped: dict[str, list[SeriesSpec]] = defaultdict(list)
     for spec in config.series_specs().values():
         grouped[spec.key.venue].append(spec)
@@ -103,7 +104,10 @@ class Daemon:
         # Started during an outage (a restart, a crash loop), wait for the
         # database rather than exit: the spool is replayed once it is back.
         async with open_database(
-            self.config, wait_unless=self._stopping, on_wait=self._waiting_for_database
+            self.config.database.dsn,
+            self.config.daemon.state_dir,
+            wait_unless=self._stopping,
+            on_wait=self._waiting_for_database,
         ) as db:
             self._db = db
             await self._sync_series()
@@ -178,7 +182,7 @@ class Daemon:
 
     def _start_venue(self, name: str) -> None:
         assert self._db is not None and self._writer is not None and self._supervisor is not None
-        specs = _by_venue(self.config)[name]
+        specs = series_by_venue(self.config)[name]
         runtime = VenueRuntime(self.config.venue(name), specs, self._db, self._writer)
         self.runtimes[name] = runtime
         self._supervisor.start(f"venue:{name}", runtime.run)
@@ -313,7 +317,7 @@ class Daemon:
         """Bring the venue runtimes to `new` (already the running config); a
         venue whose update fails is restarted from it."""
         diff = old.diff(new)
-        grouped = _by_venue(new)
+        grouped = series_by_venue(new)
         problems = []
         for name in diff.venues_removed:
             await self._stop_venue(name)
@@ -400,7 +404,7 @@ class Daemon:
 
     async def _health_facts(self) -> HealthFacts:
         assert self._db is not None and self._supervisor is not None
-        db_ok, db_error, rows, bounds = True, None, [], {}
+        db_ok, db_error, audited, bounds = True, None, {}, {}
         # One snapshot of the config and how it was loaded, taken before the
         # queries: a reload finishing meanwhile must not pair its "ok" with
         # the series of the config it replaced.
@@ -408,23 +412,19 @@ class Daemon:
         loaded_at, last_reload = self.loaded_at, self.last_reload
         try:
             async with asyncio.timeout(3), self._db.pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "SELECT venue, symbol, timeframe, status, missing_bars FROM series_status"
-                )
+                audited = await audited_statuses(conn)
                 bounds = await stored_bounds(conn, specs)
         except UNAVAILABLE as e:
             db_ok, db_error = False, repr(e)
-        audited = {(r["venue"], r["symbol"], r["timeframe"]): r for r in rows}
         now = clock.now()
         series = []
         for key in sorted(specs):
-            row = audited.get((key.venue, key.symbol, key.timeframe))
+            status, missing = audited.get(key, ("MISSING", 0))
             last = bounds[key][1] if key in bounds else None
             lag = self._lag_s(specs[key], last, now) if last else None
             series.append(SeriesHealth(
                 key.venue, key.symbol, key.timeframe,
-                row["status"] if row else "MISSING", last, lag,
-                int(row["missing_bars"] or 0) if row else 0,
+                status, last, lag, missing,
             ))  # fmt: skip
         venues = []
         for name, rt in self.runtimes.items():

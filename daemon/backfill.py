@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from daemon import clock, logs, metrics
-from daemon.domain import Candle, SeriesKey
-from daemon.fetch import Fetcher, FetchError, describe
-from daemon.store.database import UNAVAILABLE
-from daemon.store.series import get_genesis, set_genesis
-from daemon.venues import (
+from candled import clock, logs, metrics
+from candled.domain import Candle, SeriesKey
+from candled.fetch import Fetcher, FetchError, describe
+from candled.store.database import UNAVAILABLE
+from candled.store.series import get_genesis, set_genesis
+from candled.venues import (
     CodecError,
     HttpRequest,
     RateFacts,
@@ -26,7 +26,7 @@ from daemon.venues import (
     VenueCodec,
     VenueError,
 )
-from daemon.venues.base import HistoryPage
+from candled.venues.base import HistoryPage
 
 log = logs.get("candled.backfill")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]

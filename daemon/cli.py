@@ -1,4 +1,4 @@
-"""The `candled` command line (also `python -m daemon`)."""
+"""The `candled` command line (also `python -m candled`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import uvloop
 
-from daemon import logs, oneshot
-from daemon.config import EX_CONFIG, Config, ConfigError, load_config, parse_duration
-from daemon.domain import SeriesKey
+from candled import __version__, logs, oneshot
+from candled.config import EX_CONFIG, Config, ConfigError, load_config, parse_duration
+from candled.domain import SeriesKey
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="candled", description="Keep a TimescaleDB store of market candles complete."
     )
+    p.add_argument("--version", action="version", version=f"candled {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
     sub.add_parser("migrate", parents=[common], help="apply pending migrations, then exit")
@@ -94,22 +95,22 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    from daemon.store.provision import open_database
+    from candled.store.provision import open_database
 
     config = _load(args)
-    async with open_database(config) as db:
+    async with open_database(config.database.dsn, config.daemon.state_dir) as db:
         print(f"migrations applied; {db.info.describe}")
     return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from daemon.app import run_daemon
+    from candled.app import run_daemon
 
     return await run_daemon(_load(args))
 
 
 async def _sim(args: argparse.Namespace) -> int:
-    from daemon.sim.server import run_sim
+    from candled_sim.server import run_sim
 
     logs.configure("info", "console")
     try:

@@ -49,11 +49,11 @@ from typing import Literal
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from daemon import logs, metrics
-from daemon.domain import Candle, SeriesKey
-from daemon.throttle import MessagePacer
-from daemon.venues import VenueCodec
-from daemon.venues.base import StreamError, StreamFault
+from candled import logs, metrics
+from candled.domain import Candle, SeriesKey
+from candled.throttle import MessagePacer
+from candled.venues import VenueCodec
+from candled.venues.base import StreamError, StreamFault
 
 log = logs.get("candled.collector")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]

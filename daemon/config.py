@@ -20,10 +20,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon.calendars import Overrides, load_overrides, validate_calendar
-from daemon.domain import DataProfile, SeriesKey, Timeframe
-from daemon.files import read_bounded
-from daemon.venues import Credentials, VenueCodec, VenueLimits, get_codec, known_kinds
+from candled.calendars import Overrides, load_overrides, validate_calendar
+from candled.domain import DataProfile, SeriesKey, Timeframe
+from candled.files import read_bounded
+from candled.venues import Credentials, VenueCodec, VenueLimits, get_codec, known_kinds
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 _DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")

@@ -30,10 +30,10 @@ import backoff
 from backoff.types import Details
 from yarl import URL
 
-from daemon import logs, metrics
-from daemon.throttle import VenueThrottle
-from daemon.venues import HttpRequest, VenueCodec
-from daemon.venues.base import CredentialsRefused
+from candled import logs, metrics
+from candled.throttle import VenueThrottle
+from candled.venues import HttpRequest, VenueCodec
+from candled.venues.base import CredentialsRefused
 
 log = logs.get("candled.fetch")
 # 403: a CDN or firewall turning traffic away for a while (Binance: "WAF limit

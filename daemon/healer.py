@@ -25,23 +25,15 @@ from enum import StrEnum
 
 import asyncpg
 
-from daemon import calendars, clock, logs, metrics
-from daemon.backfill import BackfillJob, JobResult
-from daemon.config import Config, SeriesSpec
-from daemon.domain import SeriesKey, Timeframe
-from daemon.gaps import (
-    EmptyRangePolicy,
-    Range,
-    RepairState,
-    count_bars,
-    merge_ranges,
-    missing_ranges,
-    plan_windows,
-    subtract_ranges,
-)
-from daemon.store import healing as store
-from daemon.store.series import ensure_series, stored_bounds
-from daemon.venues import VenueLimits
+from candled import calendars, clock, logs, metrics
+from candled.backfill import BackfillJob, JobResult
+from candled.config import Config, SeriesSpec
+from candled.domain import SeriesKey, Timeframe
+from candled.domain.ranges import Range, count_bars, merge_ranges, subtract_ranges
+from candled.gaps import EmptyRangePolicy, RepairState, missing_ranges, plan_windows
+from candled.store import healing as store
+from candled.store.series import ensure_series, stored_bounds
+from candled.venues import VenueLimits
 
 log = logs.get("candled.healer")
 Clock = Callable[[], datetime]

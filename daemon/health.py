@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from daemon import __version__, calendars, metrics
-from daemon.config import SeriesSpec
+from candled import __version__, calendars, metrics
+from candled.config import SeriesSpec
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import asyncpg
 
-from daemon import clock, logs, metrics
-from daemon.domain import Candle, SeriesKey
-from daemon.store.quarantine import quarantine
-from daemon.validate import problem
+from candled import clock, logs, metrics
+from candled.domain import Candle, SeriesKey
+from candled.store.quarantine import quarantine
+from candled.validate import problem
 
 log = logs.get("candled.intake")
 

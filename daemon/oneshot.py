@@ -16,19 +16,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from daemon import clock
-from daemon.app import _by_venue
-from daemon.backfill import BackfillJob
-from daemon.config import Config
-from daemon.domain import SeriesKey
-from daemon.healer import AuditResult, Healer, Repairer
-from daemon.returns import load_returns, write_frame
-from daemon.store.database import Database
-from daemon.store.healing import reset_genesis, series_row
-from daemon.store.provision import open_database
-from daemon.store.series import sync_configured
-from daemon.store.writer import CandleStore, CandleWriter
-from daemon.venue_runtime import VenueRuntime
+from candled import clock
+from candled.app import series_by_venue
+from candled.backfill import BackfillJob
+from candled.config import Config
+from candled.domain import SeriesKey
+from candled.healer import AuditResult, Healer, Repairer
+from candled.returns import load_returns, write_frame
+from candled.store.database import Database
+from candled.store.healing import reset_genesis, series_row
+from candled.store.provision import open_database
+from candled.store.series import sync_configured
+from candled.store.writer import CandleStore, CandleWriter
+from candled.venue_runtime import VenueRuntime
 
 
 def _selected(config: Config, series: Sequence[SeriesKey] | None) -> list[SeriesKey]:
@@ -43,7 +43,7 @@ def _selected(config: Config, series: Sequence[SeriesKey] | None) -> list[Series
 
 @asynccontextmanager
 async def _database(config: Config) -> AsyncIterator[Database]:
-    async with open_database(config) as db:
+    async with open_database(config.database.dsn, config.daemon.state_dir) as db:
         async with db.pool.acquire() as conn:
             specs = config.series_specs()
             await sync_configured(conn, {k: (s.profile, s.calendar) for k, s in specs.items()})
@@ -55,7 +55,7 @@ async def _venues(config: Config, db: Database) -> AsyncIterator[dict[str, Venue
     """The HTTP side of every venue (throttle, fetcher, backfill), with a
     running writer; no streams."""
     writer = CandleWriter(CandleStore(db.pool))
-    grouped = _by_venue(config)
+    grouped = series_by_venue(config)
     runtimes = {v.name: VenueRuntime(v, grouped[v.name], db, writer) for v in config.venues}
     async with asyncio.TaskGroup() as tg, contextlib.AsyncExitStack() as sessions:
         writer_task = tg.create_task(writer.run())

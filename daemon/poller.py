@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from daemon import clock, logs
-from daemon.backfill import BackfillJob, JobResult
-from daemon.domain import SeriesKey
+from candled import clock, logs
+from candled.backfill import BackfillJob, JobResult
+from candled.domain import SeriesKey
 
 log = logs.get("candled.poller")
 REPOLL = timedelta(seconds=5)  # a bar the venue has not finalised is asked for again this often

@@ -33,9 +33,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from daemon.calendars import FOREX_HOLIDAYS, Overrides, expected_ranges
-from daemon.domain import DataProfile, SeriesKey, Timeframe, require_utc
-from daemon.gaps import Range, merge_ranges
+from candled.calendars import FOREX_HOLIDAYS, Overrides, expected_ranges
+from candled.domain import DataProfile, SeriesKey, Timeframe, require_utc
+from candled.domain.ranges import Range, merge_ranges
 
 __all__ = ["SeriesSpec", "align_returns", "grid_for", "load_returns", "write_frame"]
 

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from daemon import logs
+from candled import logs
 
 log = logs.get("candled.supervisor")
 Factory = Callable[[], Awaitable[None]]

@@ -21,8 +21,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from daemon import clock
-from daemon.venues import RateFacts
+from candled import clock
+from candled.venues import RateFacts
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

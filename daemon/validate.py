@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from daemon.domain import Candle
-from daemon.domain.timeframe import require_utc
+from candled.domain import Candle
+from candled.domain.timeframe import require_utc
 
 # Venue and host clocks differ a little; a bar may close this far "ahead".
 CLOCK_SKEW = timedelta(seconds=5)

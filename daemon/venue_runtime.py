@@ -7,20 +7,20 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from daemon import clock, logs, metrics
-from daemon.backfill import Backfiller, BackfillJob
-from daemon.collector import Collector, CollectorSettings
-from daemon.config import SeriesSpec, VenueConfig
-from daemon.domain import SeriesKey
-from daemon.domain.timeframe import EPOCH
-from daemon.fetch import Fetcher
-from daemon.intake import Intake
-from daemon.poller import Poller
-from daemon.store.database import UNAVAILABLE, Database
-from daemon.store.series import stored_bounds
-from daemon.store.venues import get_banned_until, set_banned_until
-from daemon.store.writer import CandleWriter
-from daemon.throttle import VenueThrottle
+from candled import clock, logs, metrics
+from candled.backfill import Backfiller, BackfillJob
+from candled.collector import Collector, CollectorSettings
+from candled.config import SeriesSpec, VenueConfig
+from candled.domain import SeriesKey
+from candled.domain.timeframe import EPOCH
+from candled.fetch import Fetcher
+from candled.intake import Intake
+from candled.poller import Poller
+from candled.store.database import UNAVAILABLE, Database
+from candled.store.series import stored_bounds
+from candled.store.venues import get_banned_until, set_banned_until
+from candled.store.writer import CandleWriter
+from candled.throttle import VenueThrottle
 
 log = logs.get("candled.venue")
 

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `tests`
 
 import asyncpg
 
-from daemon.domain import SeriesKey, Timeframe
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
-from daemon.sim.truth import Truth
-from daemon.store.cluster import PostgresCluster
+from candled.domain import SeriesKey, Timeframe
+from candled.store.cluster import PostgresCluster
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
+from candled_sim.truth import Truth
 from tests.daemon_proc import (
     StoreDiff,
     compare_with_truth,

@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 from hypothesis import settings
 
-from daemon.store.cluster import ClusterError, PostgresCluster
-from daemon.store.migrations import migrate
+from candled.store.cluster import ClusterError, PostgresCluster
+from candled.store.migrations import migrate
 from tests.pg import fresh_database, scratch_dir, unavailable
 
 # `make fuzz` (HYPOTHESIS_PROFILE=fuzz): the fuzz tests, tests/test_fuzz_*.py,

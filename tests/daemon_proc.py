@@ -19,10 +19,10 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from daemon import clock
-from daemon.domain import Candle, SeriesKey
-from daemon.sim.personality import Personality
-from daemon.sim.server import SimExchange
+from candled import clock
+from candled.domain import Candle, SeriesKey
+from candled_sim.personality import Personality
+from candled_sim.server import SimExchange
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -95,11 +95,11 @@ state_dir = "{tmp / "state"}"
 async def running_daemon(
     config: Path, dsn: str, log: Path
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Start `python -m daemon run`; on exit, make sure it is gone."""
+    """Start `python -m candled run`; on exit, make sure it is gone."""
     env = {**os.environ, "CANDLED_DATABASE_URL": dsn}
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "run", "--config", str(config),
+            sys.executable, "-m", "candled", "run", "--config", str(config),
             cwd=REPO, env=env, stdout=out, stderr=out,
         )  # fmt: skip
         try:
@@ -123,7 +123,7 @@ async def repair_pass(config: Path, dsn: str, log_dir: Path) -> None:
     (exit 0): a series left DEGRADED or STALE fails the test here."""
     env = {**os.environ, "CANDLED_DATABASE_URL": dsn}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", "repair", "--config", str(config),
+        sys.executable, "-m", "candled", "repair", "--config", str(config),
         cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     async with asyncio.timeout(120):

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from daemon.store.cluster import PostgresCluster
+from candled.store.cluster import PostgresCluster
 
 REQUIRE_TIMESCALEDB_ENV = "CANDLED_REQUIRE_TIMESCALEDB"
 

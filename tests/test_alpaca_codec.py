@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from daemon.domain import Candle, SeriesKey
-from daemon.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
-from daemon.venues.alpaca import LIMITS, AlpacaCodec
+from candled.domain import Candle, SeriesKey
+from candled.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
+from candled.venues.alpaca import LIMITS, AlpacaCodec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alpaca"
 KEY, SECRET = "AKTESTKEY0123456789", "s3cr3t-never-shown-anywhere"

@@ -33,16 +33,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.backfill import Backfiller, BackfillJob
-from daemon.domain import Candle, SeriesKey
-from daemon.fetch import Fetcher, Response
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality
-from daemon.store.database import Database
-from daemon.store.writer import CandleStore
-from daemon.throttle import VenueThrottle
-from daemon.venues import CodecError, Credentials, HttpRequest, get_codec
-from daemon.venues.alpaca import AlpacaCodec
+from candled.backfill import Backfiller, BackfillJob
+from candled.domain import Candle, SeriesKey
+from candled.fetch import Fetcher, Response
+from candled.store.database import Database
+from candled.store.writer import CandleStore
+from candled.throttle import VenueThrottle
+from candled.venues import CodecError, Credentials, HttpRequest, get_codec
+from candled.venues.alpaca import AlpacaCodec
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality
 
 pytestmark = pytest.mark.timeout(60)
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -35,17 +35,17 @@ import pytest
 from structlog.testing import capture_logs
 from websockets.asyncio.client import ClientConnection, connect
 
-from daemon import clock
-from daemon.collector import Collector, CollectorSettings
-from daemon.config import VenueConfig
-from daemon.domain import Candle, SeriesKey
-from daemon.health import HealthFacts, VenueHealth, assess
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality
-from daemon.venue_runtime import key_source
-from daemon.venues import Credentials, VenueCodec, get_codec
-from daemon.venues.alpaca import AlpacaCodec
-from daemon.venues.base import StreamError, StreamFault
+from candled import clock
+from candled.collector import Collector, CollectorSettings
+from candled.config import VenueConfig
+from candled.domain import Candle, SeriesKey
+from candled.health import HealthFacts, VenueHealth, assess
+from candled.venue_runtime import key_source
+from candled.venues import Credentials, VenueCodec, get_codec
+from candled.venues.alpaca import AlpacaCodec
+from candled.venues.base import StreamError, StreamFault
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alpaca"
 KEY, SECRET = "PKTESTKEY0123456789", "test-secret-not-real"

@@ -23,14 +23,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from daemon import clock
-from daemon.domain import SeriesKey
-from daemon.fetch import Fetcher
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.alpaca import SIM_KEY
-from daemon.throttle import VenueThrottle
-from daemon.venues import Credentials, get_codec
-from daemon.venues.base import CredentialsRefused, StreamFault
+from candled import clock
+from candled.domain import SeriesKey
+from candled.fetch import Fetcher
+from candled.throttle import VenueThrottle
+from candled.venues import Credentials, get_codec
+from candled.venues.base import CredentialsRefused, StreamFault
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.alpaca import SIM_KEY
 from tests.daemon_proc import log_events, running_daemon, stop, tail, wait_until
 from tests.pg import free_port
 

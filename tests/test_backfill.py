@@ -12,19 +12,19 @@ from typing import Any
 
 import pytest
 
-from daemon import clock
-from daemon.backfill import Backfiller, BackfillJob
-from daemon.domain import Candle, SeriesKey
-from daemon.fetch import Fetcher, Response
-from daemon.sim import SimExchange, parse_scenario
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
-from daemon.store.series import get_genesis
-from daemon.store.writer import CandleStore
-from daemon.throttle import VenueThrottle
-from daemon.venues import HttpRequest, VenueLimits
-from daemon.venues.base import to_ms
-from daemon.venues.binance import LIMITS, BinanceCodec
+from candled import clock
+from candled.backfill import Backfiller, BackfillJob
+from candled.domain import Candle, SeriesKey
+from candled.fetch import Fetcher, Response
+from candled.store.database import Database
+from candled.store.migrations import migrate
+from candled.store.series import get_genesis
+from candled.store.writer import CandleStore
+from candled.throttle import VenueThrottle
+from candled.venues import HttpRequest, VenueLimits
+from candled.venues.base import to_ms
+from candled.venues.binance import LIMITS, BinanceCodec
+from candled_sim import SimExchange, parse_scenario
 
 pytestmark = pytest.mark.timeout(60)
 NEW_1M = SeriesKey("binance", "NEWUSDT", "1m")  # listed 2 hours ago

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from daemon.domain import Candle, SeriesKey
-from daemon.venues import CodecError, VenueError, get_codec, known_kinds
-from daemon.venues.binance import BinanceCodec
+from candled.domain import Candle, SeriesKey
+from candled.venues import CodecError, VenueError, get_codec, known_kinds
+from candled.venues.binance import BinanceCodec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "binance"
 BTC_1M = SeriesKey("binance", "BTCUSDT", "1m")

@@ -1,8 +1,8 @@
 """The daemon's calendars against an independent oracle: the simulator's
-hand-checked session table (daemon/sim/sessions.py), 2025-2027.
+hand-checked session table (sim/sessions.py), 2025-2027.
 
 The simulator no longer shares the daemon's calendar code, so a wrong holiday
-in `daemon.calendars` (or pandas-market-calendars) fails here, naming the first
+in `candled.calendars` (or pandas-market-calendars) fails here, naming the first
 bar on which the two disagree.
 """
 
@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon import calendars
-from daemon.domain import DataProfile, Timeframe
-from daemon.sim import sessions
-from daemon.sim.sessions import Interval, OutsideSessionTable
+from candled import calendars
+from candled.domain import DataProfile, Timeframe
+from candled_sim import sessions
+from candled_sim.sessions import Interval, OutsideSessionTable
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 # The table's last covered instant is 31 Dec 2027 17:00 New York (22:00 UTC):

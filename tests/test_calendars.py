@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.calendars import (
+from candled.calendars import (
     Overrides,
     count_expected,
     expected_ranges,
@@ -19,7 +19,7 @@ from daemon.calendars import (
     sessions,
     validate_calendar,
 )
-from daemon.domain import DataProfile, Timeframe
+from candled.domain import DataProfile, Timeframe
 
 EQUITY, FUTURES, FOREX, CRYPTO = (
     DataProfile.EQUITY,

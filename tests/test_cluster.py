@@ -1,4 +1,4 @@
-"""daemon.store.cluster: throwaway clusters with and without TimescaleDB."""
+"""candled.store.cluster: throwaway clusters with and without TimescaleDB."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.store.cluster import (
+from candled.store.cluster import (
     ClusterError,
     PostgresCluster,
     embedded_postgres_bin,

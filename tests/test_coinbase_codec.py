@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from daemon.domain import Candle, SeriesKey
-from daemon.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
-from daemon.venues.coinbase import CoinbaseCodec
+from candled.domain import Candle, SeriesKey
+from candled.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
+from candled.venues.coinbase import CoinbaseCodec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coinbase"
 BTC_1M = SeriesKey("coinbase", "BTC-USD", "1m")

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from daemon import clock, metrics
-from daemon.collector import Collector, CollectorSettings, collect
-from daemon.domain import Candle, SeriesKey
-from daemon.domain.timeframe import SUPPORTED
-from daemon.sim import SimExchange, parse_scenario
-from daemon.venues import VenueLimits, get_codec
-from daemon.venues.binance import BinanceCodec
+from candled import clock, metrics
+from candled.collector import Collector, CollectorSettings, collect
+from candled.domain import Candle, SeriesKey
+from candled.domain.timeframe import SUPPORTED
+from candled.venues import VenueLimits, get_codec
+from candled.venues.binance import BinanceCodec
+from candled_sim import SimExchange, parse_scenario
 
 pytestmark = pytest.mark.timeout(30)
 CODEC = get_codec("binance")

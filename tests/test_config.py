@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ConfigError, load_config, parse_config
-from daemon.domain import DataProfile, SeriesKey
+from candled.config import ConfigError, load_config, parse_config
+from candled.domain import DataProfile, SeriesKey
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -245,7 +245,7 @@ def test_configs_compare_and_diff(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
+        [sys.executable, "-m", "candled", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -344,7 +344,7 @@ def run_cli_bounded(*args: str, timeout: float = 30) -> subprocess.CompletedProc
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
+        [sys.executable, "-m", "candled", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -10,7 +10,7 @@ deeply nested arrays and tables; removes keys and adds unknown ones; mutates
 the overrides file; and splices non-UTF-8 and arbitrary bytes into the file.
 
 Most examples run `load_config` in-process (anything but a `ConfigError` is a
-failure); a few run the real `python -m daemon check-config` and assert its exit
+failure); a few run the real `python -m candled check-config` and assert its exit
 code and that stderr holds no traceback. `make test` runs a bounded number of
 examples; the `fuzz` profile (tests/conftest.py) many more.
 """
@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from daemon.config import EX_CONFIG, ConfigError, load_config
+from candled.config import EX_CONFIG, ConfigError, load_config
 from tests.test_config import GOOD
 
 REPO = Path(__file__).resolve().parents[1]
@@ -349,7 +349,7 @@ def test_mutated_overrides_name_the_key(workdir: Path, data: st.DataObject) -> N
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon", "check-config", "--config", str(path)],
+        [sys.executable, "-m", "candled", "check-config", "--config", str(path)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -12,11 +12,11 @@ from unittest.mock import patch
 
 import pytest
 
-from daemon import clock
-from daemon.config import ConfigError, load_config
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.alpaca import SIM_KEY, SIM_SECRET
-from daemon.venues import Credentials
+from candled import clock
+from candled.config import ConfigError, load_config
+from candled.venues import Credentials
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.alpaca import SIM_KEY, SIM_SECRET
 from tests.daemon_proc import REPO, running_daemon, stop
 from tests.waiting import until
 
@@ -79,7 +79,7 @@ def test_alpaca_with_a_key_and_no_secret_names_the_secret_keys(tmp_path: Path) -
 
 def test_check_config_refuses_alpaca_without_credentials(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "daemon", "check-config", "--config", str(config(tmp_path, ""))],
+        [sys.executable, "-m", "candled", "check-config", "--config", str(config(tmp_path, ""))],
         cwd=REPO, capture_output=True, text=True, timeout=60,
         env={k: v for k, v in os.environ.items() if k not in ENV},
     )  # fmt: skip

@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import clock
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
+from candled import clock
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests.daemon_proc import (
     NotifyListener,
     SimRequest,
@@ -174,7 +174,7 @@ async def test_restart_during_a_ban_sends_nothing_until_it_ends(
     _, sim_port = await sim.start("127.0.0.1", 0)
     conn = await asyncpg.connect(tsdb_dsn)
     try:
-        from daemon.store.migrations import migrate
+        from candled.store.migrations import migrate
 
         await migrate(conn)
 
@@ -222,14 +222,14 @@ async def test_a_venue_started_while_the_database_is_down_fetches_then_honours_t
     """The venue runtime starts during an outage: it fetches (no crash loop on
     the ban lookup); once the database answers, the ban an earlier run
     persisted holds every request until it ends."""
-    from daemon.backfill import BackfillJob
-    from daemon.config import SeriesSpec, VenueConfig
-    from daemon.domain import DataProfile, SeriesKey
-    from daemon.store.database import Database
-    from daemon.store.migrations import migrate
-    from daemon.store.spool import Spool
-    from daemon.store.writer import CandleStore, CandleWriter
-    from daemon.venue_runtime import VenueRuntime
+    from candled.backfill import BackfillJob
+    from candled.config import SeriesSpec, VenueConfig
+    from candled.domain import DataProfile, SeriesKey
+    from candled.store.database import Database
+    from candled.store.migrations import migrate
+    from candled.store.spool import Spool
+    from candled.store.writer import CandleStore, CandleWriter
+    from candled.venue_runtime import VenueRuntime
     from tests import pg
 
     sim = SimExchange(parse_scenario({"symbols": [{"symbol": "AAAUSDT", "listed": "-2d"}]},

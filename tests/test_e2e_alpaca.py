@@ -20,12 +20,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.domain import SeriesKey, Timeframe
-from daemon.sim import sessions
-from daemon.sim.alpaca import SIM_KEY, SIM_SECRET
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
-from daemon.venues.alpaca import parse_time
+from candled.domain import SeriesKey, Timeframe
+from candled.venues.alpaca import parse_time
+from candled_sim import sessions
+from candled_sim.alpaca import SIM_KEY, SIM_SECRET
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests.daemon_proc import (
     SimRequest,
     at,

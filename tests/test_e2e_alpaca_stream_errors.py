@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 
-from daemon import clock
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality
+from candled import clock
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality
 from tests.daemon_proc import log_events, running_daemon, stop, tail, wait_until
 from tests.pg import free_port
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.domain import SeriesKey
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
+from candled.domain import SeriesKey
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests.daemon_proc import (
     SimRequest,
     at,

@@ -16,12 +16,12 @@ import aiohttp
 import asyncpg
 import pytest
 
-from daemon import clock
-from daemon.domain import SeriesKey, Timeframe
-from daemon.healer import SETTLE
-from daemon.sim.counters import SimCounters
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
+from candled import clock
+from candled.domain import SeriesKey, Timeframe
+from candled.healer import SETTLE
+from candled_sim.counters import SimCounters
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests.daemon_proc import (
     repair_pass,
     running_daemon,

@@ -17,12 +17,12 @@ import aiohttp
 import asyncpg
 import pytest
 
-from daemon import clock
-from daemon.domain import Candle
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
-from daemon.store.cluster import PostgresCluster
-from daemon.store.spool import Spool
+from candled import clock
+from candled.domain import Candle
+from candled.store.cluster import PostgresCluster
+from candled.store.spool import Spool
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests import pg
 from tests.daemon_proc import (
     NotifyListener,

@@ -18,13 +18,13 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import clock
-from daemon.domain import SeriesKey
-from daemon.healer import SETTLE
-from daemon.sim.counters import SimCounters
-from daemon.sim.limiter import IN_FLIGHT_GRACE_S
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
+from candled import clock
+from candled.domain import SeriesKey
+from candled.healer import SETTLE
+from candled_sim.counters import SimCounters
+from candled_sim.limiter import IN_FLIGHT_GRACE_S
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests.daemon_proc import (
     compare_with_truth,
     repair_pass,

@@ -18,11 +18,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.sim.kraken import KrakenPersonality, OhlcRequest
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
-from daemon.venues.kraken import LIMITS
+from candled.domain import Candle, SeriesKey, Timeframe
+from candled.venues.kraken import LIMITS
+from candled_sim.kraken import KrakenPersonality, OhlcRequest
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests.daemon_proc import (
     at,
     compare_with_truth,

@@ -22,11 +22,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.domain import Candle, SeriesKey
-from daemon.sim import SimExchange, Truth, parse_scenario
-from daemon.sim.oanda import SIM_TOKEN, OandaPersonality
-from daemon.sim.oanda_wire import as_published
-from daemon.venues.oanda import parse_time
+from candled.domain import Candle, SeriesKey
+from candled.venues.oanda import parse_time
+from candled_sim import SimExchange, Truth, parse_scenario
+from candled_sim.oanda import SIM_TOKEN, OandaPersonality
+from candled_sim.oanda_wire import as_published
 from tests.daemon_proc import (
     SimRequest,
     at,

@@ -14,10 +14,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon import clock
-from daemon.domain import SeriesKey
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
+from candled import clock
+from candled.domain import SeriesKey
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests.daemon_proc import (
     compare_with_truth,
     running_daemon,

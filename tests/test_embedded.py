@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.store.cluster import find_postgres_bin, timescaledb_available
+from candled.store.cluster import find_postgres_bin, timescaledb_available
 from tests.pg import scratch_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ def test_migrate_on_the_embedded_database() -> None:
         env = {k: v for k, v in os.environ.items() if k != "CANDLED_DATABASE_URL"}
         for _run in range(2):  # the second run finds the cluster initialised
             r = subprocess.run(
-                [sys.executable, "-m", "daemon", "migrate", "--config", str(config)],
+                [sys.executable, "-m", "candled", "migrate", "--config", str(config)],
                 cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
             )  # fmt: skip
             assert r.returncode == 0, r.stderr

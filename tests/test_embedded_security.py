@@ -18,9 +18,8 @@ from urllib.parse import unquote
 import asyncpg
 import pytest
 
-from daemon.config import Config, parse_config
-from daemon.store.cluster import PostgresCluster
-from daemon.store.provision import EMBEDDED_PORT, SOCKET_DIR, embedded_dsn
+from candled.store.cluster import PostgresCluster
+from candled.store.provision import EMBEDDED_PORT, SOCKET_DIR, embedded_dsn
 from tests.pg import free_port, scratch_dir
 
 # What the server may inherit: what PostgreSQL itself needs, what runuser sets
@@ -28,10 +27,6 @@ from tests.pg import free_port, scratch_dir
 SERVER_ENV = {"PATH", "LANG", "TZ", "TZDIR", "LD_LIBRARY_PATH", "HOME", "SHELL", "USER", "LOGNAME"}
 SERVER_ENV_PREFIXES = ("LC_", "PG")
 LOGIN_REFUSED = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
-def _config(base: Path) -> Config:
-    return parse_config({"daemon": {"state_dir": str(base / "state")}}, env={})
 
 
 def _server_user() -> str:
@@ -100,7 +95,7 @@ def _assert_private(base: Path, dsn: str) -> None:
 
 async def test_only_the_private_socket_admits_and_tcp_refuses_a_login() -> None:
     with scratch_dir("sec-tcp") as base:
-        async with embedded_dsn(_config(base)) as dsn:
+        async with embedded_dsn("", base / "state") as dsn:
             assert await _fetchval(dsn, "SELECT current_user") == "postgres"
             await _tcp_login_refused(base / "state" / "pgdata", EMBEDDED_PORT)
             _assert_private(base, dsn)
@@ -111,7 +106,7 @@ async def test_the_operators_psql_line_from_the_readme_works() -> None:
     if psql is None:
         pytest.skip("no psql on this machine")
     with scratch_dir("sec-psql") as base:
-        async with embedded_dsn(_config(base)):
+        async with embedded_dsn("", base / "state"):
             r = await asyncio.to_thread(
                 subprocess.run,
                 [psql, "-h", str(base / "state" / SOCKET_DIR), "-p", str(EMBEDDED_PORT),
@@ -129,7 +124,7 @@ async def test_another_local_user_cannot_connect() -> None:
     if psql is None:
         pytest.skip("no psql on this machine")
     with scratch_dir("sec-other") as base:
-        async with embedded_dsn(_config(base)):
+        async with embedded_dsn("", base / "state"):
             for host in (str(base / "state" / SOCKET_DIR), "127.0.0.1"):
                 r = await asyncio.to_thread(
                     subprocess.run,
@@ -151,7 +146,7 @@ async def test_server_environment_holds_none_of_the_daemons_variables(
     monkeypatch.setenv("CANDLED_TEST_FAKE_API_KEY", secret)  # as EnvironmentFile sets them
     monkeypatch.setenv("BINANCE_API_SECRET", secret)
     with scratch_dir("sec-env") as base:
-        async with embedded_dsn(_config(base)):
+        async with embedded_dsn("", base / "state"):
             pid = int(_pid_file(base / "state" / "pgdata")[0])
             environ = _environ(pid)
     assert secret.encode() not in environ
@@ -178,7 +173,7 @@ async def test_an_existing_trust_store_is_upgraded_in_place() -> None:
         assert any("trust" in rule.split() for rule in _hba_rules(data_dir))
 
         for _start in range(2):  # upgraded, then found upgraded
-            async with embedded_dsn(_config(base)) as dsn:
+            async with embedded_dsn("", base / "state") as dsn:
                 assert await _fetchval(dsn, "SELECT v FROM kept") == 7
                 _assert_private(base, dsn)
                 await _tcp_login_refused(data_dir, EMBEDDED_PORT)
@@ -188,9 +183,9 @@ async def test_an_existing_trust_store_is_upgraded_in_place() -> None:
 async def test_a_command_beside_the_daemon_adopts_the_private_server() -> None:
     with scratch_dir("sec-adopt") as base:
         data_dir = base / "state" / "pgdata"
-        async with embedded_dsn(_config(base)) as daemon_dsn:
+        async with embedded_dsn("", base / "state") as daemon_dsn:
             pid = _pid_file(data_dir)[0]
-            async with embedded_dsn(_config(base)) as command_dsn:  # e.g. `candled audit`
+            async with embedded_dsn("", base / "state") as command_dsn:  # e.g. `candled audit`
                 assert command_dsn == daemon_dsn
                 assert await _fetchval(command_dsn, "SELECT 1") == 1
             assert _pid_file(data_dir)[0] == pid  # left running for the daemon
@@ -203,7 +198,7 @@ async def test_a_server_started_by_an_earlier_version_is_adopted_until_it_restar
         old = PostgresCluster(data_dir, port=free_port())  # an earlier daemon, still running
         await asyncio.to_thread(old.start)
         try:
-            async with embedded_dsn(_config(base)) as dsn:
+            async with embedded_dsn("", base / "state") as dsn:
                 assert await _fetchval(dsn, "SELECT 1") == 1  # through its socket
                 adopted = PostgresCluster(data_dir, socket_dir=base / "state" / SOCKET_DIR)
                 await asyncio.to_thread(adopted.start)
@@ -211,14 +206,14 @@ async def test_a_server_started_by_an_earlier_version_is_adopted_until_it_restar
             assert old.is_running()  # not ours to stop
         finally:
             await asyncio.to_thread(old.stop)
-        async with embedded_dsn(_config(base)) as dsn:  # restarted: upgraded
+        async with embedded_dsn("", base / "state") as dsn:  # restarted: upgraded
             _assert_private(base, dsn)
 
 
 async def test_a_state_dir_too_long_for_a_socket_path_gets_a_private_one_in_tmp() -> None:
     with scratch_dir("sec-long") as base:
         deep = base / ("d" * 100)
-        async with embedded_dsn(_config(deep)) as dsn:
+        async with embedded_dsn("", deep / "state") as dsn:
             socket_dir = Path(_pid_file(deep / "state" / "pgdata")[4])
             assert socket_dir.parent == Path("/tmp") and str(socket_dir) in unquote(dsn)
             assert _pid_file(deep / "state" / "pgdata")[5].strip() == ""

@@ -12,14 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon import clock as wallclock
-from daemon import metrics
-from daemon.domain import SeriesKey
-from daemon.fetch import Fetcher, FetchError
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.limiter import IN_FLIGHT_GRACE_S
-from daemon.throttle import VenueThrottle
-from daemon.venues import CodecError, HttpRequest, RateFacts, VenueError, get_codec
+from candled import clock as wallclock
+from candled import metrics
+from candled.domain import SeriesKey
+from candled.fetch import Fetcher, FetchError
+from candled.throttle import VenueThrottle
+from candled.venues import CodecError, HttpRequest, RateFacts, VenueError, get_codec
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.limiter import IN_FLIGHT_GRACE_S
 
 pytestmark = pytest.mark.timeout(30)
 CODEC = get_codec("binance")

@@ -28,9 +28,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from daemon.domain import Candle, SeriesKey
-from daemon.validate import problem
-from daemon.venues import (
+from candled.domain import Candle, SeriesKey
+from candled.validate import problem
+from candled.venues import (
     CodecError,
     Credentials,
     FrameResult,

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.sim import scenario as scenario_module
-from daemon.sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from candled_sim import scenario as scenario_module
+from candled_sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 
 FUZZ = settings(
     max_examples=max(200, settings.default.max_examples),

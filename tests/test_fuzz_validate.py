@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from daemon.domain import Candle, SeriesKey
-from daemon.domain.timeframe import SUPPORTED
-from daemon.validate import CLOCK_SKEW, problem
+from candled.domain import Candle, SeriesKey
+from candled.domain.timeframe import SUPPORTED
+from candled.validate import CLOCK_SKEW, problem
 
 FUZZ = settings(
     max_examples=max(200, settings.default.max_examples),

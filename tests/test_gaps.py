@@ -11,18 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.domain import Timeframe
-from daemon.gaps import (
-    EmptyRangePolicy,
-    Range,
-    RepairState,
-    Window,
-    count_bars,
-    merge_ranges,
-    missing_ranges,
-    plan_windows,
-    subtract_ranges,
-)
+from candled.domain import Timeframe
+from candled.domain.ranges import Range, count_bars, merge_ranges, subtract_ranges
+from candled.gaps import EmptyRangePolicy, RepairState, Window, missing_ranges, plan_windows
 
 M1 = Timeframe.parse("1m")
 BASE = datetime(2024, 12, 30, tzinfo=UTC)  # a Monday: aligned for every timeframe but 1M

@@ -18,21 +18,21 @@ from typing import Any
 import asyncpg
 import pytest
 
-from daemon import calendars, metrics
-from daemon import clock as wallclock
-from daemon.backfill import Backfiller, BackfillJob
-from daemon.config import SeriesSpec
-from daemon.domain import Candle, DataProfile, SeriesKey
-from daemon.fetch import Fetcher
-from daemon.healer import Healer, Repairer
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
-from daemon.store.series import sync_configured
-from daemon.store.writer import CandleStore
-from daemon.throttle import VenueThrottle
-from daemon.venues import get_codec
+from candled import calendars, metrics
+from candled import clock as wallclock
+from candled.backfill import Backfiller, BackfillJob
+from candled.config import SeriesSpec
+from candled.domain import Candle, DataProfile, SeriesKey
+from candled.fetch import Fetcher
+from candled.healer import Healer, Repairer
+from candled.store.database import Database
+from candled.store.migrations import migrate
+from candled.store.series import sync_configured
+from candled.store.writer import CandleStore
+from candled.throttle import VenueThrottle
+from candled.venues import get_codec
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests.daemon_proc import REPO, series_toml, venue_toml, write_config
 
 NOW = wallclock.now()
@@ -233,7 +233,7 @@ async def test_audit_command_exit_code_follows_statuses(rig: Rig, tmp_path: Path
     def candled(*args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "CANDLED_DATABASE_URL": rig.dsn}
         return subprocess.run(
-            [sys.executable, "-m", "daemon", *args, "--config", str(config)],
+            [sys.executable, "-m", "candled", *args, "--config", str(config)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
 

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from daemon import clock as wallclock
-from daemon.domain import Candle, SeriesKey
-from daemon.intake import Intake
-from daemon.store.migrations import migrate
-from daemon.validate import problem
+from candled import clock as wallclock
+from candled.domain import Candle, SeriesKey
+from candled.intake import Intake
+from candled.store.migrations import migrate
+from candled.validate import problem
 
 KEY = SeriesKey("binance", "BTCUSDT", "1m")
 NOW = datetime(2026, 1, 5, 12, 0, 30, tzinfo=UTC)

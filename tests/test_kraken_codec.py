@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from daemon.domain import Candle, SeriesKey
-from daemon.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
-from daemon.venues.kraken import KrakenCodec
+from candled.domain import Candle, SeriesKey
+from candled.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
+from candled.venues.kraken import KrakenCodec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kraken"
 BTC_1M = SeriesKey("kraken", "BTC/USD", "1m")

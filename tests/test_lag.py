@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from daemon.config import SeriesSpec
-from daemon.domain import DataProfile, SeriesKey
-from daemon.health import lag_seconds
+from candled.config import SeriesSpec
+from candled.domain import DataProfile, SeriesKey
+from candled.health import lag_seconds
 
 BTC = SeriesKey("binance", "BTCUSDT", "1m")
 AAPL = SeriesKey("alpaca", "AAPL", "1m")

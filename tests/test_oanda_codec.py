@@ -32,11 +32,11 @@ from typing import Any
 
 import pytest
 
-from daemon.config import ConfigError, default_poll_delay, parse_config
-from daemon.domain import Candle, SeriesKey
-from daemon.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
-from daemon.venues.base import HistoryPage
-from daemon.venues.oanda import OandaCodec
+from candled.config import ConfigError, default_poll_delay, parse_config
+from candled.domain import Candle, SeriesKey
+from candled.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
+from candled.venues.base import HistoryPage
+from candled.venues.oanda import OandaCodec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "oanda"
 TOKEN = "0123456789abcdef-secret-fedcba9876543210"

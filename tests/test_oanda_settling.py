@@ -24,24 +24,24 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from daemon import backfill
-from daemon import clock as wallclock
-from daemon.backfill import Backfiller, BackfillJob
-from daemon.config import SeriesSpec
-from daemon.domain import Candle, DataProfile, SeriesKey
-from daemon.fetch import Fetcher
-from daemon.healer import Healer, Repairer
-from daemon.poller import Poller
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.oanda import SIM_TOKEN, OandaPersonality
-from daemon.sim.oanda_wire import as_published
-from daemon.store import healing
-from daemon.store.database import Database
-from daemon.store.series import sync_configured
-from daemon.store.writer import CandleStore
-from daemon.throttle import VenueThrottle
-from daemon.venues import Credentials, get_codec
-from daemon.venues.oanda import parse_time
+from candled import backfill
+from candled import clock as wallclock
+from candled.backfill import Backfiller, BackfillJob
+from candled.config import SeriesSpec
+from candled.domain import Candle, DataProfile, SeriesKey
+from candled.fetch import Fetcher
+from candled.healer import Healer, Repairer
+from candled.poller import Poller
+from candled.store import healing
+from candled.store.database import Database
+from candled.store.series import sync_configured
+from candled.store.writer import CandleStore
+from candled.throttle import VenueThrottle
+from candled.venues import Credentials, get_codec
+from candled.venues.oanda import parse_time
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.oanda import SIM_TOKEN, OandaPersonality
+from candled_sim.oanda_wire import as_published
 from tests.daemon_proc import SimRequest, at, record_requests
 
 KEY = SeriesKey("oanda", "EUR_USD", "1m")

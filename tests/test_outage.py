@@ -13,14 +13,14 @@ import aiohttp
 import asyncpg
 import pytest
 
-from daemon import clock
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
-from daemon.store.cluster import PostgresCluster
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
-from daemon.store.spool import Spool
-from daemon.store.writer import CandleStore, CandleWriter, WriteResult
+from candled import clock
+from candled.store.cluster import PostgresCluster
+from candled.store.database import Database
+from candled.store.migrations import migrate
+from candled.store.spool import Spool
+from candled.store.writer import CandleStore, CandleWriter, WriteResult
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests import pg
 from tests.daemon_proc import (
     running_daemon,

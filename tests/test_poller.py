@@ -8,10 +8,10 @@ import itertools
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from daemon import clock
-from daemon.backfill import BackfillJob, JobResult
-from daemon.domain import SeriesKey
-from daemon.poller import Poller
+from candled import clock
+from candled.backfill import BackfillJob, JobResult
+from candled.domain import SeriesKey
+from candled.poller import Poller
 
 ONE_S = SeriesKey("coinbase", "BTC-USD", "1s")
 TWO_S = SeriesKey("coinbase", "ETH-USD", "1s")

@@ -15,14 +15,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.config import SeriesSpec
-from daemon.domain import Candle, DataProfile, SeriesKey
-from daemon.healer import Healer, SeriesStatus
-from daemon.store import healing
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
-from daemon.store.series import sync_configured
-from daemon.store.writer import CandleStore
+from candled.config import SeriesSpec
+from candled.domain import Candle, DataProfile, SeriesKey
+from candled.healer import Healer, SeriesStatus
+from candled.store import healing
+from candled.store.database import Database
+from candled.store.migrations import migrate
+from candled.store.series import sync_configured
+from candled.store.writer import CandleStore
 from tests.daemon_proc import REPO, series_toml, venue_toml, write_config
 
 BTC = SeriesKey("binance", "BTCUSDT", "1m")
@@ -139,7 +139,7 @@ async def run_cli(config: Path, dsn: str, *args: str) -> tuple[int, str]:
     env = {**os.environ, "CANDLED_DATABASE_URL": dsn,
            "CANDLED_CLOCK_OFFSET": str((NOW - datetime.now(UTC)).total_seconds())}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", *args, "--config", str(config),
+        sys.executable, "-m", "candled", *args, "--config", str(config),
         cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     async with asyncio.timeout(120):

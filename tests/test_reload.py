@@ -18,15 +18,15 @@ import aiohttp
 import asyncpg
 import pytest
 
-from daemon import clock
-from daemon.app import Daemon
-from daemon.config import load_config
-from daemon.domain import SeriesKey
-from daemon.sim.scenario import parse_scenario
-from daemon.sim.server import SimExchange
-from daemon.store.cluster import PostgresCluster
-from daemon.store.spool import Spool
-from daemon.venue_runtime import VenueRuntime
+from candled import clock
+from candled.app import Daemon
+from candled.config import load_config
+from candled.domain import SeriesKey
+from candled.store.cluster import PostgresCluster
+from candled.store.spool import Spool
+from candled.venue_runtime import VenueRuntime
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests import pg
 from tests.daemon_proc import (
     running_daemon,
@@ -322,7 +322,7 @@ async def test_a_stop_signal_ends_a_reload_waiting_on_the_database(
             run = asyncio.create_task(daemon.run())
             await wait_until(lambda: asyncio.sleep(
                 0, daemon._writer is not None and daemon._writer.totals.inserted > 0))  # fmt: skip
-            monkeypatch.setattr("daemon.app.sync_configured", hung)
+            monkeypatch.setattr("candled.app.sync_configured", hung)
             daemon._on_hup()
             await waiting.wait()
             started = time.monotonic()

@@ -11,11 +11,11 @@ import asyncpg
 import pandas as pd
 import pytest
 
-from daemon.domain import Candle, DataProfile, SeriesKey
-from daemon.returns import SeriesSpec, align_returns, grid_for, load_returns, write_frame
-from daemon.store.migrations import migrate
-from daemon.store.series import set_genesis, sync_configured
-from daemon.store.writer import CandleStore
+from candled.domain import Candle, DataProfile, SeriesKey
+from candled.returns import SeriesSpec, align_returns, grid_for, load_returns, write_frame
+from candled.store.migrations import migrate
+from candled.store.series import set_genesis, sync_configured
+from candled.store.writer import CandleStore
 
 NAN = math.nan
 H = timedelta(hours=1)

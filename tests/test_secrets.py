@@ -26,9 +26,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from daemon import clock
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.alpaca import SIM_KEY, SIM_SECRET
+from candled import clock
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.alpaca import SIM_KEY, SIM_SECRET
 from tests.daemon_proc import log_events, running_daemon, stop, tail, wait_for_event, wait_until
 from tests.pg import free_port
 

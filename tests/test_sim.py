@@ -23,10 +23,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from daemon import clock as wallclock
-from daemon.domain import Candle, SeriesKey
-from daemon.domain.timeframe import SUPPORTED
-from daemon.sim import (
+from candled import clock as wallclock
+from candled.domain import Candle, SeriesKey
+from candled.domain.timeframe import SUPPORTED
+from candled.fetch import MAX_BODY
+from candled.venues import FrameResult, get_codec
+from candled_sim import (
     Maintenance,
     Scenario,
     ScenarioError,
@@ -36,9 +38,8 @@ from daemon.sim import (
     parse_scenario,
     run_sim,
 )
-from daemon.sim import scenario as scenario_module
-from daemon.sim.limiter import WeightLimiter
-from daemon.venues import FrameResult, get_codec
+from candled_sim import scenario as scenario_module
+from candled_sim.limiter import WeightLimiter
 
 CODEC = get_codec("binance")
 NOW = datetime(2024, 3, 1, 12, 0, 1, tzinfo=UTC)  # one second into a minute
@@ -143,6 +144,7 @@ def test_the_documented_example_scenario_parses() -> None:
     assert (faults.html_errors.every, faults.html_error_statuses) == (6, (502, 503, 403))
     assert (faults.non_json.every, faults.truncated_bodies.every) == (9, 7)
     assert (faults.oversized_bodies.every, faults.oversized_size) == (11, 33_555_456)
+    assert faults.oversized_size > MAX_BODY, "the fault must cross the fetcher's bound"
     assert faults.never_answers.every == 13
     assert (faults.storm_start, faults.storm_duration_s, faults.storm_status) == (
         NOW + timedelta(minutes=1),

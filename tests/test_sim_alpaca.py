@@ -16,13 +16,13 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from daemon import clock as wallclock
-from daemon.collector import collect
-from daemon.domain import Candle, SeriesKey
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim import alpaca as personality_module
-from daemon.sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality, corrected
-from daemon.venues import Credentials, VenueError, get_codec
+from candled import clock as wallclock
+from candled.collector import collect
+from candled.domain import Candle, SeriesKey
+from candled.venues import Credentials, VenueError, get_codec
+from candled_sim import SimExchange, parse_scenario
+from candled_sim import alpaca as personality_module
+from candled_sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality, corrected
 
 CODEC = get_codec("alpaca", "alpaca", Credentials(SIM_KEY, SIM_SECRET))
 AUTH = {"APCA-API-KEY-ID": SIM_KEY, "APCA-API-SECRET-KEY": SIM_SECRET}

@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.domain import Candle, SeriesKey
-from daemon.sim import SimExchange, parse_scenario, run_sim
-from daemon.venues import HttpRequest, VenueError, get_codec
+from candled.domain import Candle, SeriesKey
+from candled.venues import HttpRequest, VenueError, get_codec
+from candled_sim import SimExchange, parse_scenario, run_sim
 from tests.pg import free_port
 
 CODEC = get_codec("coinbase")

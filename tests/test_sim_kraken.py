@@ -15,18 +15,18 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from daemon import clock as wallclock
-from daemon.backfill import Backfiller, BackfillJob
-from daemon.collector import collect
-from daemon.domain import Candle, SeriesKey
-from daemon.fetch import Fetcher
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.kraken import KrakenPersonality
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
-from daemon.throttle import VenueThrottle
-from daemon.venues import FrameResult, RateLimitedAnswer, VenueError, get_codec
-from daemon.venues.kraken import KrakenCodec
+from candled import clock as wallclock
+from candled.backfill import Backfiller, BackfillJob
+from candled.collector import collect
+from candled.domain import Candle, SeriesKey
+from candled.fetch import Fetcher
+from candled.store.database import Database
+from candled.store.migrations import migrate
+from candled.throttle import VenueThrottle
+from candled.venues import FrameResult, RateLimitedAnswer, VenueError, get_codec
+from candled.venues.kraken import KrakenCodec
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.kraken import KrakenPersonality
 from tests.daemon_proc import wait_until
 
 CODEC = get_codec("kraken")

@@ -18,11 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.domain import Candle, SeriesKey
-from daemon.sim import SimExchange, parse_scenario
-from daemon.sim.oanda import SIM_TOKEN, OandaPersonality
-from daemon.sim.oanda_wire import as_published
-from daemon.venues import Credentials, HttpRequest, VenueError, get_codec
+from candled.domain import Candle, SeriesKey
+from candled.venues import Credentials, HttpRequest, VenueError, get_codec
+from candled_sim import SimExchange, parse_scenario
+from candled_sim.oanda import SIM_TOKEN, OandaPersonality
+from candled_sim.oanda_wire import as_published
 
 CODEC = get_codec("oanda", credentials=Credentials(SIM_TOKEN))
 AUTH = {"Authorization": f"Bearer {SIM_TOKEN}"}

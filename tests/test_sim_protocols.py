@@ -11,11 +11,11 @@ from datetime import datetime, timedelta
 import aiohttp
 import pytest
 
-from daemon import clock
-from daemon.domain import Candle, SeriesKey
-from daemon.sim import alpaca, oanda
-from daemon.sim.server import PROTOCOLS, SimExchange
-from daemon.venues import Credentials, get_codec
+from candled import clock
+from candled.domain import Candle, SeriesKey
+from candled.venues import Credentials, get_codec
+from candled_sim import alpaca, oanda
+from candled_sim.server import PROTOCOLS, SimExchange
 from tests.daemon_proc import REPO
 from tests.pg import free_port
 
@@ -69,7 +69,7 @@ async def test_each_protocol_serves_its_default_symbols(protocol: str) -> None:
 async def test_the_cli_speaks_the_protocol_it_is_given() -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", "sim", "--protocol", "oanda", "--listen",
+        sys.executable, "-m", "candled", "sim", "--protocol", "oanda", "--listen",
         f"127.0.0.1:{port}", cwd=REPO, env=dict(os.environ),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -88,7 +88,7 @@ async def test_the_cli_speaks_the_protocol_it_is_given() -> None:
         await proc.wait()
 
     bad = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", "sim", "--protocol", "nasdaq", cwd=REPO,
+        sys.executable, "-m", "candled", "sim", "--protocol", "nasdaq", cwd=REPO,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await bad.communicate()

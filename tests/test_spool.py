@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.domain import Candle, SeriesKey
-from daemon.store import spool as spool_mod
-from daemon.store.spool import (
+from candled.domain import Candle, SeriesKey
+from candled.store import spool as spool_mod
+from candled.store.spool import (
     MAGIC,
     Corruption,
     Spool,
@@ -488,7 +488,7 @@ _APPENDER = """
 import sys
 from pathlib import Path
 from tests.test_spool import batch
-from daemon.store.spool import Spool
+from candled.store.spool import Spool
 
 spool = Spool(Path(sys.argv[1]), rotate_bytes=16 << 10)
 b = int(sys.argv[2])

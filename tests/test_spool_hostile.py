@@ -28,12 +28,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from daemon import metrics
-from daemon.domain import Candle, SeriesKey
-from daemon.domain.timeframe import SUPPORTED
-from daemon.store.spool import MAGIC, MAX_NAME_BYTES, Spool, SpoolCorrupt, SpoolError
-from daemon.store.writer import CandleStore, CandleWriter
-from daemon.validate import problem
+from candled import metrics
+from candled.domain import Candle, SeriesKey
+from candled.domain.timeframe import SUPPORTED
+from candled.store.spool import MAGIC, MAX_NAME_BYTES, Spool, SpoolCorrupt, SpoolError
+from candled.store.writer import CandleStore, CandleWriter
+from candled.validate import problem
 from tests.test_writer_loss import Proxy, until
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -14,15 +14,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.config import SeriesSpec
-from daemon.domain import Candle, DataProfile, SeriesKey, Timeframe
-from daemon.gaps import Range, RepairState
-from daemon.healer import Healer, SeriesStatus, classify, stale_allowance
-from daemon.store import healing
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
-from daemon.store.series import set_genesis, sync_configured
-from daemon.store.writer import CandleStore
+from candled.config import SeriesSpec
+from candled.domain import Candle, DataProfile, SeriesKey, Timeframe
+from candled.domain.ranges import Range
+from candled.gaps import RepairState
+from candled.healer import Healer, SeriesStatus, classify, stale_allowance
+from candled.store import healing
+from candled.store.database import Database
+from candled.store.migrations import migrate
+from candled.store.series import set_genesis, sync_configured
+from candled.store.writer import CandleStore
 
 M1, M15 = Timeframe.parse("1m"), Timeframe.parse("15m")
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -11,11 +11,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.domain import Candle, DataProfile, SeriesKey
-from daemon.store.database import Database
-from daemon.store.migrations import MigrationError, migrate
-from daemon.store.series import sync_configured
-from daemon.store.writer import CandleStore, CandleWriter, WriteResult
+from candled.domain import Candle, DataProfile, SeriesKey
+from candled.store.database import Database
+from candled.store.migrations import MigrationError, migrate
+from candled.store.series import sync_configured
+from candled.store.writer import CandleStore, CandleWriter, WriteResult
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from daemon import sdnotify
-from daemon.health import HealthFacts, SeriesHealth, VenueHealth, assess
-from daemon.sdnotify import Notifier
-from daemon.supervisor import Supervisor
+from candled import sdnotify
+from candled.health import HealthFacts, SeriesHealth, VenueHealth, assess
+from candled.sdnotify import Notifier
+from candled.supervisor import Supervisor
 
 
 async def test_crashing_component_restarts_and_others_keep_running() -> None:

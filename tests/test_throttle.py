@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from daemon.throttle import MessagePacer, VenueThrottle
-from daemon.venues import RateFacts
+from candled.throttle import MessagePacer, VenueThrottle
+from candled.venues import RateFacts
 
 WINDOW_START = 1_700_000_040.0  # a multiple of 60: a venue minute starts here
 SKEW = 0.25  # the throttle's slack after a window end, Retry-After or ban

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.domain.timeframe import SUPPORTED
+from candled.domain import Candle, SeriesKey, Timeframe
+from candled.domain.timeframe import SUPPORTED
 
 utc_datetimes = st.datetimes(
     min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)

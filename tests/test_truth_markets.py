@@ -1,5 +1,5 @@
 """The simulator's truth per market: bars only in the sessions of its
-hand-checked table (daemon/sim/sessions.py, the oracle; never the daemon's
+hand-checked table (sim/sessions.py, the oracle; never the daemon's
 calendars), and illiquid bars that sparse venues leave out."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.domain import DataProfile, SeriesKey
-from daemon.sim import sessions
-from daemon.sim.scenario import ScenarioError, parse_scenario
-from daemon.sim.sessions import OutsideSessionTable
-from daemon.sim.truth import Market, Truth
+from candled.domain import DataProfile, SeriesKey
+from candled_sim import sessions
+from candled_sim.scenario import ScenarioError, parse_scenario
+from candled_sim.sessions import OutsideSessionTable
+from candled_sim.truth import Market, Truth
 
 LISTED = datetime(2023, 1, 1, tzinfo=UTC)  # the table's first year
 NOW = datetime(2027, 1, 4, tzinfo=UTC)

@@ -18,15 +18,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from daemon import metrics
-from daemon.app import Daemon
-from daemon.config import load_config
-from daemon.domain import Candle
-from daemon.health import HealthFacts, assess
-from daemon.store import database
-from daemon.store.spool import Spool
-from daemon.store.writer import CandleStore, CandleWriter
-from daemon.supervisor import Supervisor
+from candled import metrics
+from candled.app import Daemon
+from candled.config import load_config
+from candled.domain import Candle
+from candled.health import HealthFacts, assess
+from candled.store import database
+from candled.store.spool import Spool
+from candled.store.writer import CandleStore, CandleWriter
+from candled.supervisor import Supervisor
 from tests.test_store import make_candles
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 
-from daemon import clock
-from daemon.domain import SeriesKey
-from daemon.sim.server import SimExchange
+from candled import clock
+from candled.domain import SeriesKey
+from candled_sim.server import SimExchange
 
 
 def log_events(log: Path, event: str) -> list[dict[str, Any]]:

@@ -10,8 +10,8 @@ every period containing some trading. Ranges, not bar lists, keep a 30-day
 Profiles: CRYPTO trades always. EQUITY and FUTURES use pandas-market-calendars
 (defaults `XNYS` and `CME_Equity`; CME sessions run 17:00 Chicago on the prior
 day to 16:00, so the daily 16:00-17:00 halt and the Sunday 17:00 open are the
-gaps between sessions). FOREX uses the rule in `daemon.calendars.forex`. An
-`Overrides` file (format in `daemon.calendars.overrides`) corrects either.
+gaps between sessions). FOREX uses the rule in `candled.calendars.forex`. An
+`Overrides` file (format in `candled.calendars.overrides`) corrects either.
 
 Schedules are fetched a decade at a time and cached per calendar, decade,
 override and holiday set; a query is then a bisection. Pure apart from
@@ -26,13 +26,13 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
-from daemon.calendars import forex, library
-from daemon.calendars.days import TradingDay
-from daemon.calendars.forex import FOREX_HOLIDAYS
-from daemon.calendars.library import FOREX
-from daemon.calendars.overrides import CalendarOverride, Overrides, load_overrides
-from daemon.domain import DataProfile, Timeframe, require_utc
-from daemon.gaps import Range, count_bars, merge_ranges
+from candled.calendars import forex, library
+from candled.calendars.days import TradingDay
+from candled.calendars.forex import FOREX_HOLIDAYS
+from candled.calendars.library import FOREX
+from candled.calendars.overrides import CalendarOverride, Overrides, load_overrides
+from candled.domain import DataProfile, Timeframe, require_utc
+from candled.domain.ranges import Range, count_bars, merge_ranges
 
 __all__ = [
     "FOREX_HOLIDAYS",

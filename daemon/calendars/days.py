@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from daemon.gaps import Range
+from candled.domain.ranges import Range
 
 
 @dataclass(frozen=True, slots=True)

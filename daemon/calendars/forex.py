@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from daemon.calendars.days import TradingDay
+from candled.calendars.days import TradingDay
 
 NEW_YORK = ZoneInfo("America/New_York")
 ROLL = time(17, 0)

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pandas_market_calendars as mcal
 
-from daemon.calendars.days import TradingDay
+from candled.calendars.days import TradingDay
 
 # Our built-in FOREX rule owns this name; the library's FOREX calendar is wrong for FX.
 FOREX = "FOREX"

@@ -33,8 +33,8 @@ from datetime import date, time
 from pathlib import Path
 from typing import Any
 
-from daemon.calendars.library import FOREX, is_library_calendar
-from daemon.files import read_bounded
+from candled.calendars.library import FOREX, is_library_calendar
+from candled.files import read_bounded
 
 _KEYS = ("closed", "early_closes")
 

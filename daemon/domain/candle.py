@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from daemon.domain.series import SeriesKey
-from daemon.domain.timeframe import require_utc
+from candled.domain.series import SeriesKey
+from candled.domain.timeframe import require_utc
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from daemon.domain.timeframe import Timeframe
+from candled.domain.timeframe import Timeframe
 
 
 class DataProfile(enum.StrEnum):

@@ -9,8 +9,9 @@ from datetime import datetime
 
 import asyncpg
 
-from daemon.domain import Timeframe
-from daemon.gaps import Range, RepairState
+from candled.domain import SeriesKey, Timeframe
+from candled.domain.ranges import Range
+from candled.gaps import RepairState
 
 
 def _bar_index_sql(tf: Timeframe) -> str:
@@ -189,3 +190,17 @@ async def reset_genesis(conn: asyncpg.Connection, series_id: int) -> None:
         await conn.execute(
             "UPDATE series_state SET audited_until = NULL WHERE series_id = $1", series_id
         )
+
+
+async def audited_statuses(conn: asyncpg.Connection) -> dict[SeriesKey, tuple[str, int]]:
+    """Per series, its last audit's status and missing bars (`series_status`)."""
+    rows = await conn.fetch(
+        "SELECT venue, symbol, timeframe, status, missing_bars FROM series_status"
+    )
+    return {
+        SeriesKey(r["venue"], r["symbol"], r["timeframe"]): (
+            r["status"],
+            int(r["missing_bars"] or 0),
+        )
+        for r in rows
+    }

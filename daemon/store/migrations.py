@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import asyncpg
@@ -19,13 +21,13 @@ LOCK_KEY = 0x63616E646C6564  # "candled"
 _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
 
-def default_dir() -> Path:
-    """`migrations/` inside the installed package, else at the repository top."""
-    pkg = Path(__file__).resolve().parents[1]
-    for candidate in (pkg / "migrations", pkg.parent / "migrations"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("no migrations directory found")
+def default_dir() -> Traversable:
+    """The SQL files shipped inside the package (`candled/migrations`, in a
+    checkout a link to the repository's `migrations/`)."""
+    found = resources.files("candled").joinpath("migrations")
+    if not found.is_dir():
+        raise FileNotFoundError(f"no migrations directory in the candled package ({found})")
+    return found
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,11 @@ class MigrationError(RuntimeError):
     pass
 
 
-def discover(directory: Path) -> list[Migration]:
+def discover(directory: Path | Traversable) -> list[Migration]:
+    """The migrations in `directory`, in version order; a misnamed or doubled file is an error."""
     found: dict[int, Migration] = {}
-    for path in sorted(directory.glob("*.sql")):
+    files = (p for p in directory.iterdir() if p.name.endswith(".sql"))
+    for path in sorted(files, key=lambda p: p.name):
         m = _NAME.match(path.name)
         if not m:
             raise MigrationError(f"{path.name}: expected NNN_name.sql")

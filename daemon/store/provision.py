@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 import asyncpg
 
-from daemon import logs
-from daemon.config import Config
-from daemon.store.cluster import PostgresCluster
-from daemon.store.database import Database
-from daemon.store.migrations import migrate
+from candled import logs
+from candled.store.cluster import PostgresCluster
+from candled.store.database import Database
+from candled.store.migrations import migrate
 
 log = logs.get("candled.store")
 EMBEDDED_PORT = 54329  # names the socket file (.s.PGSQL.54329): `psql -p` in README
@@ -34,12 +34,13 @@ class StoppedWaiting(Exception):
 
 
 @asynccontextmanager
-async def embedded_dsn(config: Config) -> AsyncIterator[str]:
-    """Yield the DSN to use, running an embedded cluster when none is configured."""
-    if config.database.dsn:
-        yield config.database.dsn
+async def embedded_dsn(dsn: str, state_dir: Path) -> AsyncIterator[str]:
+    """Yield the DSN to use: `dsn`, or when it is empty an embedded cluster's
+    under `state_dir` (`[database] dsn` and `[daemon] state_dir`)."""
+    if dsn:
+        yield dsn
         return
-    state_dir = config.daemon.state_dir.resolve()
+    state_dir = await asyncio.to_thread(state_dir.resolve)
     cluster = PostgresCluster(
         state_dir / "pgdata", port=EMBEDDED_PORT, socket_dir=state_dir / SOCKET_DIR
     )
@@ -88,15 +89,17 @@ async def _connect(
 
 @asynccontextmanager
 async def open_database(
-    config: Config,
+    dsn: str,
+    state_dir: Path,
     *,
     wait_unless: asyncio.Event | None = None,
     on_wait: Callable[[float], object] | None = None,
 ) -> AsyncIterator[Database]:
-    """Connect, apply pending migrations, and yield the database. With
+    """Connect to `dsn` (empty: the embedded database under `state_dir`),
+    apply pending migrations, and yield the database. With
     `wait_unless`, wait for an unreachable database until that event is set."""
-    async with embedded_dsn(config) as dsn:
-        db = await _connect(dsn, wait_unless, on_wait)
+    async with embedded_dsn(dsn, state_dir) as reachable:
+        db = await _connect(reachable, wait_unless, on_wait)
         try:
             async with db.pool.acquire() as conn:
                 applied = await migrate(conn)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from daemon.domain import Candle
+from candled.domain import Candle
 
 
 async def quarantine(

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-from daemon.domain import DataProfile, SeriesKey
+from candled.domain import DataProfile, SeriesKey
 
 
 async def ensure_series(

@@ -65,8 +65,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, Self
 
-from daemon import logs
-from daemon.domain import Candle, SeriesKey
+from candled import logs
+from candled.domain import Candle, SeriesKey
 
 log = logs.get("candled.spool")
 

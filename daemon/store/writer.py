@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from daemon import clock, logs, metrics
-from daemon.domain import Candle, SeriesKey
-from daemon.store.database import UNAVAILABLE
-from daemon.store.quarantine import quarantine
-from daemon.store.series import ensure_series
-from daemon.store.spool import Spool, SpoolFull, SpoolPosition
-from daemon.validate import problem
+from candled import clock, logs, metrics
+from candled.domain import Candle, SeriesKey
+from candled.store.database import UNAVAILABLE
+from candled.store.quarantine import quarantine
+from candled.store.series import ensure_series
+from candled.store.spool import Spool, SpoolFull, SpoolPosition
+from candled.validate import problem
 
 log = logs.get("candled.writer")
 _STAGE_DDL = """CREATE TEMP TABLE IF NOT EXISTS candle_stage (

@@ -2,8 +2,8 @@
 
 from collections.abc import Callable, Mapping
 
-from daemon.venues.alpaca import AlpacaCodec
-from daemon.venues.base import (
+from candled.venues.alpaca import AlpacaCodec
+from candled.venues.base import (
     CodecError,
     Credentials,
     FrameResult,
@@ -14,10 +14,10 @@ from daemon.venues.base import (
     VenueError,
     VenueLimits,
 )
-from daemon.venues.binance import BinanceCodec
-from daemon.venues.coinbase import CoinbaseCodec
-from daemon.venues.kraken import KrakenCodec
-from daemon.venues.oanda import OandaCodec
+from candled.venues.binance import BinanceCodec
+from candled.venues.coinbase import CoinbaseCodec
+from candled.venues.kraken import KrakenCodec
+from candled.venues.oanda import OandaCodec
 
 # kind -> factory taking the venue name stored with the candles, the venue's
 # credentials (None without) and its `options` table; a bad option is a ValueError.

@@ -51,9 +51,9 @@ from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.domain.timeframe import require_utc
-from daemon.venues.base import (
+from candled.domain import Candle, SeriesKey, Timeframe
+from candled.domain.timeframe import require_utc
+from candled.venues.base import (
     CodecBase,
     CodecError,
     Credentials,

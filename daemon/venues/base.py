@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol
 
-from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.domain.timeframe import EPOCH, require_utc
+from candled.domain import Candle, SeriesKey, Timeframe
+from candled.domain.timeframe import EPOCH, require_utc
 
 
 class CodecError(ValueError):

@@ -27,9 +27,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.domain.timeframe import require_utc
-from daemon.venues.base import (
+from candled.domain import Candle, SeriesKey, Timeframe
+from candled.domain.timeframe import require_utc
+from candled.venues.base import (
     CodecBase,
     CodecError,
     Credentials,

@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.domain.timeframe import EPOCH, require_utc
-from daemon.venues.base import (
+from candled.domain import Candle, SeriesKey, Timeframe
+from candled.domain.timeframe import EPOCH, require_utc
+from candled.venues.base import (
     CodecBase,
     CodecError,
     Credentials,

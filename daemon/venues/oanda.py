@@ -35,9 +35,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.domain.timeframe import require_utc
-from daemon.venues.base import (
+from candled.domain import Candle, SeriesKey, Timeframe
+from candled.domain.timeframe import require_utc
+from candled.venues.base import (
     CodecBase,
     CodecError,
     Credentials,

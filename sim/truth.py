@@ -18,9 +18,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from daemon.domain import Candle, DataProfile, SeriesKey, Timeframe
-from daemon.domain.timeframe import EPOCH, require_utc
-from daemon.sim import sessions
+from candled.domain import Candle, DataProfile, SeriesKey, Timeframe
+from candled.domain.timeframe import EPOCH, require_utc
+from candled_sim import sessions
 
 _MASK = (1 << 64) - 1
 _SIGMA = 1e-4  # relative volatility per sqrt(second)

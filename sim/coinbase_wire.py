@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from daemon.domain import Candle
-from daemon.domain.timeframe import EPOCH
+from candled.domain import Candle
+from candled.domain.timeframe import EPOCH
 
 # The only bucket sizes (seconds) Coinbase accepts, and the timeframe each is.
 GRANULARITIES = {60: "1m", 300: "5m", 900: "15m", 3600: "1h", 21600: "6h", 86400: "1d"}

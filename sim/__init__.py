@@ -1,9 +1,9 @@
 """A simulated Binance-like exchange, deterministic from a seed, with injectable faults."""
 
-from daemon.sim.counters import SimCounters
-from daemon.sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
-from daemon.sim.server import SimExchange, run_sim
-from daemon.sim.truth import Maintenance, Truth
+from candled_sim.counters import SimCounters
+from candled_sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from candled_sim.server import SimExchange, run_sim
+from candled_sim.truth import Maintenance, Truth
 
 __all__ = [
     "Maintenance",

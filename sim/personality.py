@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from daemon.sim.counters import SimCounters
-from daemon.sim.scenario import Scenario
-from daemon.sim.truth import Truth
+from candled_sim.counters import SimCounters
+from candled_sim.scenario import Scenario
+from candled_sim.truth import Truth
 
 Clock = Callable[[], datetime]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -33,8 +33,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from daemon.domain import Candle, SeriesKey
-from daemon.sim.kraken_wire import (
+from candled.domain import Candle, SeriesKey
+from candled_sim.kraken_wire import (
     HEARTBEAT,
     TIMEFRAMES,
     error_answer,
@@ -46,10 +46,10 @@ from daemon.sim.kraken_wire import (
     seconds,
     status_frame,
 )
-from daemon.sim.limiter import WeightLimiter
-from daemon.sim.personality import SimContext, send_json, websocket
-from daemon.sim.truth import Truth
-from daemon.sim.wire import SIM_VENUE
+from candled_sim.limiter import WeightLimiter
+from candled_sim.personality import SimContext, send_json, websocket
+from candled_sim.truth import Truth
+from candled_sim.wire import SIM_VENUE
 
 HORIZON_ROWS = 720  # entries an OHLC answer holds at most, the forming bar included
 # About one public request a second (support.kraken.com article 206548367);

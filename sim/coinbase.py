@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.sim.coinbase_wire import (
+from candled.domain import Candle, SeriesKey, Timeframe
+from candled_sim.coinbase_wire import (
     GRANULARITIES,
     MAX_CANDLES,
     NOT_FOUND,
@@ -40,9 +40,9 @@ from daemon.sim.coinbase_wire import (
     candle_row,
     error_body,
 )
-from daemon.sim.personality import SimContext
-from daemon.sim.truth import Truth
-from daemon.sim.wire import SIM_VENUE
+from candled_sim.personality import SimContext
+from candled_sim.truth import Truth
+from candled_sim.wire import SIM_VENUE
 
 RATE_PER_S = 10.0  # public endpoints: requests per second per IP ...
 BURST = 15  # ... and in bursts

@@ -10,8 +10,8 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon.domain import Candle, SeriesKey
-from daemon.domain.timeframe import EPOCH, SUPPORTED
+from candled.domain import Candle, SeriesKey
+from candled.domain.timeframe import EPOCH, SUPPORTED
 
 _STREAM = re.compile(r"^([a-z0-9]+)@kline_([0-9]+[smhdwM])$")
 SIM_VENUE = "sim"  # venue name of series inside the sim; only symbol and timeframe matter

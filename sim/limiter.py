@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from daemon.domain import Timeframe
+from candled.domain import Timeframe
 
 _MINUTE = Timeframe.parse("1m")
 IN_FLIGHT_GRACE_S = 1.0

@@ -35,11 +35,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from daemon.domain import Candle, SeriesKey
-from daemon.sim import oanda_wire as wire
-from daemon.sim.personality import SimContext, settled
-from daemon.sim.truth import Truth
-from daemon.sim.wire import SIM_VENUE
+from candled.domain import Candle, SeriesKey
+from candled_sim import oanda_wire as wire
+from candled_sim.personality import SimContext, settled
+from candled_sim.truth import Truth
+from candled_sim.wire import SIM_VENUE
 
 SIM_TOKEN = "candled-sim-oanda-token"
 CANDLES_PATH = "/v3/instruments/{instrument}/candles"

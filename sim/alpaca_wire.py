@@ -18,7 +18,7 @@ from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from daemon.domain import Candle, Timeframe
+from candled.domain import Candle, Timeframe
 
 NEW_YORK = ZoneInfo("America/New_York")
 # `timeframe`: "flexible for Min, Hour, Day, Week and Month time window sizes with

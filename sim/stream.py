@@ -13,13 +13,13 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from daemon.domain import Candle, SeriesKey
-from daemon.domain.timeframe import SUPPORTED
-from daemon.sim.counters import SimCounters
-from daemon.sim.faults import Dice, Turns, client_gone, fires
-from daemon.sim.scenario import Scenario
-from daemon.sim.truth import Truth
-from daemon.sim.wire import SIM_VENUE, kline_event, stream_series
+from candled.domain import Candle, SeriesKey
+from candled.domain.timeframe import SUPPORTED
+from candled_sim.counters import SimCounters
+from candled_sim.faults import Dice, Turns, client_gone, fires
+from candled_sim.scenario import Scenario
+from candled_sim.truth import Truth
+from candled_sim.wire import SIM_VENUE, kline_event, stream_series
 
 Clock = Callable[[], datetime]
 _TICK_LAG_S = 0.02  # push just after a second boundary, when the bar has closed

@@ -14,14 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.domain import Candle, SeriesKey
-from daemon.domain.timeframe import EPOCH, SUPPORTED
-from daemon.sim.counters import SimCounters
-from daemon.sim.faults import Burst, Dice, Turns, client_gone
-from daemon.sim.limiter import Decision, WeightLimiter
-from daemon.sim.scenario import Scenario
-from daemon.sim.truth import Truth
-from daemon.sim.wire import SIM_VENUE, error_body, kline_row, ms
+from candled.domain import Candle, SeriesKey
+from candled.domain.timeframe import EPOCH, SUPPORTED
+from candled_sim.counters import SimCounters
+from candled_sim.faults import Burst, Dice, Turns, client_gone
+from candled_sim.limiter import Decision, WeightLimiter
+from candled_sim.scenario import Scenario
+from candled_sim.truth import Truth
+from candled_sim.wire import SIM_VENUE, error_body, kline_row, ms
 
 Clock = Callable[[], datetime]
 KLINES_WEIGHT = 2

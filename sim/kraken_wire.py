@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon.domain import Candle
-from daemon.domain.timeframe import EPOCH
+from candled.domain import Candle
+from candled.domain.timeframe import EPOCH
 
 # Kraken interval (minutes) -> the truth's timeframe. Kraken's 21600 (15 days)
 # has no timeframe in the domain, so the sim cannot serve it.

@@ -18,7 +18,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from daemon.domain import Candle
+from candled.domain import Candle
 
 # Every documented granularity; the sim serves those with a domain timeframe.
 GRANULARITIES = (

@@ -61,11 +61,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from daemon.domain import Candle, SeriesKey, Timeframe
-from daemon.sim import alpaca_wire as wire
-from daemon.sim.personality import SimContext, send_json, websocket
-from daemon.sim.truth import Truth
-from daemon.sim.wire import SIM_VENUE
+from candled.domain import Candle, SeriesKey, Timeframe
+from candled_sim import alpaca_wire as wire
+from candled_sim.personality import SimContext, send_json, websocket
+from candled_sim.truth import Truth
+from candled_sim.wire import SIM_VENUE
 
 SIM_KEY, SIM_SECRET = "candled-sim-alpaca-key", "candled-sim-alpaca-secret"
 REQUESTS_PER_MINUTE = 200  # Basic plan (alpaca.markets/support/usage-limit-api-calls)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.sim.personality import SimContext, websocket
-from daemon.sim.rest import RestApi
-from daemon.sim.stream import StreamSession
-from daemon.sim.wire import error_body, stream_series
+from candled_sim.personality import SimContext, websocket
+from candled_sim.rest import RestApi
+from candled_sim.stream import StreamSession
+from candled_sim.wire import error_body, stream_series
 
 MAX_STREAMS = 1024  # per connection, as on Binance
 

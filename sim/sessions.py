@@ -1,6 +1,6 @@
 """Hand-checked market sessions: the simulator's calendar, independent of the daemon's.
 
-The daemon audits with `daemon.calendars` (pandas-market-calendars). If the
+The daemon audits with `candled.calendars` (pandas-market-calendars). If the
 simulator decided which bars exist with that same code, a calendar bug would be
 invisible end to end; so the simulator's sessions come from the literal table
 below, and `tests/test_calendar_oracle.py` checks the daemon against it.
@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from daemon.domain import DataProfile, Timeframe, require_utc
+from candled.domain import DataProfile, Timeframe, require_utc
 
 Interval = tuple[datetime, datetime]
 
@@ -381,7 +381,7 @@ def _require_covered(name: str, start: datetime, end: datetime) -> None:
         raise OutsideSessionTable(
             f"{name} sessions for {start.isoformat()}..{end.isoformat()}: the simulator's"
             f" hand-checked table covers {first.isoformat()}..{last.isoformat()} (sessions"
-            f" dated {FIRST_YEAR}-{LAST_YEAR}); add the year's dates to daemon/sim/sessions.py"
+            f" dated {FIRST_YEAR}-{LAST_YEAR}); add the year's dates to sim/sessions.py"
         )
 
 

@@ -7,7 +7,7 @@ import random
 
 from aiohttp import web
 
-from daemon.sim.scenario import Trigger
+from candled_sim.scenario import Trigger
 
 
 def fires(trigger: Trigger, event: int, rng: random.Random) -> bool:

@@ -10,18 +10,18 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from daemon import clock
-from daemon.domain import DataProfile
-from daemon.sim.alpaca import AlpacaPersonality
-from daemon.sim.binance import BinancePersonality
-from daemon.sim.coinbase import CoinbasePersonality
-from daemon.sim.counters import SimCounters
-from daemon.sim.kraken import KrakenPersonality
-from daemon.sim.oanda import OandaPersonality
-from daemon.sim.personality import Handler, Personality, SimContext
-from daemon.sim.rest import Clock
-from daemon.sim.scenario import Scenario, load_scenario
-from daemon.sim.truth import Market, Truth
+from candled import clock
+from candled.domain import DataProfile
+from candled_sim.alpaca import AlpacaPersonality
+from candled_sim.binance import BinancePersonality
+from candled_sim.coinbase import CoinbasePersonality
+from candled_sim.counters import SimCounters
+from candled_sim.kraken import KrakenPersonality
+from candled_sim.oanda import OandaPersonality
+from candled_sim.personality import Handler, Personality, SimContext
+from candled_sim.rest import Clock
+from candled_sim.scenario import Scenario, load_scenario
+from candled_sim.truth import Market, Truth
 
 # --protocol name -> the personality serving it.
 PROTOCOLS: dict[str, type[Personality]] = {
