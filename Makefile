@@ -8,7 +8,7 @@ CONFIG ?= config.toml
 SIM_LISTEN ?= 127.0.0.1:9100
 SIM_PROTOCOL ?= binance
 
-.PHONY: run test fuzz bench lint fmt sim timescaledb clean chaos
+.PHONY: run test fuzz bench lint fmt sim timescaledb clean chaos dist
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -17,6 +17,10 @@ SIM_PROTOCOL ?= binance
 .venv/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --all-extras
 	touch $@
+
+# The wheel README's service section installs into /opt/candled.
+dist: .venv/.synced
+	$(UV) build --wheel --out-dir dist
 
 timescaledb:
 	bash scripts/install-timescaledb.sh
@@ -65,4 +69,4 @@ fmt: .venv/.synced
 	.venv/bin/ruff format daemon sim tests bench scripts
 
 clean:
-	rm -rf .venv .tools var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .tools var dist .pytest_cache .mypy_cache .ruff_cache

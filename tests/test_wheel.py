@@ -58,6 +58,24 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield venv
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_installed_unit_verifies_at_its_install_prefix(installed: Path) -> None:
+    # README installs the wheel into /opt/candled; here the prefix is the
+    # test's environment, so ExecStart must name the console script it holds.
+    shipped = installed / "share" / "candled" / "candled.service"
+    assert shipped.read_text() == (REPO / "systemd" / "candled.service").read_text()
+    assert (installed / "share" / "doc" / "candled" / "README.md").is_file()
+    assert (installed / "share" / "candled" / "config.toml").is_file()
+    text = shipped.read_text()
+    assert "ExecStart=/opt/candled/bin/candled run " in text
+    unit = installed / "candled.service"
+    unit.write_text(text.replace("/opt/candled", str(installed)))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
 def test_the_wheel_carries_the_package_the_simulator_and_the_migrations(
     installed: Path,
 ) -> None:
