@@ -18,9 +18,11 @@ from datetime import UTC, datetime
 
 from candled import clock, logs, metrics
 from candled.config import Config, ConfigError, SeriesSpec, load_config
+from candled.coverage import render_html
 from candled.healer import Healer, Repairer
 from candled.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth, lag_seconds
 from candled.sdnotify import Notifier
+from candled.store import coverage as store_coverage
 from candled.store.database import UNAVAILABLE, Database
 from candled.store.healing import audited_statuses
 from candled.store.provision import StoppedWaiting, open_database
@@ -59,7 +61,7 @@ class Daemon:
         self._supervisor: Supervisor | None = None
         self._healer_obj: Healer | None = None
         self._spool: Spool | None = None
-        self.health = HealthServer(self._health_facts)
+        self.health = HealthServer(self._health_facts, self._coverage_page)
 
     # --- signals ---------------------------------------------------------------
 
@@ -447,6 +449,16 @@ class Daemon:
             writer_failing=None if writer is None else writer.failing,
             spooled_candles=self._spool.pending_candles if self._spool else 0,
         )  # fmt: skip
+
+    async def _coverage_page(self) -> str:
+        """`/coverage`: the store's picture of every series, judged as the healer does."""
+        assert self._db is not None
+        healer = self._healer()
+        specs = list(self.config.series_specs().values())
+        cov = await store_coverage.gather(
+            self._db.pool, specs, clock.now(), settling=healer.settling, overrides=healer.overrides
+        )
+        return render_html(cov)
 
     def _lag_s(self, spec: SeriesSpec, last: datetime, now: datetime) -> float:
         overrides = self._healer_obj.overrides if self._healer_obj else None

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from candled import __version__, calendars, metrics
 from candled.config import SeriesSpec
+from candled.store.database import UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -130,14 +131,21 @@ def assess(f: HealthFacts) -> dict[str, Any]:
 
 
 class HealthServer:
-    def __init__(self, gather: Callable[[], Awaitable[HealthFacts]]) -> None:
+    def __init__(
+        self,
+        gather: Callable[[], Awaitable[HealthFacts]],
+        coverage: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
         self._gather = gather
+        self._coverage = coverage  # renders the /coverage page
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         app = web.Application()
         app.add_routes([web.get("/health", self._health), web.get("/metrics", self._metrics)])
+        if self._coverage is not None:
+            app.add_routes([web.get("/coverage", self._coverage_page)])
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
@@ -153,6 +161,14 @@ class HealthServer:
     async def _health(self, request: web.Request) -> web.Response:
         doc = assess(await self._gather())
         return web.json_response(doc, status=503 if doc["status"] == "failing" else 200)
+
+    async def _coverage_page(self, request: web.Request) -> web.Response:
+        assert self._coverage is not None
+        try:
+            page = await self._coverage()
+        except UNAVAILABLE as e:
+            return web.Response(status=503, text=f"database unreachable: {e!r}\n")
+        return web.Response(text=page, content_type="text/html", charset="utf-8")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(metrics.REGISTRY)
