@@ -8,7 +8,7 @@ CONFIG ?= config.toml
 SIM_LISTEN ?= 127.0.0.1:9100
 SIM_PROTOCOL ?= binance
 
-.PHONY: run test fuzz bench lint fmt sim timescaledb clean chaos dist
+.PHONY: run test fuzz bench lint fmt sim timescaledb chromium clean chaos dist
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -25,6 +25,10 @@ dist: .venv/.synced
 timescaledb:
 	bash scripts/install-timescaledb.sh
 
+# Headless Chromium for the coverage page's browser test.
+chromium:
+	bash scripts/install-chromium.sh
+
 # The simulated exchange and the daemon (with its embedded database) together;
 # Ctrl-C stops all of them.
 run: .venv/.synced timescaledb
@@ -36,7 +40,7 @@ sim: .venv/.synced
 	$(PY) -m candled sim --listen $(SIM_LISTEN) --protocol $(SIM_PROTOCOL)
 
 # Two workers, a test file each: the end-to-end tests mostly wait on the clock.
-test: .venv/.synced timescaledb
+test: .venv/.synced timescaledb chromium
 	.venv/bin/pytest -q -n 2 --dist loadfile
 
 # The fuzz tests (codecs, validator, scenario loader, spool reader, config loader) with FUZZ_EXAMPLES examples
