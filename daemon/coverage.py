@@ -231,6 +231,7 @@ _CSS = (
     "body{font:13px system-ui,sans-serif;margin:16px;color:#212121}"
     "table{border-collapse:collapse}td,th{padding:0}"
     "th.series{text-align:left;padding-right:8px;white-space:nowrap;font-weight:normal}"
+    "thead th:not(.time){padding:0 6px;vertical-align:bottom}"
     "td.cell{width:10px;height:16px;border:1px solid #fff}"
     "td.num{text-align:right;padding:0 6px;white-space:nowrap}"
     "th.time{font-weight:normal;font-size:10px;writing-mode:vertical-rl;height:80px}"
