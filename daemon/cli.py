@@ -62,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--since", type=_duration, required=True, metavar="DURATION")
     export.add_argument("--out", type=Path, required=True, metavar="FILE")
+    coverage = sub.add_parser(
+        "coverage", parents=[common, series],
+        help="draw the store's coverage (/coverage's picture) to an .html or .svg file; "
+        "exit 1 if bars are missing",
+    )  # fmt: skip
+    coverage.add_argument("--out", type=Path, required=True, metavar="FILE.html|FILE.svg")
+    coverage.add_argument(
+        "--since", type=_duration, metavar="DURATION", help="default: the longest lookback"
+    )
     sim = sub.add_parser("sim", parents=[common], help="run the built-in simulated exchange")
     sim.add_argument("--listen", default="127.0.0.1:9100", metavar="HOST:PORT")
     sim.add_argument("--scenario", type=Path, metavar="FILE", help="TOML scenario with faults")
@@ -144,6 +153,10 @@ async def _export(args: argparse.Namespace) -> int:
     return await oneshot.export_returns(_load(args), args.series, args.since, args.out)
 
 
+async def _coverage(args: argparse.Namespace) -> int:
+    return await oneshot.coverage(_load(args), args.series, args.since, args.out)
+
+
 _ASYNC: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "run": _run,
     "migrate": _migrate,
@@ -151,6 +164,7 @@ _ASYNC: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "repair": _repair,
     "backfill": _backfill,
     "export-returns": _export,
+    "coverage": _coverage,
     "sim": _sim,
 }
 

@@ -119,6 +119,11 @@ def classify(
     return SeriesStatus.DEGRADED if gaps else SeriesStatus.OK
 
 
+def venue_settling(config: Config) -> dict[str, timedelta]:
+    """Per venue, how long after a bar's close its answer about the bar is final."""
+    return {v.name: timedelta(seconds=v.codec().limits.settling_s) for v in config.venues}
+
+
 class Healer:
     def __init__(
         self,
@@ -149,9 +154,7 @@ class Healer:
         self.specs, self.interval = config.series_specs(), h.interval
         self.full_audit_interval = h.full_audit_interval
         self.confirm_after, self.overrides = h.confirm_empty_after, h.overrides()
-        self.settling = {
-            v.name: timedelta(seconds=v.codec().limits.settling_s) for v in config.venues
-        }
+        self.settling = venue_settling(config)
 
     @classmethod
     def for_config(cls, pool: asyncpg.Pool, config: Config) -> Healer:

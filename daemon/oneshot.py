@@ -20,9 +20,11 @@ from candled import clock
 from candled.app import series_by_venue
 from candled.backfill import BackfillJob
 from candled.config import Config
+from candled.coverage import render_html, render_svg
 from candled.domain import SeriesKey
-from candled.healer import AuditResult, Healer, Repairer
+from candled.healer import AuditResult, Healer, Repairer, venue_settling
 from candled.returns import load_returns, write_frame
+from candled.store import coverage as store_coverage
 from candled.store.database import Database
 from candled.store.healing import reset_genesis, series_row
 from candled.store.provision import open_database
@@ -182,3 +184,24 @@ async def export_returns(
     write_frame(frame, out)
     print(f"{out}: {len(frame)} bars x {len(frame.columns)} series")
     return 0
+
+
+async def coverage(
+    config: Config, series: Sequence[SeriesKey] | None, since: timedelta | None, out: Path
+) -> int:
+    """Write the coverage picture (`/coverage`'s) to `out`: HTML, or SVG for a `.svg` name."""
+    if out.suffix.lower() not in (".html", ".htm", ".svg"):
+        raise SystemExit(f"candled: {out}: the picture is written as .html or .svg")
+    specs = config.series_specs()
+    chosen = [specs[k] for k in _selected(config, series)]
+    now = clock.now()
+    async with _database(config) as db:
+        cov = await store_coverage.gather(
+            db.pool, chosen, now, since=now - since if since else None,
+            settling=venue_settling(config), overrides=config.healing.overrides(),
+        )  # fmt: skip
+    picture = render_svg(cov) if out.suffix.lower() == ".svg" else render_html(cov)
+    await asyncio.to_thread(out.write_text, picture)
+    t = cov.totals
+    print(f"{out}: {len(cov.rows)} series; {t.missing} of {t.expected} expected bars missing")
+    return 1 if t.missing else 0

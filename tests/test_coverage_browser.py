@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
+import xml.etree.ElementTree as ET
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -94,6 +96,16 @@ async def test_chromium_renders_the_holes_the_store_has(migrated: str, tmp_path:
             shot = tmp_path / "coverage.png"
             await browse(url, shot, f"--screenshot={shot}", "--window-size=1280,420",
                          "--hide-scrollbars")  # fmt: skip
+            # The same picture from the command line, while the hole is there.
+            svg = tmp_path / "coverage.svg"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "candled", "coverage", "--config", str(config),
+                "--out", str(svg), env={**os.environ, "CANDLED_DATABASE_URL": tsdb_dsn},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            async with asyncio.timeout(120):
+                said, _ = await proc.communicate()
+            code = proc.returncode
     finally:
         await conn.close()
         await sim.stop()
@@ -109,6 +121,11 @@ async def test_chromium_renders_the_holes_the_store_has(migrated: str, tmp_path:
     assert states[0] == "before-genesis" and "complete" in states, states
     assert "missing" not in states
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:4] == b"\x89PNG"
+    assert code == 1, said.decode()  # bars are missing
+    assert "20 of" in said.decode(), said.decode()
+    rects = ET.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}rect")
+    drawn = [r.get("class") for r in rects if r.get("class")]
+    assert drawn.count("s-missing") == 1 and "s-before-genesis" in drawn
     keep = os.environ.get("CANDLED_COVERAGE_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)
