@@ -170,6 +170,7 @@ _ASYNC: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `candled` command: run one subcommand and return its exit status."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":

@@ -84,6 +84,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(td: timedelta) -> str:
+    """A duration as the config writes it (`"15m"`, `"2w"`), in the largest exact unit."""
     secs = int(td.total_seconds())
     for unit in ("w", "d", "h", "m"):
         if secs % _DURATION_UNITS[unit] == 0:
@@ -133,6 +134,8 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class DaemonConfig:
+    """`[daemon]`: the health listener, logging, local state and shutdown bound."""
+
     health_listen: str = "127.0.0.1:8321"
     # /health and /metrics show every series, venue and error: serving them
     # beyond loopback (0.0.0.0, a LAN address) has to be asked for.
@@ -145,20 +148,26 @@ class DaemonConfig:
 
     @property
     def health_addr(self) -> tuple[str, int]:
+        """Where the health server binds, from `health_listen`."""
         return parse_hostport(self.health_listen)
 
     @property
     def health_is_public(self) -> bool:
+        """Whether the health server would be reachable beyond this machine."""
         return not is_loopback(self.health_addr[0])
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
+    """`[database]`: the PostgreSQL to use, or the embedded one."""
+
     dsn: str = ""  # empty: embedded PostgreSQL under state_dir
 
 
 @dataclass(frozen=True)
 class HealingConfig:
+    """`[healing]`: how often and how far back the healer audits and repairs."""
+
     interval: timedelta = timedelta(minutes=15)
     # Every so often an audit scans each series' whole history, whatever the
     # incremental audits saw: a hole can arise anywhere (a dropped chunk, a
@@ -181,6 +190,8 @@ class HealingConfig:
 
 @dataclass(frozen=True)
 class VenueConfig:
+    """One `[[venues]]` entry: where a venue is, how hard to ask it, and its keys."""
+
     name: str
     kind: str
     rest_url: str
@@ -204,11 +215,14 @@ class VenueConfig:
     credentials: Credentials | None = field(default=None, repr=False)
 
     def codec(self) -> VenueCodec:
+        """A fresh codec for this venue, with its credentials and options."""
         return get_codec(self.kind, self.name, self.credentials, dict(self.options))
 
 
 @dataclass(frozen=True)
 class SeriesConfig:
+    """One `[[series]]` entry: symbols times timeframes on one venue."""
+
     venue: str
     symbols: tuple[str, ...]
     timeframes: tuple[str, ...]
@@ -218,6 +232,7 @@ class SeriesConfig:
     lookback: timedelta | None = None  # None: [healing].lookback
 
     def series_keys(self) -> list[SeriesKey]:
+        """Every series the entry names."""
         return [SeriesKey(self.venue, s, tf) for s in self.symbols for tf in self.timeframes]
 
 
@@ -234,6 +249,8 @@ class SeriesSpec:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole validated config file; equal configs mean the same thing."""
+
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     healing: HealingConfig = field(default_factory=HealingConfig)
@@ -242,12 +259,14 @@ class Config:
     source: Path | None = field(default=None, compare=False)
 
     def venue(self, name: str) -> VenueConfig:
+        """The venue called `name` (KeyError when none is)."""
         for v in self.venues:
             if v.name == name:
                 return v
         raise KeyError(name)
 
     def series_specs(self) -> dict[SeriesKey, SeriesSpec]:
+        """Every configured series with the lookback it inherits, by key."""
         return {
             key: SeriesSpec(key, s.profile, s.calendar, s.live, s.lookback or self.healing.lookback)
             for s in self.series
@@ -278,6 +297,8 @@ class Config:
 
 @dataclass(frozen=True)
 class ConfigDiff:
+    """What changed between two configs: the work a SIGHUP reload has to do."""
+
     venues_added: tuple[str, ...] = ()
     venues_removed: tuple[str, ...] = ()
     venues_changed: tuple[str, ...] = ()
@@ -290,6 +311,7 @@ class ConfigDiff:
 
     @property
     def empty(self) -> bool:
+        """Whether the reload has nothing to do."""
         return self == ConfigDiff()
 
 

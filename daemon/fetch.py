@@ -49,12 +49,16 @@ AUTH_RETRY_S = 300.0
 
 @dataclass(frozen=True)
 class Response:
+    """A venue's final answer to one request, for the codec to parse."""
+
     status: int
     body: bytes
     request: HttpRequest
 
 
 class RetryableStatus(Exception):
+    """An HTTP status worth asking again for (429, 418, 403, 5xx); backoff retries it."""
+
     def __init__(self, status: int, url: str = "") -> None:
         super().__init__(f"HTTP {status} from {url}" if url else f"HTTP {status}")
         self.status = status
@@ -102,6 +106,8 @@ def describe(error: BaseException) -> str:
 
 
 class Fetcher:
+    """Sends one venue's REST requests: throttled, retried with backoff, credentials kept safe."""
+
     def __init__(
         self,
         rest_url: str,

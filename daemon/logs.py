@@ -9,6 +9,7 @@ import structlog
 
 
 def configure(level: str = "info", fmt: str = "json") -> None:
+    """Route our logs and the libraries' through one renderer at `level` (again on reload)."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -44,5 +45,6 @@ def configure(level: str = "info", fmt: str = "json") -> None:
 
 
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A module's logger, typed for mypy."""
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger

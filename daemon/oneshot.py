@@ -77,6 +77,7 @@ def _fmt(ts: datetime | None) -> str:
 
 
 def print_audit(results: Sequence[AuditResult], as_json: bool) -> None:
+    """Print audit results as a table for people, or as JSON for scripts."""
     if as_json:
         print(json.dumps([
             {"series": str(a.key), "status": a.status, "missing_bars": a.missing_bars,
@@ -99,6 +100,7 @@ def print_audit(results: Sequence[AuditResult], as_json: bool) -> None:
 async def audit(
     config: Config, series: Sequence[SeriesKey] | None, *, as_json: bool, full: bool
 ) -> int:
+    """`candled audit`: print each series' status; exit 1 unless every one is OK."""
     async with _database(config) as db:
         results = await Healer.for_config(db.pool, config).audit(
             _selected(config, series), full=full
@@ -111,6 +113,7 @@ async def repair(
     config: Config, series: Sequence[SeriesKey] | None, *, max_fills: int | None,
     reset: bool, full: bool = True,
 ) -> int:  # fmt: skip
+    """`candled repair`: audit, fill the holes newest first, audit again at the same instant."""
     keys = _selected(config, series)
     async with _database(config) as db:
         if reset:
@@ -144,6 +147,7 @@ async def repair(
 
 
 async def backfill(config: Config, series: Sequence[SeriesKey], since: timedelta | None) -> int:
+    """`candled backfill`: fetch the series' history now; exit 1 if any job failed."""
     keys = _selected(config, series)
     specs = config.series_specs()
     now = clock.now()
@@ -177,6 +181,7 @@ async def backfill(config: Config, series: Sequence[SeriesKey], since: timedelta
 async def export_returns(
     config: Config, series: Sequence[SeriesKey], since: timedelta, out: Path
 ) -> int:
+    """`candled export-returns`: write the series' aligned returns matrix to `out`."""
     overrides = config.healing.overrides()
     now = clock.now()
     async with _database(config) as db:

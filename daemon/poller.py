@@ -40,6 +40,8 @@ class _Track:
 
 
 class Poller:
+    """Fetches a polled venue's live bars over REST shortly after each one closes."""
+
     def __init__(
         self,
         run_job: Callable[[BackfillJob], Awaitable[JobResult]],

@@ -1,9 +1,9 @@
 """Neutral alignment: simple returns of several series on one bar grid.
 
-An explicit, opt-in export (DESIGN.md section 2): nothing here writes to the
-store. The grid is the union of the series' expected bar open times, so a
-crypto series and an equity series share one index and the equity column reads
-0.0 over the weekend. Per series and grid bar `t`:
+An explicit, opt-in export (README, "Neutral-aligned returns"): nothing here
+writes to the store. The grid is the union of the series' expected bar open
+times, so a crypto series and an equity series share one index and the equity
+column reads 0.0 over the weekend. Per series and grid bar `t`:
 
 - bar present: `close_t / close_prev - 1`, where `close_prev` is the series'
   latest present close at an earlier grid bar. Across a hole the return spans

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 
 class Notifier:
+    """Tells systemd the daemon's state (ready, reloading, stopping, alive) and a status line."""
+
     def __init__(self, env: Mapping[str, str] = os.environ) -> None:
         addr = env.get("NOTIFY_SOCKET", "")
         # A leading "@" names a socket in the abstract namespace.
@@ -23,6 +25,7 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
+        """Whether systemd is listening (NOTIFY_SOCKET set)."""
         return bool(self._addr)
 
     @property
@@ -31,6 +34,7 @@ class Notifier:
         return self._watchdog_s
 
     def send(self, *fields: str) -> bool:
+        """Send one notification; False when there is no systemd to hear it."""
         if not self._addr:
             return False
         message = "\n".join(fields)
@@ -44,17 +48,21 @@ class Notifier:
         return True
 
     def ready(self, status: str) -> bool:
+        """Startup or a reload is done: systemd may consider the service up."""
         return self.send("READY=1", f"STATUS={status}")
 
     def reloading(self) -> bool:
+        """A SIGHUP reload has begun; `ready` ends it."""
         # systemd >= 253 wants the monotonic time with RELOADING=1 (Type=notify-reload).
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self) -> bool:
+        """Shutdown has begun, so systemd expects the exit."""
         return self.send("STOPPING=1")
 
     def status(self, text: str) -> bool:
+        """Update the one-line status `systemctl status` shows."""
         return self.send(f"STATUS={text}")
 
     async def watchdog(self) -> None:

@@ -32,6 +32,8 @@ _TOKEN_EPS = 1e-6
 
 
 class VenueThrottle:
+    """Decides when each request to one venue may go, so its rate limits are never tripped."""
+
     def __init__(
         self,
         capacity: int,
@@ -76,11 +78,13 @@ class VenueThrottle:
 
     @property
     def tokens(self) -> float:
+        """Weight the bucket could spend now (shown in `/health`)."""
         self._refill()
         return self._tokens
 
     @property
     def banned(self) -> bool:
+        """Whether a 418 ban is still running: nothing may be sent."""
         return self._clock() < self.banned_until
 
     @property
@@ -192,6 +196,7 @@ class VenueThrottle:
 
     @property
     def in_batch(self) -> int:
+        """Backfill requests under way now, at most BATCH."""
         return self._in_batch
 
 

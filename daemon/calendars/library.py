@@ -27,6 +27,7 @@ def _calendar(name: str) -> Any:
 
 
 def is_library_calendar(name: str) -> bool:
+    """Whether pandas-market-calendars knows `name`; config and overrides reject the rest."""
     return name in _library_names()
 
 
@@ -36,6 +37,7 @@ def _library_names() -> frozenset[str]:
 
 
 def calendar_tz(name: str) -> tzinfo:
+    """The exchange's own timezone, in which override close times are written."""
     tz: tzinfo = _calendar(name).tz
     return tz
 

@@ -54,6 +54,7 @@ class Overrides:
     calendars: Mapping[str, CalendarOverride] = field(default_factory=dict)
 
     def get(self, calendar: str) -> CalendarOverride | None:
+        """The corrections for `calendar`, or None when the file has none for it."""
         return self.calendars.get(calendar)
 
 

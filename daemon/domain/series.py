@@ -19,6 +19,8 @@ class DataProfile(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True, order=True)
 class SeriesKey:
+    """Which series a candle belongs to: (venue, symbol, timeframe), as stored."""
+
     venue: str
     symbol: str
     timeframe: str
@@ -34,6 +36,7 @@ class SeriesKey:
 
     @property
     def tf(self) -> Timeframe:
+        """The timeframe, parsed, for bar arithmetic."""
         return Timeframe.parse(self.timeframe)
 
     @classmethod

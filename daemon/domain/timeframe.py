@@ -33,11 +33,14 @@ def require_utc(ts: datetime, what: str = "timestamp") -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Timeframe:
+    """A bar length (`1m`, `1w`, `1M`) and the arithmetic of its bar open times."""
+
     count: int
     unit: str  # one of s m h d w M
 
     @classmethod
     def parse(cls, text: str) -> Timeframe:
+        """Read a timeframe as the config writes it; unsupported ones are errors."""
         if text not in SUPPORTED:
             raise ValueError(f"unknown timeframe {text!r}; expected one of {', '.join(SUPPORTED)}")
         m = _PATTERN.match(text)
@@ -49,6 +52,7 @@ class Timeframe:
 
     @property
     def is_monthly(self) -> bool:
+        """Whether bars are calendar months, which have no fixed length."""
         return self.unit == "M"
 
     @property
@@ -86,6 +90,7 @@ class Timeframe:
         return f if f == require_utc(ts) else self.next(f)
 
     def is_aligned(self, ts: datetime) -> bool:
+        """Whether `ts` is a bar open time of this timeframe."""
         return self.floor(ts) == require_utc(ts)
 
     def add(self, ts: datetime, n: int) -> datetime:
