@@ -95,7 +95,7 @@ async def test_database_outage_mid_run_loses_and_duplicates_nothing(
             await asyncio.to_thread(cluster.stop)
             outage_started = asyncio.get_running_loop().time()
             down = await wait_until(lambda: status(503), within=15)
-            # The contract (DESIGN.md section 6): an unreachable store is `failing`.
+            # An unreachable store is `failing`, HTTP 503 (README, "Health and metrics").
             assert down["status"] == "failing" and down["database"]["ok"] is False
             assert any(r.startswith("database unreachable") for r in down["reasons"]), down
             # The process rides the outage out, reporting it all along.

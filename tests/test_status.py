@@ -1,4 +1,4 @@
-"""Series status semantics at the edges (DESIGN §2 "OK means complete").
+"""Series status semantics at the edges: OK means complete (README, "Self-healing", Status).
 
 `classify` is pure and tested on its own; the audit cases then run the real
 healer against a real store at pinned instants (the healer's clock), so each
