@@ -129,6 +129,7 @@ class PostgresCluster:
 
     @property
     def private(self) -> bool:
+        """Whether this is the daemon's embedded store (Unix socket only, peer auth)."""
         return self.private_socket_dir is not None
 
     @property
@@ -154,15 +155,18 @@ class PostgresCluster:
 
     @property
     def port(self) -> int:
+        """The port the server uses: in the TCP address, or the socket file's name."""
         if self._port is None:
             raise ClusterError("the cluster has no port until it is started")
         return self._port
 
     @property
     def log_file(self) -> Path:
+        """The server's log, for telling why it would not start."""
         return self.data_dir / LOG_FILE
 
     def is_running(self) -> bool:
+        """Whether a server runs on this data directory, ours or one left from before."""
         pid = self._postmaster_pid()
         return pid is not None and _pid_alive(pid)
 

@@ -26,13 +26,20 @@ class SeriesSpec(Protocol):
     """What the picture needs of a configured series (`candled.config.SeriesSpec` has it)."""
 
     @property
-    def key(self) -> SeriesKey: ...
+    def key(self) -> SeriesKey:
+        """Which series, and so its timeframe's grid."""
+
     @property
-    def profile(self) -> DataProfile: ...
+    def profile(self) -> DataProfile:
+        """The market profile, which says when bars are expected."""
+
     @property
-    def calendar(self) -> str: ...
+    def calendar(self) -> str:
+        """The exchange calendar for EQUITY and FUTURES ("" for the default)."""
+
     @property
-    def lookback(self) -> timedelta: ...
+    def lookback(self) -> timedelta:
+        """How far back the picture reaches when no start is given."""
 
 
 async def series_facts(

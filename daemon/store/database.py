@@ -15,12 +15,15 @@ CONNECT_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class ServerInfo:
+    """Which PostgreSQL and TimescaleDB the store runs on, for the log and `/health`."""
+
     server_version: str
     timescaledb: str | None  # extension version, None when absent
     license: str | None  # "apache" or "timescale" when the extension is loaded
 
     @property
     def describe(self) -> str:
+        """One line for the log: the server, and whether candles live in a hypertable."""
         if self.timescaledb is None:
             return f"PostgreSQL {self.server_version} without TimescaleDB (plain tables)"
         return (
@@ -29,6 +32,7 @@ class ServerInfo:
 
 
 async def server_info(conn: asyncpg.Connection) -> ServerInfo:
+    """Ask the server which versions it runs and whether TimescaleDB is loaded."""
     row = await conn.fetchrow(
         """SELECT current_setting('server_version') AS server_version,
                   (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb') AS ts,
@@ -47,6 +51,7 @@ class Database:
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> Database:
+        """Open a pool whose every statement is bounded, and learn the server's facts."""
         # Every statement is bounded, so a hung server shows as an error
         # (UNAVAILABLE) instead of a task waiting for ever. Generous: a full
         # audit of a large series is one long query. The writer bounds its own
@@ -70,4 +75,5 @@ class Database:
         return self.info
 
     async def close(self) -> None:
+        """Close every connection of the pool."""
         await self.pool.close()

@@ -27,6 +27,8 @@ def _bar_index_sql(tf: Timeframe) -> str:
 
 @dataclass(frozen=True)
 class Islands:
+    """The stored runs of a series in a range: what the audit subtracts from the expected bars."""
+
     runs: list[tuple[datetime, datetime]]  # (first, last) open times, both inclusive
     rows: int  # bars scanned
 
@@ -51,6 +53,8 @@ async def islands(
 
 @dataclass(frozen=True)
 class SeriesRow:
+    """A series' id, genesis and audit frontier: where the next audit starts."""
+
     id: int
     genesis: datetime | None
     audited_until: datetime | None  # None: the next audit scans everything
@@ -61,6 +65,7 @@ class SeriesRow:
 async def series_row(
     conn: asyncpg.Connection, venue: str, symbol: str, tf: str
 ) -> SeriesRow | None:
+    """The series' row, or None when nothing was ever stored for it."""
     r = await conn.fetchrow(
         """SELECT s.id, s.genesis_ts, s.purged_at, st.audited_until, st.last_full_audit_at
            FROM series s LEFT JOIN series_state st ON st.series_id = s.id
@@ -75,6 +80,7 @@ async def series_row(
 
 
 async def recorded_gaps(conn: asyncpg.Connection, series_id: int) -> list[Range]:
+    """The holes the last audit found, which an incremental audit checks again."""
     rows = await conn.fetch(
         "SELECT start_ts, end_ts FROM series_gaps WHERE series_id = $1 ORDER BY start_ts",
         series_id,
@@ -133,6 +139,7 @@ async def save_audit(
 
 
 async def empty_states(conn: asyncpg.Connection, series_id: int) -> dict[Range, RepairState]:
+    """Per window the venue answered empty: how often, when to ask next, whether confirmed."""
     rows = await conn.fetch(
         """SELECT start_ts, end_ts, empty_answers, next_attempt_at, confirmed_at
            FROM empty_ranges WHERE series_id = $1""",
@@ -149,6 +156,7 @@ async def empty_states(conn: asyncpg.Connection, series_id: int) -> dict[Range, 
 async def save_empty_state(
     conn: asyncpg.Connection, series_id: int, window: Range, state: RepairState, now: datetime
 ) -> None:
+    """Record a window's empty answers (none: forget the window)."""
     if state.empty_answers == 0:
         await conn.execute(
             "DELETE FROM empty_ranges WHERE series_id = $1 AND start_ts = $2 AND end_ts = $3",
@@ -172,6 +180,7 @@ async def record_attempt(
     conn: asyncpg.Connection, series_id: int, window: Range, candles: int, outcome: str,
     detail: str | None, now: datetime,
 ) -> None:  # fmt: skip
+    """Record one repair request and what came of it, in `repair_attempts`."""
     await conn.execute(
         """INSERT INTO repair_attempts (series_id, start_ts, end_ts, attempted_at, candles,
                outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)""",

@@ -32,17 +32,20 @@ def default_dir() -> Traversable:
 
 @dataclass(frozen=True)
 class Migration:
+    """One `NNN_name.sql` file, applied once, in version order."""
+
     version: int
     name: str
     sql: str
 
     @property
     def checksum(self) -> str:
+        """Recorded when applied, so a migration edited afterwards is refused."""
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
 class MigrationError(RuntimeError):
-    pass
+    """The migrations cannot be applied: a misnamed, doubled or edited file."""
 
 
 def discover(directory: Path | Traversable) -> list[Migration]:

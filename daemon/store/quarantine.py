@@ -13,6 +13,7 @@ from candled.domain import Candle
 async def quarantine(
     db: asyncpg.Pool | asyncpg.Connection, rejected: Sequence[tuple[Candle, str]], source: str
 ) -> None:
+    """Keep candles that failed validation, with the reason and values, out of `candles`."""
     await db.executemany(
         """INSERT INTO quarantine (venue, symbol, timeframe, ts, reason, payload)
            VALUES ($1, $2, $3, $4, $5, $6::jsonb)""",

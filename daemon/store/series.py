@@ -64,6 +64,7 @@ async def sync_configured(
 
 
 async def get_genesis(conn: asyncpg.Connection, key: SeriesKey) -> datetime | None:
+    """Where the series' history starts, if known: nothing before it is ever asked for."""
     ts: datetime | None = await conn.fetchval(
         "SELECT genesis_ts FROM series WHERE venue = $1 AND symbol = $2 AND timeframe = $3",
         key.venue,

@@ -90,7 +90,7 @@ _LOCK_NAME = "spool.lock"
 
 
 class SpoolError(Exception):
-    pass
+    """The spool cannot take or give back candles."""
 
 
 class SpoolFull(SpoolError):
@@ -115,6 +115,8 @@ class Corruption:
 
 
 class SpoolCorrupt(SpoolError):
+    """A damaged record, raised only in strict mode (otherwise it is skipped and reported)."""
+
     def __init__(self, corruption: Corruption) -> None:
         super().__init__(f"corrupt spool record in {corruption}")
         self.corruption = corruption
@@ -610,11 +612,14 @@ class Spool:
 
     @property
     def pending_candles(self) -> int:
+        """Candles spooled and not yet written to the database (shown in `/health`)."""
         with self._mutex:
             return sum(f.pending_candles for f in self._files.values())
 
     @property
     def files(self) -> int:
+        """Spool files on disk; a file goes once all its batches are acked."""
+        """Spool files on disk; acked files are deleted."""
         with self._mutex:
             return len(self._files)
 

@@ -8,6 +8,7 @@ import asyncpg
 
 
 async def get_banned_until(conn: asyncpg.Connection, venue: str) -> datetime | None:
+    """The end of the venue's last recorded IP ban, so a restart honours it."""
     ts: datetime | None = await conn.fetchval(
         "SELECT banned_until FROM venue_state WHERE venue = $1", venue
     )
@@ -15,6 +16,7 @@ async def get_banned_until(conn: asyncpg.Connection, venue: str) -> datetime | N
 
 
 async def set_banned_until(conn: asyncpg.Connection, venue: str, until: datetime) -> None:
+    """Record a ban's end (a later end always wins) for every process and restart."""
     await conn.execute(
         """INSERT INTO venue_state (venue, banned_until) VALUES ($1, $2)
            ON CONFLICT (venue) DO UPDATE

@@ -3,7 +3,10 @@
 One flush = one transaction: COPY the (de-duplicated) batch into a temporary
 staging table, then one INSERT ... ON CONFLICT DO UPDATE that rewrites a row
 only when a value really changed. Writing a candle twice is a no-op; a newer
-revision replaces the old one. See FACTS.md (asyncpg issues 749, 535, 761).
+revision replaces the old one. COPY has no conflict handling: one row already
+stored aborts the whole COPY, so it cannot write into `candle_data` directly;
+the staging table is the pattern asyncpg's maintainers give for a bulk upsert
+(MagicStack/asyncpg#749, #535, #761).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ FROM up"""
 
 @dataclass(frozen=True)
 class WriteResult:
+    """What a write did: new bars, changed revisions, and rows already as stored."""
+
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -63,6 +68,7 @@ class WriteResult:
 
     @property
     def total(self) -> int:
+        """Every candle the write handled, whatever became of it."""
         return self.inserted + self.updated + self.unchanged
 
 
@@ -140,9 +146,11 @@ class CandleStore:
         return WriteResult(inserted, updated, len(batch.records) - inserted - updated)
 
     async def write(self, candles: Sequence[Candle]) -> WriteResult:
+        """Prepare and write `candles` in one transaction."""
         return await self.execute(await self.prepare(candles))
 
     async def quarantine(self, rejected: Sequence[tuple[Candle, str]], source: str) -> None:
+        """Record candles that failed validation, with their reasons, under the same bound."""
         async with self._connection() as conn:
             await quarantine(conn, rejected, source)
 
@@ -204,6 +212,7 @@ class CandleWriter:
 
     @property
     def pending(self) -> int:
+        """Candles in the memory buffer, not yet handed to a write."""
         return len(self._buffer)
 
     @property
