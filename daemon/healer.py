@@ -46,6 +46,8 @@ AUDIT_CONCURRENCY = 4
 
 @dataclass(frozen=True)
 class AuditResult:
+    """What one audit found for one series: status, holes and bar counts."""
+
     key: SeriesKey
     status: SeriesStatus
     gaps: list[Range]
@@ -60,6 +62,8 @@ class AuditResult:
 
 @dataclass
 class RepairReport:
+    """What a repair pass did, for the log and `candled repair`'s summary."""
+
     requests: int = 0
     candles: int = 0
     empty: int = 0
@@ -125,6 +129,8 @@ def venue_settling(config: Config) -> dict[str, timedelta]:
 
 
 class Healer:
+    """Audits every configured series and repairs its holes: the self-healing cycle."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -158,11 +164,13 @@ class Healer:
 
     @classmethod
     def for_config(cls, pool: asyncpg.Pool, config: Config) -> Healer:
+        """A healer set up from the config, as the daemon and one-shot commands use it."""
         healer = cls(pool, {}, interval=config.healing.interval)
         healer.configure(config)
         return healer
 
     def policy(self, confirm_after: int | None = None) -> EmptyRangePolicy:
+        """When to ask again for a window answered empty, and when to confirm it empty."""
         # Half the cycle interval first, then doubling: K empty answers take K
         # cycles, and a venue that keeps answering empty is asked less often.
         return EmptyRangePolicy(self.interval / 2, confirm_after or self.confirm_after)
