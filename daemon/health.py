@@ -1,7 +1,8 @@
 """The health endpoint (`/health`, JSON) and Prometheus metrics (`/metrics`).
 
-`assess` turns the facts the daemon gathers into DESIGN.md section 6's
-document; the server is a thin aiohttp edge around it.
+`assess` turns the facts the daemon gathers into the `/health` document that
+README's "Health and metrics" describes; the server is a thin aiohttp edge
+around it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from candled.store.database import UNAVAILABLE
 
 @dataclass(frozen=True)
 class VenueHealth:
+    """One venue as `/health` shows it: stream, rate budget, ban and refusals."""
+
     name: str
     ws_connected: bool | None  # None: no live series on this venue
     rate_tokens: float
@@ -34,6 +37,8 @@ class VenueHealth:
 
 @dataclass(frozen=True)
 class SeriesHealth:
+    """One series as `/health` shows it: last audit's status, newest bar, lag."""
+
     venue: str
     symbol: str
     timeframe: str
@@ -45,6 +50,8 @@ class SeriesHealth:
 
 @dataclass(frozen=True)
 class HealthFacts:
+    """Everything `assess` judges, gathered by the daemon at each request."""
+
     uptime_s: float
     database_ok: bool
     database_error: str | None
@@ -131,6 +138,8 @@ def assess(f: HealthFacts) -> dict[str, Any]:
 
 
 class HealthServer:
+    """Serves `/health`, `/metrics` and `/coverage` on `health_listen`."""
+
     def __init__(
         self,
         gather: Callable[[], Awaitable[HealthFacts]],
@@ -142,6 +151,7 @@ class HealthServer:
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on host:port and return the address bound (port 0: the one chosen)."""
         app = web.Application()
         app.add_routes([web.get("/health", self._health), web.get("/metrics", self._metrics)])
         if self._coverage is not None:
@@ -154,6 +164,7 @@ class HealthServer:
         return self.address
 
     async def stop(self) -> None:
+        """Stop listening (idempotent)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
