@@ -16,6 +16,8 @@ log = logs.get("candled.intake")
 
 
 class Intake:
+    """Validates what one source delivers before the writer sees it."""
+
     def __init__(
         self,
         put: Callable[[Sequence[Candle]], Awaitable[None]],
@@ -30,6 +32,7 @@ class Intake:
         self.rejected = 0
 
     async def __call__(self, candles: Sequence[Candle]) -> None:
+        """Pass sane candles of configured series on; quarantine the rest."""
         now = clock.now()
         wanted = self._series()
         good: list[Candle] = []

@@ -22,6 +22,8 @@ Factory = Callable[[], Awaitable[None]]
 
 @dataclass
 class Component:
+    """One supervised task and its record: state, restarts, last error, recent crashes."""
+
     name: str
     state: str = "starting"  # running | restarting | stopped | done
     restarts: int = 0
@@ -30,11 +32,14 @@ class Component:
     task: asyncio.Task[None] | None = None
 
     def crash_looping(self, window_s: float, count: int) -> bool:
+        """Whether it crashed `count` times within the last `window_s` seconds."""
         now = time.monotonic()
         return sum(1 for t in self.crashes if now - t < window_s) >= count
 
 
 class Supervisor:
+    """Runs the daemon's components and restarts a crashed one without the others noticing."""
+
     def __init__(
         self,
         tg: asyncio.TaskGroup,
@@ -52,6 +57,7 @@ class Supervisor:
         self.crash_loop_count = crash_loop_count
 
     def start(self, name: str, factory: Factory) -> Component:
+        """Run `factory()` as component `name`, restarted whenever it crashes."""
         if name in self.components and self.components[name].state != "stopped":
             raise ValueError(f"component {name} is already running")
         component = Component(name)
@@ -69,10 +75,12 @@ class Supervisor:
         component.state = "stopped"
 
     async def stop_all(self) -> None:
+        """Stop every component, one after the other."""
         for name in list(self.components):
             await self.stop(name)
 
     def crash_looping(self) -> list[str]:
+        """The components crashing over and over, for `/health`."""
         return [
             c.name
             for c in self.components.values()
