@@ -62,6 +62,8 @@ _JOB_ERRORS = (FetchError, VenueError, CodecError, EndlessPages, asyncpg.Postgre
 
 @dataclass(frozen=True)
 class BackfillJob:
+    """A window of one series' history to fetch, and why (which sets its priority)."""
+
     series: SeriesKey
     start: datetime
     end: datetime
@@ -71,6 +73,8 @@ class BackfillJob:
 
 @dataclass(frozen=True)
 class JobResult:
+    """How a job went: what it stored and sent, and whether its window can be judged."""
+
     job: BackfillJob
     candles: int
     requests: int
@@ -149,6 +153,7 @@ class Backfiller:
 
     @property
     def queued(self) -> int:
+        """Job pieces waiting for a worker."""
         return self._queue.qsize()
 
     async def join(self) -> None:
