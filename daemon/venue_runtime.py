@@ -65,6 +65,8 @@ def catch_up_jobs(
 
 
 class VenueRuntime:
+    """One venue's throttle, fetcher, backfill workers and live source, run as one component."""
+
     def __init__(
         self,
         venue: VenueConfig,
@@ -243,6 +245,7 @@ class VenueRuntime:
             log.error("could not plan the reconnect backfill", error=repr(e))
 
     async def run(self) -> None:
+        """Restore a recorded ban, backfill every series to now, then go live until cancelled."""
         async with self.fetcher, asyncio.TaskGroup() as tg:
             self._tg = tg
             # Requests wait for the first ban lookup (bounded by its timeout),
