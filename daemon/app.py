@@ -38,6 +38,7 @@ _RELOAD_DB_TIMEOUT_S = 10.0
 
 
 def series_by_venue(config: Config) -> dict[str, list[SeriesSpec]]:
+    """The configured series grouped by venue: each venue runtime gets its own."""
     grouped: dict[str, list[SeriesSpec]] = defaultdict(list)
     for spec in config.series_specs().values():
         grouped[spec.key.venue].append(spec)
@@ -45,6 +46,8 @@ def series_by_venue(config: Config) -> dict[str, list[SeriesSpec]]:
 
 
 class Daemon:
+    """The long-running process: everything `candled run` starts, reloads and stops."""
+
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
@@ -86,6 +89,7 @@ class Daemon:
     # --- lifecycle -------------------------------------------------------------
 
     async def run(self) -> int:
+        """Run until a stop signal; the exit status (0 after a clean stop)."""
         self._install_signals()
         if clock.OFFSET_S:
             log.warning("clock offset in force: a test hook, never for production",
@@ -225,6 +229,7 @@ class Daemon:
             await asyncio.sleep(self.config.healing.interval.total_seconds())
 
     async def heal_cycle(self) -> None:
+        """One self-healing pass: audit every series, repair newest holes first, audit again."""
         assert self._writer is not None
         started = time.monotonic()
         healer = self._healer()
@@ -466,4 +471,5 @@ class Daemon:
 
 
 async def run_daemon(config: Config) -> int:
+    """`candled run` with a loaded config."""
     return await Daemon(config).run()
