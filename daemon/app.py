@@ -89,7 +89,7 @@ class Daemon:
     # --- lifecycle -------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until a stop signal; the exit status (0 after a clean stop)."""
+        """Run until SIGTERM or SIGINT, flush, and return the exit status 0 (failures raise)."""
         self._install_signals()
         if clock.OFFSET_S:
             log.warning("clock offset in force: a test hook, never for production",
