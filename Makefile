@@ -8,7 +8,7 @@ CONFIG ?= config.toml
 SIM_LISTEN ?= 127.0.0.1:9100
 SIM_PROTOCOL ?= binance
 
-.PHONY: run test fuzz bench lint fmt sim timescaledb chromium clean chaos dist
+.PHONY: run test fuzz bench lint fmt sim timescaledb chromium prometheus clean chaos dist
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -29,6 +29,10 @@ timescaledb:
 chromium:
 	bash scripts/install-chromium.sh
 
+# promtool and the Prometheus server for the alerting rules' tests.
+prometheus:
+	bash scripts/install-prometheus.sh
+
 # The simulated exchange and the daemon (with its embedded database) together;
 # Ctrl-C stops all of them.
 run: .venv/.synced timescaledb
@@ -40,7 +44,7 @@ sim: .venv/.synced
 	$(PY) -m candled sim --listen $(SIM_LISTEN) --protocol $(SIM_PROTOCOL)
 
 # Two workers, a test file each: the end-to-end tests mostly wait on the clock.
-test: .venv/.synced timescaledb chromium
+test: .venv/.synced timescaledb chromium prometheus
 	.venv/bin/pytest -q -n 2 --dist loadfile
 
 # The fuzz tests (codecs, validator, scenario loader, spool reader, config loader) with FUZZ_EXAMPLES examples
