@@ -20,16 +20,23 @@ from candled import clock, logs, metrics
 from candled.config import Config, ConfigError, SeriesSpec, load_config
 from candled.coverage import render_html
 from candled.healer import Healer, Repairer
-from candled.health import HealthFacts, HealthServer, SeriesHealth, VenueHealth, lag_seconds
+from candled.health import (
+    RELOAD_OK,
+    HealthFacts,
+    HealthServer,
+    SeriesHealth,
+    VenueHealth,
+    lag_seconds,
+)
 from candled.sdnotify import Notifier
 from candled.store import coverage as store_coverage
 from candled.store.database import UNAVAILABLE, Database
-from candled.store.healing import audited_statuses
+from candled.store.healing import SeriesStatus, audited_statuses
 from candled.store.provision import StoppedWaiting, open_database
 from candled.store.series import stored_bounds, sync_configured
 from candled.store.spool import Spool
 from candled.store.writer import CandleStore, CandleWriter, WriteResult
-from candled.supervisor import Supervisor
+from candled.supervisor import ComponentState, Supervisor
 from candled.venue_runtime import VenueRuntime
 
 log = logs.get("candled")
@@ -53,7 +60,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.started = time.monotonic()
         self.loaded_at = clock.now()
-        self.last_reload = "ok"
+        self.last_reload = RELOAD_OK
         self.runtimes: dict[str, VenueRuntime] = {}
         self._wakeup = asyncio.Event()  # a signal arrived
         self._stopping = asyncio.Event()  # a stop signal arrived
@@ -249,7 +256,7 @@ class Daemon:
             audits = [repaired.get(a.key, a) for a in audits]
         seconds = time.monotonic() - started
         metrics.heal_cycle_seconds.observe(seconds)
-        by_status: dict[str, int] = defaultdict(int)
+        by_status: dict[SeriesStatus, int] = defaultdict(int)
         for a in audits:
             by_status[a.status] += 1
         log.info("heal cycle done", seconds=round(seconds, 2), statuses=dict(by_status),
@@ -280,7 +287,7 @@ class Daemon:
             self.notifier.ready(self._status_line())
 
     async def _reload(self) -> str:
-        """`reload`'s work; returns its outcome for /health ("ok" when all applied)."""
+        """`reload`'s work; returns its outcome for /health (RELOAD_OK when all applied)."""
         assert self._db is not None
         try:
             new = load_config(self.config.source)
@@ -318,7 +325,7 @@ class Daemon:
                  series_added=[str(k) for k in diff.series_added],
                  series_removed=[str(k) for k in diff.series_removed],
                  problems=problems)  # fmt: skip
-        return "ok" if not problems else "applied, but " + "; ".join(problems)
+        return RELOAD_OK if not problems else "applied, but " + "; ".join(problems)
 
     async def _apply_venues(self, old: Config, new: Config) -> list[str]:
         """Bring the venue runtimes to `new` (already the running config); a
@@ -426,7 +433,7 @@ class Daemon:
         now = clock.now()
         series = []
         for key in sorted(specs):
-            status, missing = audited.get(key, ("MISSING", 0))
+            status, missing = audited.get(key, (SeriesStatus.MISSING, 0))
             last = bounds[key][1] if key in bounds else None
             lag = self._lag_s(specs[key], last, now) if last else None
             series.append(SeriesHealth(
@@ -440,7 +447,7 @@ class Daemon:
             venues.append(VenueHealth(
                 name, rt.collector.connected if rt.collector else None, rt.throttle.tokens,
                 datetime.fromtimestamp(banned, UTC) if rt.throttle.banned else None,
-                component.state if component else "stopped",
+                component.state if component else ComponentState.STOPPED,
                 str(rt.fetcher.refusal) if rt.fetcher.refusal is not None else None,
                 stream_refused=rt.stream_refused,
             ))  # fmt: skip

@@ -10,11 +10,13 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 import asyncpg
 
 from candled import clock, logs, metrics
 from candled.domain import Candle, SeriesKey
+from candled.errors import CandledError
 from candled.fetch import Fetcher, FetchError, describe
 from candled.store.database import UNAVAILABLE
 from candled.store.series import get_genesis, set_genesis
@@ -32,7 +34,6 @@ log = logs.get("candled.backfill")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
 Clock = Callable[[], datetime]
 PAGES_PER_JOB = 10  # a long window is cut into jobs so that BATCH workers share it
-_PRIORITY = {"live-gap": 0, "reconnect": 0, "repair": 1}  # anything else (lookback) after
 _PAGE_TRIES = 3  # a malformed page is asked for again this many times
 # A queued job that fails for a reason that may pass is queued again, after a
 # pause that doubles, until it has run this often; the heal cycle finds the rest.
@@ -47,7 +48,7 @@ _KEPT_RESULTS = 1_000  # recent job results kept for inspection; the daemon runs
 MAX_CONTINUATIONS = 200
 
 
-class EndlessPages(Exception):
+class EndlessPages(CandledError):
     """The venue still named a next page after `max_continuations` of them."""
 
     def __init__(self, msg: str, requests: int) -> None:
@@ -55,9 +56,28 @@ class EndlessPages(Exception):
         self.requests = requests  # sent for the request and its continuations
 
 
+class JobReason(StrEnum):
+    """Why a backfill job runs: it sets the job's place in the queue
+    (`_PRIORITY`) and names the job in the log."""
+
+    LIVE_GAP = "live-gap"  # a live stream skipped bars (a closing frame went missing)
+    RECONNECT = "reconnect"  # what closed while no stream was open; bars not final yet
+    REPAIR = "repair"  # the healer asks for a hole
+    POLL = "poll"  # a polled venue's bar that just closed
+    LOOKBACK = "lookback"  # a series' history, at start and when a reload adds it
+    BACKFILL = "backfill"  # `candled backfill`
+
+
+# Fresh holes first, then repairs; anything else (history) after.
+_PRIORITY = {JobReason.LIVE_GAP: 0, JobReason.RECONNECT: 0, JobReason.REPAIR: 1}
+
+
 # A job stops on these and reports them; the workers go on with the next job.
-_JOB_ERRORS = (FetchError, VenueError, CodecError, EndlessPages, asyncpg.PostgresError,
-               asyncpg.InterfaceError, OSError)  # fmt: skip
+# The database's errors reach a job through genesis and a venue ban being
+# recorded (`Fetcher.on_ban`).
+_JOB_ERRORS: tuple[type[Exception], ...] = (
+    FetchError, VenueError, CodecError, EndlessPages, *UNAVAILABLE,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,7 +87,7 @@ class BackfillJob:
     series: SeriesKey
     start: datetime
     end: datetime
-    reason: str  # lookback | backfill | reconnect | live-gap | repair | poll
+    reason: JobReason
     attempt: int = 0  # runs of this window that failed before
 
 
@@ -210,7 +230,7 @@ class Backfiller:
         log.info("bars not final at the venue yet", series=str(job.series),
                  start=not_final.isoformat(), retrying=retry)  # fmt: skip
         if retry:  # fresh bars: ahead of deep history in the queue
-            again = dataclasses.replace(job, start=not_final, reason="reconnect")
+            again = dataclasses.replace(job, start=not_final, reason=JobReason.RECONNECT)
             asyncio.get_running_loop().call_later(NOT_FINAL_RETRY_S, self.submit, again)
 
     async def genesis(self, series: SeriesKey) -> datetime | None:

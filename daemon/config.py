@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from candled.calendars import Overrides, load_overrides, validate_calendar
 from candled.domain import DataProfile, SeriesKey, Timeframe
+from candled.errors import CandledError
 from candled.files import read_bounded
 from candled.venues import Credentials, VenueCodec, VenueLimits, get_codec, known_kinds
 
@@ -55,7 +56,7 @@ LOG_FORMATS = ("json", "console")
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(CandledError):
     """A config problem, located by its key path."""
 
     def __init__(self, path: str, reason: str) -> None:

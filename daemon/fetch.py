@@ -31,6 +31,7 @@ from backoff.types import Details
 from yarl import URL
 
 from candled import logs, metrics
+from candled.errors import CandledError
 from candled.throttle import VenueThrottle
 from candled.venues import HttpRequest, VenueCodec
 from candled.venues.base import CredentialsRefused
@@ -56,7 +57,7 @@ class Response:
     request: HttpRequest
 
 
-class RetryableStatus(Exception):
+class RetryableStatus(CandledError):
     """An HTTP status worth asking again for (429, 418, 403, 5xx); backoff retries it."""
 
     def __init__(self, status: int, url: str = "") -> None:
@@ -64,11 +65,11 @@ class RetryableStatus(Exception):
         self.status = status
 
 
-class UnusableBody(Exception):
+class UnusableBody(CandledError):
     """An answer whose body was cut short or ran past the size bound: asked again."""
 
 
-class FetchError(Exception):
+class FetchError(CandledError):
     """A request that failed for good (after retries, or a non-retryable answer)."""
 
 

@@ -21,17 +21,17 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 import asyncpg
 
 from candled import calendars, clock, logs, metrics
-from candled.backfill import BackfillJob, JobResult
+from candled.backfill import BackfillJob, JobReason, JobResult
 from candled.config import Config, SeriesSpec
 from candled.domain import SeriesKey, Timeframe
 from candled.domain.ranges import Range, count_bars, merge_ranges, subtract_ranges
 from candled.gaps import EmptyRangePolicy, RepairState, missing_ranges, plan_windows
 from candled.store import healing as store
+from candled.store.healing import RepairOutcome, SeriesStatus
 from candled.store.series import ensure_series, stored_bounds
 from candled.venues import VenueLimits
 
@@ -87,15 +87,6 @@ class Repairer:
         if self.limits.sparse or (served is not None and hole[1] <= served):
             return 1
         return default
-
-
-class SeriesStatus(StrEnum):
-    """What an audit concluded about a series (`series_status.status`)."""
-
-    OK = "OK"  # every settled bar is stored or confirmed empty
-    DEGRADED = "DEGRADED"  # holes remain
-    STALE = "STALE"  # the newest settled bars are missing for longer than the allowance
-    MISSING = "MISSING"  # no bar stored at all
 
 
 def stale_allowance(tf: Timeframe) -> timedelta:
@@ -329,7 +320,7 @@ class Healer:
             windows = plan_windows(audit.gaps, tf, repairer.limits.page_size, max_fills,
                                    skip=waiting)  # fmt: skip
             for w in windows:
-                job = BackfillJob(audit.key, w.start, w.end, "repair")
+                job = BackfillJob(audit.key, w.start, w.end, JobReason.REPAIR)
                 seen: set[datetime] = set()
                 result = await repairer.run_job(job, seen)
                 report.requests += result.requests
@@ -359,10 +350,10 @@ class Healer:
             if not result.complete:
                 # Errors and timeouts say nothing about what the venue has.
                 report.errors += 1
-                await store.record_attempt(conn, series_id, hole, got, "error",
+                await store.record_attempt(conn, series_id, hole, got, RepairOutcome.ERROR,
                                            result.error, now)  # fmt: skip
                 return
-            outcome = "filled" if got else "empty"
+            outcome = RepairOutcome.FILLED if got else RepairOutcome.EMPTY
             await store.record_attempt(conn, series_id, hole, got, outcome, None, now)
             state = policy.record(states.get(hole, RepairState()), got, now)
             await store.save_empty_state(conn, series_id, hole, state, now)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from candled import __version__, calendars, metrics
 from candled.config import SeriesSpec
 from candled.store.database import UNAVAILABLE
+from candled.store.healing import SeriesStatus
+from candled.supervisor import ComponentState
+
+RELOAD_OK = "ok"  # `HealthFacts.last_reload` when the last reload applied everything
+
+
+class HealthStatus(StrEnum):
+    """The daemon's verdict in `/health` (`status`); `failing` answers 503."""
+
+    OK = "ok"
+    DEGRADED = "degraded"  # something needs attention, but candles still reach the store
+    FAILING = "failing"  # candles cannot reach the store
+
+
+class HealthReason(StrEnum):
+    """Every reason `/health` gives for not being `ok`, as a template for
+    `str.format` (the venue's own refusals are passed on as the venue said them)."""
+
+    DATABASE_UNREACHABLE = "database unreachable: {error}"
+    WRITES_FAILING = "writes failing: {why}"
+    SPOOLED = "{candles} candles spooled on disk, waiting for the database"
+    RELOAD_FAILED = "last config reload failed: {why}"
+    CRASH_LOOPING = "component {name} is crash-looping"
+    VENUE_BANNED = "venue {venue} banned until {until}"
+    STREAM_DISCONNECTED = "venue {venue} stream disconnected"
+    SERIES_NOT_OK = "{count} series not OK"
 
 
 @dataclass(frozen=True)
@@ -28,7 +55,7 @@ class VenueHealth:
     ws_connected: bool | None  # None: no live series on this venue
     rate_tokens: float
     banned_until: datetime | None
-    component: str  # the supervisor's state of its runtime
+    component: ComponentState  # the supervisor's state of its runtime
     credentials_refused: str | None = None  # why the venue refuses the key (names the settings)
     # Why the venue keeps the stream down (a refused key or plan, another
     # connection on the key, a message it rejects), naming what to fix.
@@ -42,7 +69,7 @@ class SeriesHealth:
     venue: str
     symbol: str
     timeframe: str
-    status: str  # OK | DEGRADED | STALE | MISSING
+    status: SeriesStatus
     last_ts: datetime | None
     lag_s: float | None
     missing_bars: int
@@ -58,7 +85,7 @@ class HealthFacts:
     timescaledb: str | None
     license: str | None
     config_loaded_at: datetime
-    last_reload: str  # "ok", or the error that kept the old config
+    last_reload: str  # RELOAD_OK, or what went wrong
     venues: Sequence[VenueHealth]
     series: Sequence[SeriesHealth]
     crash_looping: Sequence[str]
@@ -76,28 +103,31 @@ def assess(f: HealthFacts) -> dict[str, Any]:
     back); `degraded` when something needs attention but candles still flow."""
     reasons: list[str] = []
     if not f.database_ok:
-        reasons.append(f"database unreachable: {f.database_error}")
+        reasons.append(HealthReason.DATABASE_UNREACHABLE.format(error=f.database_error))
     if f.writer_failing:
-        reasons.append(f"writes failing: {f.writer_failing}")
+        reasons.append(HealthReason.WRITES_FAILING.format(why=f.writer_failing))
     if f.spooled_candles:
-        reasons.append(f"{f.spooled_candles} candles spooled on disk, waiting for the database")
-    if f.last_reload != "ok":
-        reasons.append(f"last config reload failed: {f.last_reload}")
-    reasons += [f"component {name} is crash-looping" for name in f.crash_looping]
+        reasons.append(HealthReason.SPOOLED.format(candles=f.spooled_candles))
+    if f.last_reload != RELOAD_OK:
+        reasons.append(HealthReason.RELOAD_FAILED.format(why=f.last_reload))
+    reasons += [HealthReason.CRASH_LOOPING.format(name=name) for name in f.crash_looping]
     for v in f.venues:
         if v.banned_until is not None:
-            reasons.append(f"venue {v.name} banned until {v.banned_until.isoformat()}")
+            until = v.banned_until.isoformat()
+            reasons.append(HealthReason.VENUE_BANNED.format(venue=v.name, until=until))
         if v.credentials_refused is not None:
             reasons.append(v.credentials_refused)
         if v.stream_refused is not None:
             reasons.append(v.stream_refused)
         if v.ws_connected is False:
-            reasons.append(f"venue {v.name} stream disconnected")
-    not_ok = [s for s in f.series if s.status != "OK"]
+            reasons.append(HealthReason.STREAM_DISCONNECTED.format(venue=v.name))
+    not_ok = [s for s in f.series if s.status != SeriesStatus.OK]
     if not_ok:
-        reasons.append(f"{len(not_ok)} series not OK")
+        reasons.append(HealthReason.SERIES_NOT_OK.format(count=len(not_ok)))
     failing = not f.database_ok or f.writer_failing is not None
-    status = "failing" if failing else ("degraded" if reasons else "ok")
+    status = (
+        HealthStatus.FAILING if failing else (HealthStatus.DEGRADED if reasons else HealthStatus.OK)
+    )
     return {
         "status": status,
         "reasons": reasons,
@@ -171,7 +201,7 @@ class HealthServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         doc = assess(await self._gather())
-        return web.json_response(doc, status=503 if doc["status"] == "failing" else 200)
+        return web.json_response(doc, status=503 if doc["status"] == HealthStatus.FAILING else 200)
 
     async def _coverage_page(self, request: web.Request) -> web.Response:
         assert self._coverage is not None

@@ -9,6 +9,7 @@ import asyncpg
 
 from candled import clock, logs, metrics
 from candled.domain import Candle, SeriesKey
+from candled.store.database import UNAVAILABLE
 from candled.store.quarantine import quarantine
 from candled.validate import problem
 
@@ -56,6 +57,6 @@ class Intake:
                     first=str(bad[0][0].series), reason=bad[0][1])  # fmt: skip
         try:
             await quarantine(self._pool, bad, self.source)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except UNAVAILABLE as e:
             # The candles are invalid either way; losing the evidence is logged.
             log.error("could not record quarantined candles", error=repr(e), count=len(bad))

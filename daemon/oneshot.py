@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from candled import clock
 from candled.app import series_by_venue
-from candled.backfill import BackfillJob
+from candled.backfill import BackfillJob, JobReason
 from candled.config import Config
 from candled.coverage import render_html, render_svg
 from candled.domain import SeriesKey
@@ -26,7 +26,7 @@ from candled.healer import AuditResult, Healer, Repairer, venue_settling
 from candled.returns import load_returns, write_frame
 from candled.store import coverage as store_coverage
 from candled.store.database import Database
-from candled.store.healing import reset_genesis, series_row
+from candled.store.healing import SeriesStatus, reset_genesis, series_row
 from candled.store.provision import open_database
 from candled.store.series import sync_configured
 from candled.store.writer import CandleStore, CandleWriter
@@ -106,7 +106,7 @@ async def audit(
             _selected(config, series), full=full
         )
     print_audit(results, as_json)
-    return 0 if all(a.status == "OK" for a in results) else 1
+    return 0 if all(a.status == SeriesStatus.OK for a in results) else 1
 
 
 async def repair(
@@ -143,7 +143,7 @@ async def repair(
           f"{report.empty} empty answers ({report.confirmed_empty} confirmed empty), "
           f"{report.errors} errors")  # fmt: skip
     print_audit(results, as_json=False)
-    return 0 if all(a.status == "OK" for a in results) else 1
+    return 0 if all(a.status == SeriesStatus.OK for a in results) else 1
 
 
 async def backfill(config: Config, series: Sequence[SeriesKey], since: timedelta | None) -> int:
@@ -156,7 +156,8 @@ async def backfill(config: Config, series: Sequence[SeriesKey], since: timedelta
         for key in keys:
             bf = runtimes[key.venue].backfiller
             before = bf.queued
-            bf.submit(BackfillJob(key, now - (since or specs[key].lookback), now, "backfill"))
+            start = now - (since or specs[key].lookback)
+            bf.submit(BackfillJob(key, start, now, JobReason.BACKFILL))
             pieces += bf.queued - before
         async with asyncio.TaskGroup() as tg:
             workers = [tg.create_task(rt.backfiller.run()) for rt in runtimes.values()]

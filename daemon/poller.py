@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from candled import clock, logs
-from candled.backfill import BackfillJob, JobResult
+from candled.backfill import BackfillJob, JobReason, JobResult
 from candled.domain import SeriesKey
 
 log = logs.get("candled.poller")
@@ -104,7 +104,7 @@ class Poller:
                     tg.create_task(self._poll(key, start, stop))
 
     async def _poll(self, key: SeriesKey, start: datetime, stop: datetime) -> None:
-        job = BackfillJob(key, start, stop, "poll")
+        job = BackfillJob(key, start, stop, JobReason.POLL)
         result = await self._run_job(job)
         track = self._tracks.get(key)  # None: removed by a reload meanwhile
         pending = result.not_final
@@ -127,12 +127,12 @@ class Poller:
             log.info("bars still not final after the venue's settling time; fetching them"
                      " as a hole", series=str(key), start=pending.isoformat(),
                      settling_s=self.settling.total_seconds())  # fmt: skip
-            self._submit(BackfillJob(key, pending, stop, "reconnect"))
+            self._submit(BackfillJob(key, pending, stop, JobReason.RECONNECT))
         elif not result.complete:
             self.failures += 1
             log.warning("poll failed; fetching the bars as a hole", series=str(key),
                         start=start.isoformat(), error=result.error)  # fmt: skip
-            self._submit(BackfillJob(key, start, stop, "reconnect"))
+            self._submit(BackfillJob(key, start, stop, JobReason.RECONNECT))
         if track is not None:
             track.cursor = max(track.cursor, stop)
             track.asked = max(track.asked, stop)

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from candled import logs
 
@@ -20,12 +21,22 @@ log = logs.get("candled.supervisor")
 Factory = Callable[[], Awaitable[None]]
 
 
+class ComponentState(StrEnum):
+    """Where a supervised component is in its life (`/health` shows a venue's)."""
+
+    STARTING = "starting"  # registered, its task not begun yet
+    RUNNING = "running"
+    RESTARTING = "restarting"  # crashed; waiting out the backoff before the next run
+    STOPPED = "stopped"  # cancelled by `stop`
+    DONE = "done"  # returned on its own
+
+
 @dataclass
 class Component:
     """One supervised task and its record: state, restarts, last error, recent crashes."""
 
     name: str
-    state: str = "starting"  # running | restarting | stopped | done
+    state: ComponentState = ComponentState.STARTING
     restarts: int = 0
     last_error: str | None = None
     crashes: deque[float] = field(default_factory=lambda: deque(maxlen=16))
@@ -58,7 +69,7 @@ class Supervisor:
 
     def start(self, name: str, factory: Factory) -> Component:
         """Run `factory()` as component `name`, restarted whenever it crashes."""
-        if name in self.components and self.components[name].state != "stopped":
+        if name in self.components and self.components[name].state != ComponentState.STOPPED:
             raise ValueError(f"component {name} is already running")
         component = Component(name)
         self.components[name] = component
@@ -72,7 +83,7 @@ class Supervisor:
             return
         component.task.cancel()
         await asyncio.wait([component.task])
-        component.state = "stopped"
+        component.state = ComponentState.STOPPED
 
     async def stop_all(self) -> None:
         """Stop every component, one after the other."""
@@ -90,7 +101,7 @@ class Supervisor:
     async def _supervise(self, component: Component, factory: Factory) -> None:
         failures = 0
         while True:
-            component.state = "running"
+            component.state = ComponentState.RUNNING
             started = time.monotonic()
             try:
                 await factory()
@@ -101,7 +112,7 @@ class Supervisor:
                 # A run that lasted a while was healthy: start the backoff over.
                 failures = 1 if time.monotonic() - started > self.backoff_cap_s else failures + 1
                 delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (failures - 1))
-                component.state = "restarting"
+                component.state = ComponentState.RESTARTING
                 log.error(
                     "component crashed; restarting",
                     component=component.name, error=repr(e), restart_in_s=delay,
@@ -112,5 +123,5 @@ class Supervisor:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 continue
-            component.state = "done"
+            component.state = ComponentState.DONE
             return

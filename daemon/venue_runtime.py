@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from candled import clock, logs, metrics
-from candled.backfill import Backfiller, BackfillJob
+from candled.backfill import Backfiller, BackfillJob, JobReason
 from candled.collector import Collector, CollectorSettings
 from candled.config import SeriesSpec, VenueConfig
 from candled.domain import SeriesKey
@@ -42,7 +42,7 @@ def catch_up_jobs(
     bounds: tuple[datetime, datetime] | None,
     lookback_start: datetime,
     now: datetime,
-    reason: str,
+    reason: JobReason,
     covered_until: datetime | None = None,
 ) -> list[BackfillJob]:
     """Windows that bring a series to `now` from `lookback_start`: the part
@@ -54,7 +54,7 @@ def catch_up_jobs(
     if bounds is not None:
         first, last = bounds
         # Only a (re)started backfill reaches back; a reconnect needs the recent hole.
-        if lookback_start < first and reason == "lookback":
+        if lookback_start < first and reason == JobReason.LOOKBACK:
             jobs.append(BackfillJob(key, lookback_start, first, reason))
         start = key.tf.next(last)
     if covered_until is not None:
@@ -158,7 +158,7 @@ class VenueRuntime:
         if self._tg is not None:
             self._start_live(self._tg)  # a first streamed or polled series
         # Subscribed first, then backfilled up to now: no bar falls between.
-        await self._catch_up([k for k in self.series if k not in old_keys], "lookback")
+        await self._catch_up([k for k in self.series if k not in old_keys], JobReason.LOOKBACK)
 
     async def _persist_ban(self, until: float) -> None:
         ends = datetime.fromtimestamp(until, UTC)
@@ -195,7 +195,7 @@ class VenueRuntime:
             log.warning("venue ban still in force; no request until it ends",
                         venue=self.config.name, until=until.isoformat())  # fmt: skip
 
-    async def _catch_up(self, keys: Sequence[SeriesKey], reason: str) -> None:
+    async def _catch_up(self, keys: Sequence[SeriesKey], reason: JobReason) -> None:
         try:
             async with asyncio.timeout(5), self._db.pool.acquire() as conn:
                 bounds = await stored_bounds(conn, keys)
@@ -235,12 +235,12 @@ class VenueRuntime:
             return
         log.info("live stream skipped bars; fetching them", series=str(key),
                  start=start.isoformat(), end=end.isoformat())  # fmt: skip
-        self.backfiller.submit(BackfillJob(key, start, end, "live-gap"))
+        self.backfiller.submit(BackfillJob(key, start, end, JobReason.LIVE_GAP))
 
     async def _hole_backfill(self, keys: Sequence[SeriesKey]) -> None:
         """After a (re)connect: fetch what closed while no stream was open."""
         try:
-            await self._catch_up(keys, "reconnect")
+            await self._catch_up(keys, JobReason.RECONNECT)
         except Exception as e:  # the stream must not die for a failed lookup
             log.error("could not plan the reconnect backfill", error=repr(e))
 
@@ -256,6 +256,6 @@ class VenueRuntime:
             tg.create_task(self.backfiller.run())
             # The orchestrated backfill of every series; a stream's first
             # connect then only asks for what closed since.
-            await self._catch_up(list(self.series), "lookback")
+            await self._catch_up(list(self.series), JobReason.LOOKBACK)
             self.backfill_queued.set()
             self._start_live(tg)

@@ -32,6 +32,8 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
+from candled.errors import CandledError
+
 __all__ = [
     "ClusterError",
     "PostgresCluster",
@@ -57,7 +59,7 @@ _IDENT_FILE = "pg_ident.conf"
 _HBA_BACKUP = "pg_hba.conf.before-candled"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(CandledError):
     """initdb, pg_ctl or the server failed; the message carries the output's tail."""
 
 

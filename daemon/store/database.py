@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
-# What a query raises when the database is down, restarting or too slow: the
-# caller reports it and goes on without the answer.
-UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# "The database is unavailable", the one definition: what a query (or taking
+# a connection from the pool) raises when the database is down, restarting,
+# refusing us or too slow. Every caller that goes on without the database
+# (reports it, spools, retries later) catches this tuple and nothing narrower.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+)  # fmt: skip
 STATEMENT_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 30.0
 

@@ -6,12 +6,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 import asyncpg
 
 from candled.domain import SeriesKey, Timeframe
 from candled.domain.ranges import Range
 from candled.gaps import RepairState
+
+
+class SeriesStatus(StrEnum):
+    """What an audit concluded about a series (`series_status.status`, `/health`,
+    `candled audit`); the healer's `classify` decides it. The values are the
+    column's (a CHECK constraint lists them)."""
+
+    OK = "OK"  # every settled bar is stored or confirmed empty
+    DEGRADED = "DEGRADED"  # holes remain
+    STALE = "STALE"  # the newest settled bars are missing for longer than the allowance
+    MISSING = "MISSING"  # no bar stored at all
+
+
+class RepairOutcome(StrEnum):
+    """What one repair request said about a hole (`repair_attempts.outcome`)."""
+
+    FILLED = "filled"  # bars of the hole came
+    EMPTY = "empty"  # a complete answer without a bar of the hole
+    ERROR = "error"  # no complete answer: it says nothing about what the venue has
 
 
 def _bar_index_sql(tf: Timeframe) -> str:
@@ -92,7 +112,7 @@ async def save_audit(
     conn: asyncpg.Connection,
     series_id: int,
     *,
-    status: str,
+    status: SeriesStatus,
     first_ts: datetime | None,
     last_ts: datetime | None,
     gaps: Sequence[tuple[datetime, datetime, int]],
@@ -177,7 +197,7 @@ async def save_empty_state(
 
 
 async def record_attempt(
-    conn: asyncpg.Connection, series_id: int, window: Range, candles: int, outcome: str,
+    conn: asyncpg.Connection, series_id: int, window: Range, candles: int, outcome: RepairOutcome,
     detail: str | None, now: datetime,
 ) -> None:  # fmt: skip
     """Record one repair request and what came of it, in `repair_attempts`."""
@@ -201,14 +221,16 @@ async def reset_genesis(conn: asyncpg.Connection, series_id: int) -> None:
         )
 
 
-async def audited_statuses(conn: asyncpg.Connection) -> dict[SeriesKey, tuple[str, int]]:
+async def audited_statuses(
+    conn: asyncpg.Connection,
+) -> dict[SeriesKey, tuple[SeriesStatus, int]]:
     """Per series, its last audit's status and missing bars (`series_status`)."""
     rows = await conn.fetch(
         "SELECT venue, symbol, timeframe, status, missing_bars FROM series_status"
     )
     return {
         SeriesKey(r["venue"], r["symbol"], r["timeframe"]): (
-            r["status"],
+            SeriesStatus(r["status"]),
             int(r["missing_bars"] or 0),
         )
         for r in rows

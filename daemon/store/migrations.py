@@ -16,6 +16,8 @@ from pathlib import Path
 
 import asyncpg
 
+from candled.errors import CandledError
+
 # Any fixed 64-bit number; it only has to be the same in every candled process.
 LOCK_KEY = 0x63616E646C6564  # "candled"
 _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
@@ -44,7 +46,7 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-class MigrationError(RuntimeError):
+class MigrationError(CandledError):
     """The migrations cannot be applied: a misnamed, doubled or edited file."""
 
 

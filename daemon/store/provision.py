@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 
 from candled import logs
+from candled.errors import CandledError
 from candled.store.cluster import PostgresCluster
 from candled.store.database import Database
 from candled.store.migrations import migrate
@@ -25,11 +26,12 @@ log = logs.get("candled.store")
 EMBEDDED_PORT = 54329  # names the socket file (.s.PGSQL.54329): `psql -p` in README
 SOCKET_DIR = "pgsocket"  # under state_dir: `psql -h <state_dir>/pgsocket` in README
 WAIT_CAP_S = 10.0
-# A server that is down, starting or shutting down; not a refused login.
+# A server that is down, starting or shutting down; not a refused login. Narrower
+# than `database.UNAVAILABLE` on purpose: a wrong password is not waited out.
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
 
 
-class StoppedWaiting(Exception):
+class StoppedWaiting(CandledError):
     """Told to stop while waiting for an unreachable database."""
 
 

@@ -67,6 +67,7 @@ from typing import NamedTuple, Self
 
 from candled import logs
 from candled.domain import Candle, SeriesKey
+from candled.errors import CandledError
 
 log = logs.get("candled.spool")
 
@@ -89,7 +90,7 @@ _NAME = re.compile(r"^spool-(\d+)\.bin$")
 _LOCK_NAME = "spool.lock"
 
 
-class SpoolError(Exception):
+class SpoolError(CandledError):
     """The spool cannot take or give back candles."""
 
 
