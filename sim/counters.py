@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class SimCounters:
+    """Counts of what the exchange answered, sent and injected since it started."""
+
     requests_by_status: Counter[int] = field(default_factory=Counter)  # REST answers
-    weight_used: int = 0  # request weight charged, over all clients and minutes
+    weight_used: int = 0  # request weight charged, over all clients and windows
     requests_during_ban: int = 0
-    sent_429: int = 0
+    sent_429: int = 0  # rate-limit refusals (Kraken's in an HTTP 200 body)
     sent_429_in_flight: int = 0  # of those, to requests already on their way
     sent_418: int = 0
     http_errors_injected: int = 0

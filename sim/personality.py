@@ -1,10 +1,17 @@
-"""What every simulator personality (one venue's protocol) is given and gives back."""
+"""What every simulator personality (one venue's protocol) is given and gives back,
+and the WebSocket plumbing the streaming ones share.
+
+A personality lives in its venue's package (`candled_sim.binance`, ...): its
+`personality.py` holds the routes, `rest.py` what a REST answer holds,
+`stream.py` one stream connection, `wire.py` the venue's JSON shapes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +24,7 @@ from candled_sim.scenario import Scenario
 from candled_sim.truth import Truth
 
 Clock = Callable[[], datetime]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TICK_LAG_S = 0.02  # streams push just after a boundary, when the bar has closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +44,17 @@ class Personality(Protocol):
 
     def __init__(self, context: SimContext) -> None: ...
 
-    def routes(self) -> list[web.RouteDef]: ...
+    def routes(self) -> list[web.RouteDef]:
+        """The REST paths and stream endpoints the exchange serves for this venue."""
+        ...
 
 
 class Settling(Protocol):
     """A personality whose answer about a bar is final only `settle` after the
     bar's close (OANDA's `complete: false`, Kraken's uncommitted last entry);
     until then it says "not yet" its own way. Zero by default: every closed
-    bar is final at once. Tests set it (`sim.personality.settle = ...`)."""
+    bar is final at once. A scenario sets it (`[oanda] settle`, `[kraken]
+    settle`), and so may a test (`sim.personality.settle = ...`)."""
 
     settle: timedelta
 
@@ -54,13 +64,25 @@ def settled(close: datetime, now: datetime, settle: timedelta) -> bool:
     return close + settle <= now
 
 
-async def send_json(ws: web.WebSocketResponse, payload: Any) -> bool:
-    """Send `payload` as one JSON text frame; False if the connection is gone."""
+async def send_text(ws: web.WebSocketResponse, text: str) -> bool:
+    """Send one text frame; False if the connection is gone."""
     try:
-        await ws.send_str(json.dumps(payload))
+        await ws.send_str(text)
     except ConnectionError:
         return False
     return True
+
+
+async def send_json(ws: web.WebSocketResponse, payload: Any) -> bool:
+    """Send `payload` as one JSON text frame; False if the connection is gone."""
+    return await send_text(ws, json.dumps(payload))
+
+
+async def sleep_to_tick(clock: Clock, interval_s: float) -> None:
+    """Sleep until just after the next multiple of `interval_s` on `clock`: a
+    stream's push tick, when the bars of the boundary have closed."""
+    position = clock().timestamp() / interval_s
+    await asyncio.sleep((int(position) + 1 - position) * interval_s + TICK_LAG_S)
 
 
 @asynccontextmanager

@@ -75,6 +75,19 @@ status = 502                   # default 503
 every = 4                      # subscribe to, sent before a kline frame
 [faults.ws_mute]               # the Nth, 2Nth, ... WebSocket connection is accepted, then
 every = 3                      # nothing is ever sent on it: no data, replies, pings or close
+
+# Venue personalities' knobs: only the personality named applies its table.
+[alpaca]                       # the key's plan and the venue's quirks
+page_bars = 100                # a page holds at most this many bars whatever `limit` asks,
+                               # with a next_page_token (default: `limit` alone)
+endless_pages = false          # true: every page carries a token, the last too, for ever
+feeds = ["iex", "sip"]         # feeds the key's plan includes (default both; others: 409)
+symbol_limit = 30              # symbols one stream connection may subscribe (default: any)
+correction_delay = "30s"       # a corrected minute bar ("u") follows its bar this late
+[oanda]
+settle = "20s"                 # a closed candle is `complete` this long after its close
+[kraken]                       # (default 0: at once)
+settle = "20s"                 # OHLC's last entry stays uncommitted this long after its close
 ```
 """
 
@@ -99,6 +112,7 @@ T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3_600.0, "d": 86_400.0}
 _BINANCE_LAUNCH = datetime(2017, 8, 17, 4, tzinfo=UTC)
+_ALPACA_FEEDS = ("iex", "sip")  # Alpaca's stock stream feeds (`/v2/iex`, `/v2/sip`)
 
 
 class ScenarioError(ValueError):
@@ -114,11 +128,14 @@ class Trigger:
 
     @property
     def enabled(self) -> bool:
+        """Whether the fault can fire at all."""
         return self.every > 0 or self.probability > 0
 
 
 @dataclass(frozen=True, slots=True)
 class Faults:
+    """The scenario's `[faults]`: which faults fire when, and how they look."""
+
     http_errors: Trigger = Trigger()
     http_error_burst: int = 1
     http_error_status: int = 503
@@ -154,7 +171,29 @@ class Faults:
 
 
 @dataclass(frozen=True, slots=True)
+class AlpacaKnobs:
+    """The Alpaca personality's key plan and quirks (`[alpaca]`)."""
+
+    page_bars: int | None = None  # a page's most bars whatever `limit` asks (None: `limit`)
+    endless_pages: bool = False  # every page carries a `next_page_token`, the last too
+    feeds: tuple[str, ...] = _ALPACA_FEEDS  # feeds the key's plan includes (others: 409)
+    symbol_limit: int | None = None  # symbols a stream connection may subscribe (405)
+    correction_delay_s: float = 30.0  # corrected minute bars ("u") this long after the "b"
+
+
+@dataclass(frozen=True, slots=True)
+class SettleKnobs:
+    """A venue whose answer about a bar is final only `settle_s` after the bar's
+    close (`[oanda]`, `[kraken]`; see `candled_sim.personality.Settling`)."""
+
+    settle_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
+    """What the simulated exchange serves and how it misbehaves: its symbols and
+    their markets, maintenance, limits, stream timing, faults and venue knobs."""
+
     listings: Mapping[str, datetime] = field(
         default_factory=lambda: {"BTCUSDT": _BINANCE_LAUNCH, "ETHUSDT": _BINANCE_LAUNCH}
     )
@@ -169,6 +208,9 @@ class Scenario:
     max_connection_age_s: float = 86_400.0
     max_incoming_per_s: int = 5
     faults: Faults = Faults()
+    alpaca: AlpacaKnobs = AlpacaKnobs()
+    oanda: SettleKnobs = SettleKnobs()
+    kraken: SettleKnobs = SettleKnobs()
 
 
 def load_scenario(path: Path, now: datetime) -> Scenario:
@@ -184,9 +226,11 @@ def load_scenario(path: Path, now: datetime) -> Scenario:
 
 
 def parse_scenario(data: Mapping[str, object], now: datetime) -> Scenario:
+    """A scenario from a parsed TOML document; relative times are taken from `now`."""
     now = require_utc(now)
     root = _Table(data, "", now)
     rest, ws, faults = root.table("rest"), root.table("ws"), root.table("faults")
+    alpaca, oanda, kraken = root.table("alpaca"), root.table("oanda"), root.table("kraken")
     defaults = Scenario()
     listings = dict(defaults.listings)
     markets: dict[str, Market] = {}
@@ -212,10 +256,28 @@ def parse_scenario(data: Mapping[str, object], now: datetime) -> Scenario:
         max_connection_age_s=ws.duration("max_connection_age", defaults.max_connection_age_s),
         max_incoming_per_s=ws.positive("max_incoming_per_s", defaults.max_incoming_per_s),
         faults=_faults(faults),
+        alpaca=_alpaca(alpaca),
+        oanda=SettleKnobs(oanda.duration("settle", 0.0, allow_zero=True)),
+        kraken=SettleKnobs(kraken.duration("settle", 0.0, allow_zero=True)),
     )
-    for table in (rest, ws, faults, root):
+    for table in (rest, ws, faults, alpaca, oanda, kraken, root):
         table.done()
     return scenario
+
+
+def _alpaca(table: _Table) -> AlpacaKnobs:
+    defaults = AlpacaKnobs()
+    feeds = table.get("feeds", list, list(defaults.feeds))
+    if not all(isinstance(feed, str) and feed in _ALPACA_FEEDS for feed in feeds):
+        known = ", ".join(_ALPACA_FEEDS)
+        raise ScenarioError(f"{table.path}feeds: expected a list of feeds ({known})")
+    return AlpacaKnobs(
+        page_bars=table.optional_positive("page_bars"),
+        endless_pages=table.get("endless_pages", bool, defaults.endless_pages),
+        feeds=tuple(feeds),
+        symbol_limit=table.optional_positive("symbol_limit"),
+        correction_delay_s=table.duration("correction_delay", defaults.correction_delay_s),
+    )
 
 
 def _market(table: _Table) -> Market:
@@ -342,21 +404,25 @@ class _Table:
             raise ScenarioError(f"{self.path}{key}: must be at least 1, got {value}")
         return value
 
+    def optional_positive(self, key: str) -> int | None:
+        return self.positive(key, 1) if key in self._data else None
+
     def __bool__(self) -> bool:
         return bool(self._data)
 
-    def duration(self, key: str, default: float) -> float:
-        return self.require_duration(key) if key in self._data else default
+    def duration(self, key: str, default: float, *, allow_zero: bool = False) -> float:
+        if key not in self._data:
+            return default
+        return self.require_duration(key, allow_zero=allow_zero)
 
-    def require_duration(self, key: str) -> float:
+    def require_duration(self, key: str, *, allow_zero: bool = False) -> float:
         if key not in self._data:
             raise ScenarioError(f"{self.path}{key}: missing")
         value = self._take(key)
         seconds = _duration_s(value)
-        if seconds is None or seconds <= 0:
-            raise ScenarioError(
-                f"{self.path}{key}: expected a positive duration, got {_shown(value)}"
-            )
+        if seconds is None or seconds < 0 or (seconds == 0 and not allow_zero):
+            kind = "a duration" if allow_zero else "a positive duration"
+            raise ScenarioError(f"{self.path}{key}: expected {kind}, got {_shown(value)}")
         return seconds
 
     def time(self, key: str, default: datetime) -> datetime:

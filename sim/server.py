@@ -16,10 +16,10 @@ from candled_sim.alpaca import AlpacaPersonality
 from candled_sim.binance import BinancePersonality
 from candled_sim.coinbase import CoinbasePersonality
 from candled_sim.counters import SimCounters
+from candled_sim.http import Handler
 from candled_sim.kraken import KrakenPersonality
 from candled_sim.oanda import OandaPersonality
-from candled_sim.personality import Handler, Personality, SimContext
-from candled_sim.rest import Clock
+from candled_sim.personality import Clock, Personality, SimContext
 from candled_sim.scenario import Scenario, load_scenario
 from candled_sim.truth import Market, Truth
 
@@ -47,6 +47,7 @@ _DEFAULT_MARKETS: dict[str, dict[str, Market]] = {
 
 
 def default_scenario(protocol: str) -> Scenario:
+    """The scenario of a sim started without one: the protocol's default symbols."""
     markets = _DEFAULT_MARKETS.get(protocol, {})
     if not markets:
         return Scenario()
@@ -98,6 +99,7 @@ class SimExchange:
         return str(bound_host), int(bound_port)
 
     async def stop(self) -> None:
+        """Close every open WebSocket and stop listening."""
         for ws in list(self._sockets):
             await ws.close(code=1001, message=b"server shutting down")
         if self._runner is not None:

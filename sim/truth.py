@@ -28,6 +28,8 @@ _OCTAVES = tuple(
     (period, _SIGMA * math.sqrt(period)) for period in (5, 60, 3_600, 86_400, 2_592_000)
 )
 _DECIMALS = 8  # Binance sends eight decimals; truth holds exactly what the wire can carry
+# The venue of series inside the simulator: only symbol and timeframe matter.
+SIM_VENUE = "sim"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class Maintenance:
     symbols: frozenset[str] = frozenset()  # empty: every symbol
 
     def covers(self, symbol: str, start: datetime, end: datetime) -> bool:
+        """Whether the window hides the bar of `symbol` spanning [start, end)."""
         applies = not self.symbols or symbol in self.symbols
         return applies and self.start <= start and end <= self.end
 
@@ -88,6 +91,9 @@ def _seconds(ts: datetime) -> float:
 
 
 class Truth:
+    """Every bar the exchange has, as a pure function of the seed: what each
+    personality serves, and the oracle tests compare a store with."""
+
     def __init__(
         self,
         seed: int,
@@ -101,14 +107,22 @@ class Truth:
         self._markets = dict(markets or {})
 
     def market(self, symbol: str) -> Market:
+        """When `symbol` trades (24/7 and liquid unless the scenario says otherwise)."""
         return self._markets.get(symbol, _ALWAYS)
 
     @property
     def symbols(self) -> list[str]:
+        """The listed symbols, sorted."""
         return sorted(self._listings)
 
     def listing(self, symbol: str) -> datetime | None:
+        """When `symbol` was listed; None for a symbol the exchange does not have."""
         return self._listings.get(symbol)
+
+    def listed_by(self, symbol: str, now: datetime) -> bool:
+        """Whether `symbol` exists and has been listed at `now`."""
+        listed = self._listings.get(symbol)
+        return listed is not None and listed <= now
 
     def genesis(self, series: SeriesKey) -> datetime | None:
         """Open time of the series' first bar: the bar in which the symbol was listed."""
@@ -116,6 +130,8 @@ class Truth:
         return None if listed is None else series.tf.floor(listed)
 
     def exists(self, series: SeriesKey, open_ts: datetime) -> bool:
+        """Whether the bar opening at `open_ts` is published: at or after the
+        series' genesis, outside maintenance, inside the market's sessions."""
         genesis = self.genesis(series)
         if genesis is None or open_ts < genesis:
             return False

@@ -22,7 +22,7 @@ from candled import clock
 from candled.domain import SeriesKey
 from candled.healer import SETTLE
 from candled_sim.counters import SimCounters
-from candled_sim.limiter import IN_FLIGHT_GRACE_S
+from candled_sim.http import IN_FLIGHT_GRACE_S
 from candled_sim.scenario import parse_scenario
 from candled_sim.server import SimExchange
 from tests.daemon_proc import (

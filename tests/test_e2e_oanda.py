@@ -26,7 +26,7 @@ from candled.domain import Candle, SeriesKey
 from candled.venues.oanda import parse_time
 from candled_sim import SimExchange, Truth, parse_scenario
 from candled_sim.oanda import SIM_TOKEN, OandaPersonality
-from candled_sim.oanda_wire import as_published
+from candled_sim.oanda.wire import as_published
 from tests.daemon_proc import (
     SimRequest,
     at,

@@ -19,7 +19,7 @@ from candled.fetch import Fetcher, FetchError
 from candled.throttle import VenueThrottle
 from candled.venues import CodecError, HttpRequest, RateFacts, VenueError, get_codec
 from candled_sim import SimExchange, parse_scenario
-from candled_sim.limiter import IN_FLIGHT_GRACE_S
+from candled_sim.http import IN_FLIGHT_GRACE_S
 
 pytestmark = pytest.mark.timeout(30)
 CODEC = get_codec("binance")

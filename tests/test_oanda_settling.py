@@ -41,7 +41,7 @@ from candled.venues import Credentials, get_codec
 from candled.venues.oanda import parse_time
 from candled_sim import SimExchange, parse_scenario
 from candled_sim.oanda import SIM_TOKEN, OandaPersonality
-from candled_sim.oanda_wire import as_published
+from candled_sim.oanda.wire import as_published
 from tests.daemon_proc import SimRequest, at, record_requests
 
 KEY = SeriesKey("oanda", "EUR_USD", "1m")

@@ -39,7 +39,7 @@ from candled_sim import (
     run_sim,
 )
 from candled_sim import scenario as scenario_module
-from candled_sim.limiter import WeightLimiter
+from candled_sim.http import RateLimiter
 
 CODEC = get_codec("binance")
 NOW = datetime(2024, 3, 1, 12, 0, 1, tzinfo=UTC)  # one second into a minute
@@ -218,7 +218,7 @@ def test_load_scenario_reports_the_file(tmp_path: Path) -> None:
 
 
 def test_limiter_429_then_escalating_418() -> None:
-    limiter = WeightLimiter(budget=4, ban_s=10, max_ban_s=25)
+    limiter = RateLimiter(budget=4, ban_s=10, max_ban_s=25)
     t = NOW
     assert [limiter.admit("ip", 2, t).status for _ in range(2)] == [200, 200]
     over = limiter.admit("ip", 2, t)

@@ -21,7 +21,7 @@ from candled.collector import collect
 from candled.domain import Candle, SeriesKey
 from candled.venues import Credentials, VenueError, get_codec
 from candled_sim import SimExchange, parse_scenario
-from candled_sim import alpaca as personality_module
+from candled_sim.alpaca import stream as personality_module
 from candled_sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality, corrected
 
 CODEC = get_codec("alpaca", "alpaca", Credentials(SIM_KEY, SIM_SECRET))

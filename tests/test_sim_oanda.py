@@ -22,7 +22,7 @@ from candled.domain import Candle, SeriesKey
 from candled.venues import Credentials, HttpRequest, VenueError, get_codec
 from candled_sim import SimExchange, parse_scenario
 from candled_sim.oanda import SIM_TOKEN, OandaPersonality
-from candled_sim.oanda_wire import as_published
+from candled_sim.oanda.wire import as_published
 
 CODEC = get_codec("oanda", credentials=Credentials(SIM_TOKEN))
 AUTH = {"Authorization": f"Bearer {SIM_TOKEN}"}

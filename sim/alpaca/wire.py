@@ -19,7 +19,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from candled.domain import Candle, Timeframe
+from candled_sim.encoding import rfc3339, typical_price
+from candled_sim.http import HttpError
 
+# The one key pair the simulated Alpaca accepts: REST headers `APCA-API-KEY-ID` /
+# `APCA-API-SECRET-KEY`, and the stream's auth message.
+SIM_KEY, SIM_SECRET = "candled-sim-alpaca-key", "candled-sim-alpaca-secret"
 NEW_YORK = ZoneInfo("America/New_York")
 # `timeframe`: "flexible for Min, Hour, Day, Week and Month time window sizes with
 # a maximum constraint on the values: 59Min, 23Hour, 1Day, 1Week, 12Month";
@@ -73,17 +78,12 @@ def label(tf: Timeframe, ts: datetime) -> datetime:
     return datetime.combine(ts.date(), time(), NEW_YORK).astimezone(UTC)
 
 
-def rfc3339(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _trades(candle: Candle) -> int:
     return 1 + int(candle.volume * candle.close / 500.0)  # a trade per ~500 dollars
 
 
 def _vwap(candle: Candle) -> float:
-    # Any price inside the bar's range will do: the truth has no trades to average.
-    return round((candle.high + candle.low + candle.close) / 3.0, 6)
+    return typical_price(candle, 6)
 
 
 def bar(candle: Candle) -> dict[str, Any]:
@@ -130,11 +130,18 @@ def single_bars_body(symbol: str, bars: list[dict[str, Any]], token: str | None)
     return {"bars": bars, "symbol": symbol, "next_page_token": token}
 
 
-def error_body(code: int, message: str) -> dict[str, Any]:
-    return {"code": code, "message": message}
+def refusal(status: int, message: str, headers: dict[str, str] | None = None) -> HttpError:
+    """Alpaca's REST error answer: `{"code": ..., "message": ...}` for a bad request
+    (400, 422: the code is the status and four digits), `{"message": ...}` else."""
+    codes = {422: INVALID_VALUE, 400: BAD_REQUEST}
+    body: dict[str, Any] = {"message": message}
+    if status in codes:
+        body = {"code": codes[status], **body}
+    return HttpError(status, body, headers)
 
 
 def stream_error(code: int) -> list[dict[str, Any]]:
+    """The stream's error message with `code` and its documented text."""
     return [{"T": "error", "code": code, "msg": STREAM_ERRORS[code]}]
 
 

@@ -8,11 +8,11 @@ from it, and the tests check that the two meet.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from candled.domain import Candle
-from candled.domain.timeframe import EPOCH
+from candled_sim.encoding import epoch_s
+from candled_sim.http import HttpError
 
 # The only bucket sizes (seconds) Coinbase accepts, and the timeframe each is.
 GRANULARITIES = {60: "1m", 300: "5m", 900: "15m", 3600: "1h", 21600: "6h", 86400: "1d"}
@@ -29,9 +29,9 @@ RATE_LIMITED = "Public rate limit exceeded"
 
 def candle_row(candle: Candle) -> list[Any]:
     """One bucket: `[time, low, high, open, close, volume]`, time in Unix seconds."""
-    seconds = (candle.ts - EPOCH) // timedelta(seconds=1)
-    return [seconds, candle.low, candle.high, candle.open, candle.close, candle.volume]
+    return [epoch_s(candle.ts), candle.low, candle.high, candle.open, candle.close, candle.volume]
 
 
-def error_body(message: str) -> dict[str, Any]:
-    return {"message": message}
+def refusal(status: int, message: str) -> HttpError:
+    """Coinbase's error answer: `{"message": ...}`."""
+    return HttpError(status, {"message": message})

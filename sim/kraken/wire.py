@@ -8,32 +8,30 @@ the codec decodes from it, and the tests check that the two meet.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from candled.domain import Candle
-from candled.domain.timeframe import EPOCH
+from candled_sim.encoding import decimal, epoch_s, rfc3339, typical_price
+from candled_sim.http import HttpError
 
 # Kraken interval (minutes) -> the truth's timeframe. Kraken's 21600 (15 days)
 # has no timeframe in the domain, so the sim cannot serve it.
 TIMEFRAMES = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h", 240: "4h", 1440: "1d", 10080: "1w"}
 MINUTES = {tf: minutes for minutes, tf in TIMEFRAMES.items()}
 HEARTBEAT = {"channel": "heartbeat"}
+INVALID_ARGUMENTS = "EGeneral:Invalid arguments"
+UNKNOWN_PAIR = "EQuery:Unknown asset pair"
+TOO_MANY_REQUESTS = "EGeneral:Too many requests"
 
 
-def seconds(ts: datetime) -> int:
-    return (ts - EPOCH) // timedelta(seconds=1)
-
-
-def rfc3339(ts: datetime, nanoseconds: bool = False) -> str:
+def time_text(ts: datetime, nanoseconds: bool = False) -> str:
     """Kraken's RFC 3339 UTC times: microseconds, or nanoseconds for `interval_begin`."""
-    text = ts.strftime("%Y-%m-%dT%H:%M:%S.%f")
-    return text + ("000Z" if nanoseconds else "Z")
+    return rfc3339(ts, 9 if nanoseconds else 6)
 
 
 def _vwap(candle: Candle) -> float:
-    # Any price inside the bar's range will do: the truth has no trades to average.
-    return round((candle.high + candle.low + candle.close) / 3.0, 8)
+    return typical_price(candle, 8)
 
 
 def _trades(candle: Candle) -> int:
@@ -43,16 +41,17 @@ def _trades(candle: Candle) -> int:
 def ohlc_row(candle: Candle) -> list[Any]:
     """One row of `GET /0/public/OHLC`: decimals as strings, volume after the vwap."""
     prices = (candle.open, candle.high, candle.low, candle.close, _vwap(candle), candle.volume)
-    return [seconds(candle.ts), *(f"{x:.8f}" for x in prices), _trades(candle)]
+    return [epoch_s(candle.ts), *(decimal(x) for x in prices), _trades(candle)]
 
 
 def ohlc_answer(pair: str, candles: list[Candle], last: int) -> dict[str, Any]:
+    """`GET /0/public/OHLC`: the pair's rows and `last`, the cursor for the next poll."""
     return {"error": [], "result": {pair: [ohlc_row(c) for c in candles], "last": last}}
 
 
-def error_answer(error: str) -> dict[str, Any]:
+def refusal(error: str) -> HttpError:
     """Kraken's failure: HTTP 200 all the same, the reason in the `error` array."""
-    return {"error": [error]}
+    return HttpError(200, {"error": [error]})
 
 
 def ohlc_entry(candle: Candle) -> dict[str, Any]:
@@ -67,10 +66,10 @@ def ohlc_entry(candle: Candle) -> dict[str, Any]:
         "trades": _trades(candle),
         "volume": candle.volume,
         "vwap": _vwap(candle),
-        "interval_begin": rfc3339(candle.ts, nanoseconds=True),
+        "interval_begin": time_text(candle.ts, nanoseconds=True),
         "interval": MINUTES[candle.series.timeframe],
         # Deprecated; the documented example shows the interval's end here.
-        "timestamp": rfc3339(tf.close_time(candle.ts)),
+        "timestamp": time_text(tf.close_time(candle.ts)),
     }
 
 
@@ -79,7 +78,7 @@ def ohlc_frame(kind: str, candles: list[Candle], now: datetime) -> dict[str, Any
     return {
         "channel": "ohlc",
         "type": kind,
-        "timestamp": rfc3339(now, nanoseconds=True),
+        "timestamp": time_text(now, nanoseconds=True),
         "data": [ohlc_entry(c) for c in candles],
     }
 
@@ -96,7 +95,7 @@ def method_ack(
 ) -> dict[str, Any]:
     """A successful answer to `subscribe` / `unsubscribe` (one per symbol)."""
     answer = {"method": method, "result": result, "success": True,
-              "time_in": rfc3339(time_in), "time_out": rfc3339(time_out)}  # fmt: skip
+              "time_in": time_text(time_in), "time_out": time_text(time_out)}  # fmt: skip
     return answer if req_id is None else {**answer, "req_id": req_id}
 
 
@@ -106,7 +105,8 @@ def method_error(
 ) -> dict[str, Any]:  # fmt: skip
     """A refused request: `success: false` and the reason in `error`."""
     answer: dict[str, Any] = {
-        "error": error, "success": False, "time_in": rfc3339(time_in), "time_out": rfc3339(time_out)
+        "error": error, "success": False, "time_in": time_text(time_in),
+        "time_out": time_text(time_out),
     }  # fmt: skip
     if isinstance(method, str):
         answer["method"] = method

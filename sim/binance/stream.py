@@ -1,4 +1,5 @@
-"""One WebSocket connection to the simulated exchange: kline pushes, method messages, pings."""
+"""One connection to Binance's kline streams: kline pushes, method messages, pings,
+and the scenario's stream faults (drops, silence, lost, malformed and foreign frames)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import random
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,14 +14,11 @@ from aiohttp import WSMsgType, web
 
 from candled.domain import Candle, SeriesKey
 from candled.domain.timeframe import SUPPORTED
-from candled_sim.counters import SimCounters
+from candled_sim.binance.wire import kline_event, stream_series
 from candled_sim.faults import Dice, Turns, client_gone, fires
-from candled_sim.scenario import Scenario
-from candled_sim.truth import Truth
-from candled_sim.wire import SIM_VENUE, kline_event, stream_series
+from candled_sim.personality import SimContext, send_json, send_text, sleep_to_tick
+from candled_sim.truth import SIM_VENUE
 
-Clock = Callable[[], datetime]
-_TICK_LAG_S = 0.02  # push just after a second boundary, when the bar has closed
 # Broken frames, sent in turn: not JSON, a field missing, fields of the wrong type.
 _MALFORMED = (
     "{not json",
@@ -32,26 +28,26 @@ _MALFORMED = (
 
 
 class StreamSession:
+    """One `/stream` or `/ws` connection: serves its subscribed kline streams
+    (combined: each event wrapped as `{"stream": ..., "data": ...}`)."""
+
     def __init__(
         self,
         ws: web.WebSocketResponse,
         request: web.Request,
         streams: list[str],
         combined: bool,
-        truth: Truth,
-        scenario: Scenario,
-        counters: SimCounters,
-        clock: Clock,
-        rng: random.Random,
+        ctx: SimContext,
     ) -> None:
         self._ws = ws
         self._request = request
         self._streams = dict.fromkeys(streams)  # ordered set
         self._combined = combined
-        self._truth = truth
-        self._scenario = scenario
-        self._counters = counters
-        self._clock = clock
+        self._truth = ctx.truth
+        self._scenario = scenario = ctx.scenario
+        self._counters = counters = ctx.counters
+        self._clock = clock = ctx.clock
+        rng = ctx.rng
         faults = scenario.faults
         self._lost = Dice(faults.lost_closing_frames, rng)
         self._malformed = Turns(Dice(faults.malformed_frames, rng))
@@ -91,9 +87,7 @@ class StreamSession:
             if self._over_message_limit():
                 await self._ws.close(code=1008, message=b"Too many requests")
                 return
-            reply = self._method(msg.data)
-            with contextlib.suppress(ConnectionError):
-                await self._ws.send_str(json.dumps(reply))
+            await send_json(self._ws, self._method(msg.data))
 
     def _over_message_limit(self) -> bool:
         now = self._clock()
@@ -146,8 +140,7 @@ class StreamSession:
         tracked: dict[str, datetime] = {}  # stream -> open time of the bar it is pushing
         was_silent = False
         while not self._ws.closed:
-            position = self._clock().timestamp() / interval
-            await asyncio.sleep((int(position) + 1 - position) * interval + _TICK_LAG_S)
+            await sleep_to_tick(self._clock, interval)
             age = self._age_s()
             if faults.ws_drop_after_s is not None and age >= faults.ws_drop_after_s:
                 self._drop()
@@ -174,18 +167,14 @@ class StreamSession:
                     for candle in closing:
                         await self._send(name, (candle, True), now)
             for name, series in live:
-                current = series.tf.floor(now)
-                if self._listed(series, now) and self._truth.exists(series, current):
-                    await self._send(name, (self._truth.partial(series, current, now), False), now)
-
-    def _listed(self, series: SeriesKey, now: datetime) -> bool:
-        listed = self._truth.listing(series.symbol)
-        return listed is not None and listed <= now
+                current, truth = series.tf.floor(now), self._truth
+                if truth.listed_by(series.symbol, now) and truth.exists(series, current):
+                    await self._send(name, (truth.partial(series, current, now), False), now)
 
     def _closing(self, series: SeriesKey, last: datetime | None, now: datetime) -> list[Candle]:
         """The bars closed since the last tick."""
         current = series.tf.floor(now)
-        if last is None or last >= current or not self._listed(series, now):
+        if last is None or last >= current or not self._truth.listed_by(series.symbol, now):
             return []
         return [self._truth.bar(series, ts) for ts in self._truth.opens(series, last, current)]
 
@@ -212,7 +201,7 @@ class StreamSession:
                 continue
             series = SeriesKey(SIM_VENUE, symbol, timeframe)
             last = series.tf.add(series.tf.floor(now), -1)
-            if not (self._listed(series, now) and self._truth.exists(series, last)):
+            if not (self._truth.listed_by(symbol, now) and self._truth.exists(series, last)):
                 return
             if await self._send_event(name, self._truth.bar(series, last), True, now):
                 self._counters.foreign_frames_sent += 1
@@ -224,11 +213,7 @@ class StreamSession:
         return await self._send_text(json.dumps(payload))
 
     async def _send_text(self, text: str) -> bool:
-        try:
-            await self._ws.send_str(text)
-        except ConnectionError:
-            return False
-        return True
+        return await send_text(self._ws, text)
 
     def _drop(self) -> None:
         """Cut the connection without a close frame, as a network failure would."""

@@ -19,6 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from candled.domain import Candle
+from candled_sim.encoding import decimal, rfc3339
+from candled_sim.http import HttpError
 
 # Every documented granularity; the sim serves those with a domain timeframe.
 GRANULARITIES = (
@@ -44,16 +46,18 @@ RATE_LIMITED = "Too many requests; slow down."
 
 
 def invalid(name: str) -> str:
+    """OANDA's message for a parameter with a bad value."""
     return f"Invalid value specified for '{name}'"
 
 
-def error_body(message: str) -> dict[str, Any]:
-    return {"errorMessage": message}
+def refusal(status: int, message: str, headers: dict[str, str] | None = None) -> HttpError:
+    """OANDA's error answer: `{"errorMessage": ...}`."""
+    return HttpError(status, {"errorMessage": message}, headers)
 
 
 def time_text(ts: datetime) -> str:
     """RFC 3339 with nine fractional digits: `2016-10-17T15:16:40.000000000Z`."""
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+    return rfc3339(ts, 9)
 
 
 def tick_volume(candle: Candle) -> int:
@@ -69,7 +73,7 @@ def as_published(candle: Candle) -> Candle:
 def _quote(candle: Candle, factor: float) -> dict[str, str]:
     # Scaling by a positive factor keeps low <= open, close <= high.
     return {
-        key: f"{round(value * factor, 8):.8f}"
+        key: decimal(round(value * factor, 8))
         for key, value in (("o", candle.open), ("h", candle.high),
                            ("l", candle.low), ("c", candle.close))
     }  # fmt: skip
@@ -86,4 +90,5 @@ def candlestick(candle: Candle, complete: bool, components: str) -> dict[str, An
 
 
 def candles_body(instrument: str, granularity: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candles answer: the instrument, the granularity and the `Candlestick`s."""
     return {"instrument": instrument, "granularity": granularity, "candles": rows}

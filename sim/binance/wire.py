@@ -7,27 +7,21 @@ the codec decodes from it, and the tests check that the two meet.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from candled.domain import Candle, SeriesKey
-from candled.domain.timeframe import EPOCH, SUPPORTED
+from candled.domain.timeframe import SUPPORTED
+from candled_sim.encoding import decimal, epoch_ms
+from candled_sim.http import HttpError
+from candled_sim.truth import SIM_VENUE
 
 _STREAM = re.compile(r"^([a-z0-9]+)@kline_([0-9]+[smhdwM])$")
-SIM_VENUE = "sim"  # venue name of series inside the sim; only symbol and timeframe matter
-
-
-def ms(ts: datetime) -> int:
-    return (ts - EPOCH) // timedelta(milliseconds=1)
-
-
-def _dec(x: float) -> str:
-    return f"{x:.8f}"
 
 
 def _close_ms(candle: Candle) -> int:
     # Binance's close time is the last millisecond inside the bar.
-    return ms(candle.series.tf.close_time(candle.ts)) - 1
+    return epoch_ms(candle.series.tf.close_time(candle.ts)) - 1
 
 
 def _trades(candle: Candle) -> int:
@@ -38,17 +32,17 @@ def kline_row(candle: Candle) -> list[Any]:
     """One row of `GET /api/v3/klines`."""
     quote = candle.volume * (candle.open + candle.close) / 2.0
     return [
-        ms(candle.ts),
-        _dec(candle.open),
-        _dec(candle.high),
-        _dec(candle.low),
-        _dec(candle.close),
-        _dec(candle.volume),
+        epoch_ms(candle.ts),
+        decimal(candle.open),
+        decimal(candle.high),
+        decimal(candle.low),
+        decimal(candle.close),
+        decimal(candle.volume),
         _close_ms(candle),
-        _dec(quote),
+        decimal(quote),
         _trades(candle),
-        _dec(candle.volume / 2.0),
-        _dec(quote / 2.0),
+        decimal(candle.volume / 2.0),
+        decimal(quote / 2.0),
         "0",
     ]
 
@@ -60,32 +54,35 @@ def kline_event(candle: Candle, closed: bool, event_time: datetime) -> dict[str,
     trades = _trades(candle)
     return {
         "e": "kline",
-        "E": ms(event_time),
+        "E": epoch_ms(event_time),
         "s": symbol,
         "k": {
-            "t": ms(candle.ts),
+            "t": epoch_ms(candle.ts),
             "T": _close_ms(candle),
             "s": symbol,
             "i": candle.series.timeframe,
             "f": 100 if trades else -1,  # -1: no trades in the bar
             "L": 99 + trades if trades else -1,
-            "o": _dec(candle.open),
-            "c": _dec(candle.close),
-            "h": _dec(candle.high),
-            "l": _dec(candle.low),
-            "v": _dec(candle.volume),
+            "o": decimal(candle.open),
+            "c": decimal(candle.close),
+            "h": decimal(candle.high),
+            "l": decimal(candle.low),
+            "v": decimal(candle.volume),
             "n": trades,
             "x": closed,
-            "q": _dec(quote),
-            "V": _dec(candle.volume / 2.0),
-            "Q": _dec(quote / 2.0),
+            "q": decimal(quote),
+            "V": decimal(candle.volume / 2.0),
+            "Q": decimal(quote / 2.0),
             "B": "0",
         },
     }
 
 
-def error_body(code: int, msg: str) -> dict[str, Any]:
-    return {"code": code, "msg": msg}
+def refusal(
+    code: int, msg: str, status: int = 400, headers: dict[str, str] | None = None
+) -> HttpError:
+    """Binance's error answer: `{"code": <negative code>, "msg": ...}`."""
+    return HttpError(status, {"code": code, "msg": msg}, headers)
 
 
 def stream_series(name: str) -> SeriesKey | None:
