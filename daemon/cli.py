@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from candled import __version__, logs, oneshot
+from candled import __version__, logs, oneshot, research
 from candled.config import EX_CONFIG, Config, ConfigError, load_config, parse_duration
 from candled.domain import SeriesKey
 
@@ -62,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--since", type=_duration, required=True, metavar="DURATION")
     export.add_argument("--out", type=Path, required=True, metavar="FILE")
+    candles = sub.add_parser(
+        "export", parents=[common], help="candles of some series to a .csv or .parquet file"
+    )
+    candles.add_argument("--series", nargs="+", type=_series, required=True, metavar="V:S:TF")
+    when = "a duration before now (30d) or a UTC date/time (2026-01-05T14:30)"
+    candles.add_argument("--since", type=_when, required=True, metavar="WHEN", help=when)
+    candles.add_argument("--until", type=_when, metavar="WHEN", help=f"{when}; default: now")
+    candles.add_argument("--out", type=Path, required=True, metavar="FILE.csv|FILE.parquet")
+    how = "rows: outer (any series has a bar), inner (all do), calendar (every expected bar)"
+    candles.add_argument("--how", choices=["outer", "inner", "calendar"], default="outer", help=how)
+    empty = "confirmed-empty bars on the calendar grid: NaN rows (default), or left out"
+    candles.add_argument("--empty", choices=["nan", "drop"], default="nan", help=empty)
     coverage = sub.add_parser(
         "coverage", parents=[common, series],
         help="draw the store's coverage (/coverage's picture) to an .html or .svg file; "
@@ -95,6 +107,19 @@ def _duration(text: str) -> timedelta:
         return parse_duration(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _when(text: str) -> timedelta | datetime:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return research.utc_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a duration (30d, 6h) or a UTC date/time (2026-01-05T14:30)"
+        ) from None
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -153,6 +178,14 @@ async def _export(args: argparse.Namespace) -> int:
     return await oneshot.export_returns(_load(args), args.series, args.since, args.out)
 
 
+async def _export_candles(args: argparse.Namespace) -> int:
+    config = _load(args)
+    return await research.export_command(
+        config.database.dsn, config.daemon.state_dir, args.series, args.since, args.until,
+        args.out, how=args.how, empty=args.empty, overrides=config.healing.overrides(),
+    )  # fmt: skip
+
+
 async def _coverage(args: argparse.Namespace) -> int:
     return await oneshot.coverage(_load(args), args.series, args.since, args.out)
 
@@ -164,6 +197,7 @@ _ASYNC: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "repair": _repair,
     "backfill": _backfill,
     "export-returns": _export,
+    "export": _export_candles,
     "coverage": _coverage,
     "sim": _sim,
 }
