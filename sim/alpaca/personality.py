@@ -5,7 +5,7 @@ Credentials: the sim accepts one fixed key pair, `wire.SIM_KEY` / `wire.SIM_SECR
 them in `APCA-API-KEY-ID` / `APCA-API-SECRET-KEY` (else 403 `{"message":
 "forbidden"}`); the stream needs them in its auth message (else 402 "auth failed").
 
-REST, as documented (stock-pricing-data/historical.md): `GET /v2/stocks/bars`
+REST, as documented (alpaca-docs' historical.md, cited in `wire`): `GET /v2/stocks/bars`
 (`symbols`, comma separated) and `GET /v2/stocks/{symbol}/bars`, with
 `timeframe` (required), `start` (default: the start of the current UTC day),
 `end` (default: now; both inclusive), `limit` (1-10000, default 1000), `feed`
@@ -27,7 +27,7 @@ weight_per_minute, 200)` requests a clock minute (Alpaca's Basic plan); more get
 429; every answer carries `X-RateLimit-Limit/-Remaining/-Reset`. Timeframes the
 truth has no grid for (2Hour, 1Week, ...) are answered 422 saying so.
 
-Stream `/v2/iex` or `/v2/sip` (realtime.md): `[{"T":"success","msg":"connected"}]`
+Stream `/v2/iex` or `/v2/sip` (alpaca-docs' realtime.md): `[{"T":"success","msg":"connected"}]`
 on connect; the client has `AUTH_TIMEOUT_S` to authenticate (404 "auth timeout");
 one authenticated connection per key and feed (406 "connection limit exceeded",
 then closed: "the number of connections to a single endpoint ... is 1"); a feed
@@ -60,7 +60,8 @@ from candled_sim.alpaca.stream import BarStream
 from candled_sim.http import HttpError, RateLimiter
 from candled_sim.personality import SimContext, websocket
 
-REQUESTS_PER_MINUTE = 200  # Basic plan (alpaca.markets/support/usage-limit-api-calls)
+# Basic plan (https://alpaca.markets/support/usage-limit-api-calls)
+REQUESTS_PER_MINUTE = 200
 
 
 class AlpacaPersonality:

@@ -2,7 +2,8 @@
 
 Kept apart from the codec on purpose: the sim encodes from the documentation
 (https://docs.alpaca.markets/reference/stockbars, the docs' source in
-alpacahq/alpaca-docs, .../stock-pricing-data/historical.md and realtime.md, and
+https://github.com/alpacahq/alpaca-docs: content/api-references/market-data-api/
+stock-pricing-data/historical.md and realtime.md, and
 https://docs.alpaca.markets/docs/real-time-stock-pricing-data), the codec decodes
 from it, and the tests check that the two meet.
 
@@ -45,7 +46,7 @@ INVALID_VALUE, BAD_REQUEST = 42210000, 40010001
 FORBIDDEN = "forbidden"
 TOO_MANY_REQUESTS = "too many requests"
 
-# Stream control messages (realtime.md).
+# Stream control messages (alpaca-docs' realtime.md).
 CONNECTED = [{"T": "success", "msg": "connected"}]
 AUTHENTICATED = [{"T": "success", "msg": "authenticated"}]
 STREAM_ERRORS = {

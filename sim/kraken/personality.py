@@ -36,7 +36,8 @@ from candled_sim.kraken.stream import OhlcStream
 from candled_sim.kraken.wire import TOO_MANY_REQUESTS, ohlc_answer, refusal
 from candled_sim.personality import SimContext, websocket
 
-# About one public request a second (support.kraken.com article 206548367);
+# About one public request a second (Kraken's support article 206548367,
+# https://support.kraken.com/hc/en-us/articles/206548367);
 # a scenario's `[rest] weight_per_minute` may make it tighter, never looser.
 REQUESTS_PER_MINUTE = 60
 

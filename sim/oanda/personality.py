@@ -9,10 +9,12 @@ sessions (`profile = "FOREX"`: none over the weekend); the bar in progress is
 sent with `complete: false`, and so is a closed bar until `settle` after its
 close: OANDA completes a candle only when a price after its end arrives, after
 a second or two in busy hours and up to tens of seconds in quiet ones
-(hootnot/oanda-api-v20#155). `settle` is zero by default; a scenario sets it
-(`[oanda] settle`), and so may a test (`OandaPersonality.settle`).
+(https://github.com/hootnot/oanda-api-v20/issues/155). `settle` is zero by
+default; a scenario sets it (`[oanda] settle`), and so may a test
+(`OandaPersonality.settle`).
 
-Parameters as documented (instrument-ep): `granularity` (default S5),
+Parameters as documented
+(https://developer.oanda.com/rest-live-v20/instrument-ep/): `granularity` (default S5),
 `price` (any of M, B, A; default M), `count` (default 500, at most 5000),
 `from`, `to` (a `to` in the future is refused, as on OANDA), `includeFirst`,
 `smooth`, `dailyAlignment`, `alignmentTimezone`, `weeklyAlignment`. `from`

@@ -32,7 +32,7 @@ TIMEFRAMES = {
     "H4": "4h", "H6": "6h", "H8": "8h", "H12": "12h", "D": "1d", "W": "1w", "M": "1M",
 }  # fmt: skip
 # Aligned to the day that `dailyAlignment`/`alignmentTimezone` define (and W to
-# `weeklyAlignment`); the others to the minute or hour (instrument-df).
+# `weeklyAlignment`); the others to the minute or hour (instrument-df, above).
 DAY_ALIGNED = frozenset({"H2", "H3", "H4", "H6", "H8", "H12", "D", "W", "M"})
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 DEFAULT_COUNT, MAX_COUNT = 500, 5000
