@@ -92,8 +92,8 @@ async def _client(dsn: str, ws_url: str, n: int, seconds: int, max_age: float | 
     from candled.collector import Collector
     from candled.domain import Candle, SeriesKey
     from candled.store.writer import CandleStore, CandleWriter, PreparedBatch, WriteResult
-    from candled.venues import FrameResult
-    from candled.venues.binance import BinanceCodec
+    from candled.venues import StreamEvent
+    from candled.venues.binance import BinanceSession, BinanceStream
 
     try:  # what the daemon process carries besides the live path (pandas, calendars, ...)
         import candled.app  # noqa: F401
@@ -106,12 +106,14 @@ async def _client(dsn: str, ws_url: str, n: int, seconds: int, max_age: float | 
 
     stats = _Stats(bar_s=float(SeriesKey("x", "X", TIMEFRAME).tf.seconds))
 
-    class CountingCodec(BinanceCodec):
-        frames = 0
+    class CountingSession(BinanceSession):
+        def receive(self, text: str) -> list[StreamEvent]:
+            self.codec.frames += 1  # type: ignore[attr-defined]  # a CountingStream
+            return super().receive(text)
 
-        def parse_frame(self, text: str) -> FrameResult:
-            self.frames += 1
-            return super().parse_frame(text)
+    class CountingStream(BinanceStream):
+        SESSION = CountingSession
+        frames = 0
 
     class TimedStore(CandleStore):
         async def execute(self, batch: PreparedBatch) -> WriteResult:
@@ -140,7 +142,7 @@ async def _client(dsn: str, ws_url: str, n: int, seconds: int, max_age: float | 
 
     db = await Database.connect(dsn, max_size=4)
     try:
-        codec = CountingCodec("binance")
+        codec = CountingStream("binance")
         keys = [SeriesKey(codec.venue, s, TIMEFRAME) for s in _symbols(n)]
         store = TimedStore(db.pool)
         writer = CandleWriter(store) if max_age is None else CandleWriter(store, max_age=max_age)

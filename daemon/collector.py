@@ -18,9 +18,16 @@ Bars in the overlap may be forwarded twice; the store's upsert makes that a
 no-op. After every connect `on_connect` is called so the caller can backfill
 the hole since the newest stored candle.
 
-Where the codec has login messages (Alpaca's auth), a connection counts as
+The protocol is the venue's stream session's (`candled.venues.stream`): the
+collector opens one per connection, sends what it gives to send (login,
+subscribe and unsubscribe messages, paced under the venue's limit on incoming
+messages), feeds it every frame and acts on its events: closed bars go to the
+sink, gaps to `on_gap`, malformed and foreign data are counted. The collector
+itself keeps sockets, timers, sharding and rotation only.
+
+Where the venue has a login (Alpaca's auth), a connection counts as
 connected, subscribes and calls `on_connect` only once the venue accepted the
-login. A stream error the codec classifies (`StreamError`) decides what comes
+login. A stream error the session classifies (`Refusal`) decides what comes
 next, by its fault: a refused key or plan, or a message the venue rejects (a
 bug on our side), ends the connection and is asked about again only after
 `auth_retry_s`; another connection holding the key's only slot backs off from
@@ -36,13 +43,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
-import itertools
 import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -51,9 +56,23 @@ from websockets.asyncio.client import ClientConnection
 
 from candled import logs, metrics
 from candled.domain import Candle, SeriesKey
+from candled.errors import CandledError
 from candled.throttle import MessagePacer
-from candled.venues import VenueCodec
-from candled.venues.base import StreamError, StreamFault
+from candled.venues import (
+    ClosedBars,
+    Foreign,
+    Gap,
+    Heartbeat,
+    LoggedIn,
+    Malformed,
+    Refusal,
+    Reply,
+    StreamCodec,
+    StreamError,
+    StreamFault,
+    StreamSession,
+    Subscribed,
+)
 
 log = logs.get("candled.collector")
 Sink = Callable[[Sequence[Candle]], Awaitable[None]]
@@ -61,16 +80,17 @@ OnConnect = Callable[[Sequence[SeriesKey]], Awaitable[None]]
 # series, first missing bar (None: the stream's first bar), next present bar
 OnGap = Callable[[SeriesKey, datetime | None, datetime], None]
 MAX_MESSAGE = 1 << 20  # bytes; a kline frame is ~600
-STREAMS_PER_MESSAGE = 200  # streams named in one subscribe message (~5 kB)
 _LINK_ERRORS = (OSError, TimeoutError, websockets.WebSocketException)
 # A venue that does not answer our close frame is cut off after this long.
 _CLOSE_TIMEOUT_S = 2.0
-# What a frame was: ours (data), a method reply, a live stream no longer
-# ours, or noise (malformed, other events), which counts towards idleness.
-_FrameKind = Literal["data", "reply", "foreign", "noise"]
+# What a frame was, the first that applies: data of ours (closed bars or a
+# sign of life), data of streams no longer ours, an answer to a message, or
+# noise (malformed, other events), which counts towards idleness.
+_FrameKind = Literal["data", "foreign", "reply", "noise"]
+_RANK: dict[_FrameKind, int] = {"noise": 0, "reply": 1, "foreign": 2, "data": 3}
 
 
-class IdleConnection(Exception):
+class IdleConnection(CandledError):
     """The connection is open but delivers no data."""
 
 
@@ -87,8 +107,8 @@ _KEY_FAULTS = frozenset({StreamFault.KEY_REFUSED, StreamFault.NOT_ENTITLED,
                          StreamFault.CONNECTION_LIMIT})  # fmt: skip
 
 
-class StreamRefused(Exception):
-    """The venue ended the stream with an error the codec classified (`StreamError`).
+class StreamRefused(CandledError):
+    """The venue ended the stream with an error the session classified (`StreamError`).
     The message names the venue, the venue's words, what to fix and, for the
     key's faults, the settings the key comes from (never the key)."""
 
@@ -107,6 +127,8 @@ class StreamRefused(Exception):
 
 @dataclass
 class CollectorSettings:
+    """How a collector connects, spots idle connections, backs off and rotates."""
+
     idle_timeout_s: float = 30.0
     max_idle_packets: int = 50
     backoff_base_s: float = 0.5
@@ -132,54 +154,33 @@ class CollectorSettings:
 
 
 class _Link:
-    """One open connection: its socket, and method messages paced under the
-    venue's incoming-message limit, with the replies still awaited."""
+    """One open connection: its socket and session, and its messages paced
+    under the venue's incoming-message limit."""
 
-    def __init__(self, ws: ClientConnection, codec: VenueCodec) -> None:
+    def __init__(self, ws: ClientConnection, session: StreamSession, per_s: float) -> None:
         self.ws = ws
+        self.session = session
         self.opened = time.monotonic()
-        self.data_seen = False
-        self.logged_in = False  # the venue accepted the login messages
-        self.pending: set[int] = set()  # ids of method messages not answered yet
-        # Per series, the newest bar still forming (venues without a closed
-        # flag). Per connection: after a reconnect an old one may be stale.
-        self.forming: dict[SeriesKey, Candle] = {}
-        self._codec = codec
-        self._pacer = MessagePacer(codec.limits.max_ws_messages_per_s)
-        self._ids = itertools.count(1)
+        self._pacer = MessagePacer(per_s)
         self._send_lock = asyncio.Lock()
 
-    @property
-    def ready(self) -> bool:
-        """Subscribed to everything asked for, and data is flowing."""
-        return self.data_seen and not self.pending
-
-    async def send_method(self, message: Callable[[int], str]) -> int:
+    async def send(self, messages: Sequence[str]) -> None:
+        """Send `messages` in order, paced."""
+        if not messages:
+            return
         async with self._send_lock:
-            wait = self._pacer.delay(time.monotonic())
-            if wait > 0:  # then the window has room: the oldest send has left it
-                await asyncio.sleep(wait)
-            request_id = next(self._ids)
-            if self._codec.limits.acknowledges_requests:
-                self.pending.add(request_id)
-            await self.ws.send(message(request_id))
-            self._pacer.sent(time.monotonic())
-            return request_id
-
-    async def subscribe(self, series: Sequence[SeriesKey], subscribe: bool = True) -> None:
-        build = self._codec.subscribe_message if subscribe else self._codec.unsubscribe_message
-        # One timeframe per message: some venues take the interval once per request.
-        by_tf: dict[str, list[SeriesKey]] = collections.defaultdict(list)
-        for key in series:
-            by_tf[key.timeframe].append(key)
-        for keys in by_tf.values():
-            for i in range(0, len(keys), STREAMS_PER_MESSAGE):
-                chunk = keys[i : i + STREAMS_PER_MESSAGE]
-                await self.send_method(functools.partial(build, chunk))
+            for message in messages:
+                wait = self._pacer.delay(time.monotonic())
+                if wait > 0:  # then the window has room: the oldest send has left it
+                    await asyncio.sleep(wait)
+                await self.ws.send(message)
+                self._pacer.sent(time.monotonic())
 
 
 @dataclass(eq=False)
 class Shard:
+    """Series that share one connection (at a time: two while rotating)."""
+
     series: list[SeriesKey]
     connected: bool = False
     connects: int = 0
@@ -187,7 +188,6 @@ class Shard:
     # Why the venue keeps this shard's stream down (`StreamRefused`), until a
     # later connection is subscribed.
     refusal: str | None = None
-    streams: dict[str, SeriesKey] = field(default_factory=dict)  # stream name -> series
     link: _Link | None = None
     task: asyncio.Task[None] | None = None
 
@@ -198,9 +198,13 @@ def backoff_delay(attempt: int, base: float, cap: float, rnd: random.Random) -> 
 
 
 class Collector:
+    """Keeps a venue's streamed series connected and hands their closed bars to
+    `sink` (see the module docstring); `add` and `remove` change the series
+    while it runs."""
+
     def __init__(
         self,
-        codec: VenueCodec,
+        codec: StreamCodec,
         ws_url: str,
         series: Sequence[SeriesKey],
         sink: Sink,
@@ -210,6 +214,8 @@ class Collector:
     ) -> None:
         self.codec = codec
         self._on_gap = on_gap
+        # The newest closed bar per series, shared by every session: a
+        # reconnect's first bar is checked against the last one before it.
         self._last_closed: dict[SeriesKey, datetime] = {}
         self.ws_url = ws_url
         self._sink = sink
@@ -224,6 +230,7 @@ class Collector:
 
     @property
     def connected(self) -> bool:
+        """Every shard has an open, subscribed connection."""
         return bool(self.shards) and all(s.connected for s in self.shards)
 
     @property
@@ -260,7 +267,6 @@ class Collector:
                 shard = Shard([])
                 self.shards.append(shard)
             shard.series.append(key)
-            shard.streams[self.codec.stream_name(key)] = key
             placed[shard].append(key)
         return placed
 
@@ -270,7 +276,7 @@ class Collector:
             if shard.task is None and self._tg is not None:
                 self._start(shard)  # a new shard connects with its streams
             elif shard.link is not None:
-                await self._resubscribe(shard.link, added, subscribe=True)
+                await self._send(shard.link, shard.link.session.subscribe(added))
 
     async def remove(self, keys: Sequence[SeriesKey]) -> None:
         """Stop streaming `keys`; a shard left without streams is closed."""
@@ -280,18 +286,16 @@ class Collector:
             if not removed:
                 continue
             shard.series = [k for k in shard.series if k not in gone]
-            for key in removed:
-                shard.streams.pop(self.codec.stream_name(key), None)
             if not shard.series:
                 self.shards.remove(shard)
                 if shard.task is not None:
                     shard.task.cancel()
             elif shard.link is not None:
-                await self._resubscribe(shard.link, removed, subscribe=False)
+                await self._send(shard.link, shard.link.session.unsubscribe(removed))
 
-    async def _resubscribe(self, link: _Link, keys: Sequence[SeriesKey], subscribe: bool) -> None:
+    async def _send(self, link: _Link, messages: Sequence[str]) -> None:
         try:
-            await link.subscribe(keys, subscribe)
+            await link.send(messages)
         except _LINK_ERRORS as e:  # the reconnect subscribes whatever the shard holds then
             log.warning("stream (un)subscribe failed", venue=self.codec.venue,
                         error=f"{type(e).__name__}: {e}")  # fmt: skip
@@ -359,37 +363,35 @@ class Collector:
             await self._close(link, shard, forward=False)
 
     async def _open(self, shard: Shard) -> _Link:
-        """Connect, subscribe the shard's streams, and tell `on_connect`."""
-        wanted = list(shard.series)
-        in_url, length = 0, len(self.ws_url + self.codec.stream_path([]))
-        for key in wanted if self.codec.limits.subscribe_in_url else ():
-            length += len(self.codec.stream_name(key)) + 1
-            if length > self.settings.max_url_length:
-                break
-            in_url += 1
+        """Connect, log in, subscribe the shard's streams, and tell `on_connect`."""
+        session = self.codec.session(
+            list(shard.series),
+            max_path=self.settings.max_url_length - len(self.ws_url),
+            last_closed=self._last_closed,
+        )
+        in_url = len(session.streams)
         ws = await websockets.connect(
-            self.ws_url + self.codec.stream_path(wanted[:in_url]),
+            self.ws_url + session.path,
             open_timeout=self.settings.open_timeout_s,
             close_timeout=_CLOSE_TIMEOUT_S,
             max_size=MAX_MESSAGE,
         )
-        link = _Link(ws, self.codec)
+        link = _Link(ws, session, self.codec.limits.max_messages_per_s)
         try:
-            shard.link = link
-            logins = self.codec.login_messages()
-            for message in logins:
-                await ws.send(message)
-            if logins:
+            await link.send(session.login())
+            if not session.logged_in:
                 await self._await_login(link, shard)
-            # add()/remove() calls that came while connecting went to no link.
+            # From here on add() and remove() reach this link; what they did
+            # while it was connecting is in the shard's series.
+            shard.link = link
             current = set(shard.series)
-            asked = set(wanted)
-            await link.subscribe(wanted[in_url:] + [k for k in shard.series if k not in asked])
-            await link.subscribe([k for k in wanted if k not in current], subscribe=False)
+            await link.send(session.subscribe([k for k in shard.series
+                                               if not session.carries(k)]))  # fmt: skip
+            await link.send(session.unsubscribe([k for k in session.streams if k not in current]))
             shard.connected = True
             shard.connects += 1
             log.info("stream connected", venue=self.codec.venue, streams=len(shard.series),
-                     by_message=len(wanted) - in_url)  # fmt: skip
+                     by_message=len(shard.series) - in_url)  # fmt: skip
             if self._on_connect is not None:
                 await self._on_connect(list(shard.series))
         except BaseException:
@@ -401,7 +403,7 @@ class Collector:
         """Read until the venue accepts the login; its refusal raises
         (`StreamRefused`), and so does silence past `open_timeout_s`."""
         async with asyncio.timeout(self.settings.open_timeout_s):
-            while not link.logged_in:
+            while not link.session.logged_in:
                 await self._handle(link, shard, await link.ws.recv())
 
     async def _rotate(self, old: _Link, shard: Shard) -> _Link:
@@ -444,13 +446,13 @@ class Collector:
         until_ready: bool = False,
     ) -> None:
         """Forward closed candles from `link` until `until` (monotonic) or, with
-        `until_ready`, until the link is ready; raise when it is idle or broken."""
+        `until_ready`, until its session is ready; raise when it is idle or broken."""
         s = self.settings
         # A quiet venue's stream may be silent for hours while healthy.
-        idle_timeout_s = math.inf if self.codec.limits.quiet_stream else s.idle_timeout_s
+        idle_timeout_s = math.inf if self.codec.quiet else s.idle_timeout_s
         last_data = time.monotonic()
         non_data = 0
-        while not (until_ready and link.ready):
+        while not (until_ready and link.session.ready):
             now = time.monotonic()
             if until is not None and now >= until:
                 return
@@ -473,97 +475,64 @@ class Collector:
                     raise IdleConnection(f"{non_data} frames in a row without data")
 
     async def _handle(self, link: _Link, shard: Shard, message: str | bytes) -> _FrameKind:
-        """Parse one frame: forward its closed candles, note replies and malformed frames."""
-        result = self.codec.parse_frame(
+        """Feed one frame to the link's session and act on its events: closed
+        bars to the sink, gaps to `on_gap`, refusals raised, the rest counted."""
+        venue = self.codec.venue
+        kind: _FrameKind = "noise"
+        events = link.session.receive(
             message if isinstance(message, str) else message.decode("utf-8", "replace")
         )
-        error = result.stream_error
-        if error is not None and error.fault is not StreamFault.HARMLESS:
-            raise StreamRefused(self.codec.venue, error, self.settings.key_source)
-        if error is not None:
-            log.error("venue refused a stream message; the connection stands",
-                      venue=self.codec.venue, error=f"{error.said}: {error.fix}")  # fmt: skip
-            return "reply"
-        if result.error is not None:  # with an id or not (some venues give none)
-            log.error("venue refused a stream request", venue=self.codec.venue,
-                      error=result.error)  # fmt: skip
-        if result.subscribed or result.is_data:
+        for event in events:
+            match event:
+                case ClosedBars(candles):
+                    kind = "data"
+                    metrics.live_candles.labels(venue).inc(len(candles))
+                    await self._sink(candles)
+                case Heartbeat():
+                    kind = "data"
+                case Gap(series, start, end):
+                    if self._on_gap is not None:
+                        self._on_gap(series, start, end)
+                case Foreign(count):
+                    kind = _ranked(kind, "foreign")
+                    metrics.malformed.labels(venue, "unknown_stream").inc(count)
+                case Refusal(error) if error.fault is not StreamFault.HARMLESS:
+                    raise StreamRefused(venue, error, self.settings.key_source)
+                case Refusal(error):
+                    kind = _ranked(kind, "reply")
+                    log.error("venue refused a stream message; the connection stands",
+                              venue=venue, error=f"{error.said}: {error.fix}")  # fmt: skip
+                case Reply(_, error):
+                    kind = _ranked(kind, "reply")
+                    if error is not None:
+                        log.error("venue refused a stream request", venue=venue, error=error)
+                case LoggedIn() | Subscribed():
+                    kind = _ranked(kind, "reply")
+                case Malformed():
+                    self.malformed += 1
+                    metrics.malformed.labels(venue, "ws").inc()
+        if kind in ("data", "foreign") or any(isinstance(e, Subscribed) for e in events):
             shard.refusal = None  # the venue took the subscription: nothing keeps it down
-        if result.logged_in:
-            link.logged_in = True
-            return "reply"
-        if result.reply_id is not None:
-            link.pending.discard(result.reply_id)
-            return "reply"
-        if result.malformed:
-            self.malformed += 1
-            metrics.malformed.labels(self.codec.venue, "ws").inc()
-        if not result.is_data:
-            return "noise"
-        if result.stream is not None and result.stream not in shard.streams:
-            # A stream being unsubscribed: alive, but no longer ours to forward.
-            metrics.malformed.labels(self.codec.venue, "unknown_stream").inc()
-            return "foreign"
-        # Frames that batch several streams (stream None) are sorted bar by bar.
-        closed, forming = self._ours(shard, result.candles), self._ours(shard, result.forming)
-        if not closed and not forming and (result.candles or result.forming):
-            return "foreign"
-        link.data_seen = shard.healthy = True
-        closed += self._finalised(link, forming)
-        if closed:
-            metrics.live_candles.labels(self.codec.venue).inc(len(closed))
-            self._check_sequence(closed)
-            await self._sink(closed)
-        return "data"
+        if kind == "data":
+            shard.healthy = True
+        return kind
 
-    def _ours(self, shard: Shard, candles: Sequence[Candle]) -> list[Candle]:
-        """The candles of streams this shard carries; others are counted and dropped."""
-        ours = [c for c in candles if self.codec.stream_name(c.series) in shard.streams]
-        if len(ours) < len(candles):
-            metrics.malformed.labels(self.codec.venue, "unknown_stream").inc(
-                len(candles) - len(ours)
-            )
-        return ours
 
-    @staticmethod
-    def _finalised(link: _Link, forming: Sequence[Candle]) -> list[Candle]:
-        """Bars that a later bar's first update has closed (venues without a closed flag)."""
-        final = []
-        for bar in forming:
-            held = link.forming.get(bar.series)
-            if held is not None and bar.ts < held.ts:
-                continue  # a late update of a bar already closed
-            if held is not None and bar.ts > held.ts:
-                final.append(held)
-            link.forming[bar.series] = bar
-        return final
-
-    def _check_sequence(self, candles: Sequence[Candle]) -> None:
-        """Report bars skipped between two closed bars of a stream (a lost
-        closing frame), so the caller can fetch them at once."""
-        sparse = self.codec.limits.sparse
-        for c in candles:
-            prev = self._last_closed.get(c.series)
-            expected = c.series.tf.next(prev) if prev is not None else None
-            # The first bar of a stream is reported too (expected None): the
-            # close of the bar in progress at connect time may never come. On
-            # a sparse venue a skipped bar is most likely one without trades:
-            # not worth a request each; the heal cycle judges those.
-            skipped = expected is not None and c.ts > expected and not sparse
-            if (expected is None or skipped) and self._on_gap is not None:
-                self._on_gap(c.series, expected, c.ts)
-            if prev is None or c.ts > prev:
-                self._last_closed[c.series] = c.ts
+def _ranked(kind: _FrameKind, other: _FrameKind) -> _FrameKind:
+    """The frame's kind: what says most about the stream (data, then foreign data, ...)."""
+    return other if _RANK[other] > _RANK[kind] else kind
 
 
 @dataclass(frozen=True)
 class CollectResult:
+    """What `collect` gathered."""
+
     candles: list[Candle]
     partial: bool  # the total timeout expired before `max_candles` arrived
 
 
 async def collect(
-    codec: VenueCodec,
+    codec: StreamCodec,
     ws_url: str,
     series: Sequence[SeriesKey],
     total_timeout: float,

@@ -590,7 +590,8 @@ def default_poll_delay(limits: VenueLimits) -> timedelta:
 
 def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> VenueConfig:
     kind = t.choice("kind", kinds)
-    limits = get_codec(kind).limits
+    codec = get_codec(kind)
+    limits = codec.limits
     key, secret = _secret(t, "key", env), _secret(t, "secret", env)
     v = VenueConfig(
         name=t.convert("name", _venue_name),
@@ -599,8 +600,8 @@ def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> V
         # Venues polled for live bars have no stream to connect to.
         ws_url=t.convert(
             "ws_url",
-            _url(("ws", "wss"), optional=limits.live == "poll"),
-            "" if limits.live == "poll" else None,
+            _url(("ws", "wss"), optional=codec.stream is None),
+            "" if codec.stream is None else None,
         ),
         batch=t.positive("batch", 5),
         rate_capacity=t.positive("rate_capacity", limits.rate_capacity),
@@ -623,14 +624,14 @@ def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> V
     t.done()
     if secret and not key:
         raise ConfigError(t.key("api_key_env"), "an api secret is set but no api key")
-    if limits.needs_credentials and v.credentials is None:
-        secret = " and api_secret_env or api_secret_file" if limits.needs_secret else ""
+    if codec.needs_credentials and v.credentials is None:
+        secret = " and api_secret_env or api_secret_file" if codec.needs_secret else ""
         raise ConfigError(
             t.path,
             f'venue "{v.name}" (kind {kind}) needs credentials: set api_key_env or api_key_file'
             + secret,
         )
-    if limits.needs_secret and key and not secret:
+    if codec.needs_secret and key and not secret:
         raise ConfigError(
             t.key("api_secret_env"),
             f'venue "{v.name}" (kind {kind}) needs an API secret with its key:'

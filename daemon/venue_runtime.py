@@ -99,9 +99,9 @@ class VenueRuntime:
         self.backfill_queued = asyncio.Event()  # the startup backfill is queued
 
     def _streamed(self, key: SeriesKey) -> bool:
-        limits = self.codec.limits
-        timeframes = limits.stream_timeframes
-        return limits.live == "stream" and (timeframes is None or key.timeframe in timeframes)
+        """The venue has a stream, and it carries `key`'s timeframe."""
+        stream = self.codec.stream
+        return stream is not None and stream.has_stream(key)
 
     def _live(self) -> list[SeriesKey]:
         """Live series the venue streams."""
@@ -121,11 +121,12 @@ class VenueRuntime:
             self.poller = Poller(self.backfiller.run_job, self.backfiller.submit, self._polled(),
                                  self.config.poll_delay, settling=settling)  # fmt: skip
             tg.create_task(self.poller.run())
-        if self._live() and self.collector is None:
+        stream = self.codec.stream
+        if self._live() and self.collector is None and stream is not None:
             settings = CollectorSettings(idle_timeout_s=self.config.idle_timeout.total_seconds(),
                                          key_source=key_source(self.config))  # fmt: skip
             self.collector = Collector(
-                self.codec, self.config.ws_url, self._live(), self._ws_intake,
+                stream, self.config.ws_url, self._live(), self._ws_intake,
                 self._hole_backfill, settings, on_gap=self._live_gap,
             )  # fmt: skip
             tg.create_task(self.collector.run())

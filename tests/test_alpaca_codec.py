@@ -31,12 +31,27 @@ from typing import Any
 import pytest
 
 from candled.domain import Candle, SeriesKey
-from candled.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
+from candled.venues import (
+    ClosedBars,
+    CodecError,
+    Credentials,
+    Foreign,
+    Gap,
+    LoggedIn,
+    Malformed,
+    Refusal,
+    StreamEvent,
+    Subscribed,
+    VenueError,
+    get_codec,
+    known_kinds,
+)
 from candled.venues.alpaca import LIMITS, AlpacaCodec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alpaca"
 KEY, SECRET = "AKTESTKEY0123456789", "s3cr3t-never-shown-anywhere"
 codec = AlpacaCodec("alpaca", Credentials(KEY, SECRET))
+stream = codec.stream
 AAPL_1M = SeriesKey("alpaca", "AAPL", "1m")
 AAPL_1D = SeriesKey("alpaca", "AAPL", "1d")
 LATER = datetime(2024, 1, 1, tzinfo=UTC)  # every fixture bar has closed
@@ -208,17 +223,18 @@ def test_timeframes() -> None:
 
 def test_credentials_never_show() -> None:
     request = codec.history_request(AAPL_1M, LATER, LATER + timedelta(minutes=1), 1)
-    for shown in (repr(codec), repr(request), str(request), repr(request.headers)):
+    shown_as = (repr(codec), repr(stream), repr(request), str(request), repr(request.headers))
+    for shown in shown_as:
         assert SECRET not in shown and KEY not in shown
 
 
 def test_options() -> None:
-    sip = get_codec("alpaca", "us", Credentials(KEY, SECRET), {"feed": "sip"})
-    assert sip.stream_path([AAPL_1M]) == "/v2/sip"
+    sip = AlpacaCodec("us", Credentials(KEY, SECRET), {"feed": "sip"})
+    assert sip.stream.session([AAPL_1M]).path == "/v2/sip"
     assert sip.history_request(AAPL_1M, LATER, LATER + timedelta(minutes=1), 1).params["feed"] == (
         "sip"
     )
-    assert codec.stream_path([]) == "/v2/iex"  # the free plan's feed by default
+    assert stream.connect_path([]) == "/v2/iex"  # the free plan's feed by default
     with pytest.raises(ValueError, match="feed"):
         AlpacaCodec("alpaca", Credentials(KEY, SECRET), {"feed": "otc"})
     with pytest.raises(ValueError, match="only the option feed"):
@@ -242,63 +258,90 @@ def test_limits() -> None:
     assert "alpaca" in known_kinds()
     assert get_codec("alpaca").limits is LIMITS
     assert (LIMITS.page_size, LIMITS.rate_capacity, LIMITS.rate_period_s) == (9999, 200, 60.0)
-    assert LIMITS.sparse and LIMITS.needs_credentials and not LIMITS.exact_genesis
-    assert (LIMITS.live, LIMITS.subscribe_in_url, LIMITS.acknowledges_requests) == (
-        "stream", False, False
-    )  # fmt: skip
-    assert LIMITS.history_horizon_bars is None and not LIMITS.final_on_next
+    assert LIMITS.sparse and not LIMITS.exact_genesis and LIMITS.history_horizon_bars is None
+    assert codec.needs_credentials and codec.needs_secret
+    # One connection per key, never rotated; a quiet stream of minute bars only.
+    assert stream.limits.max_connection_age_s == float("inf") and stream.quiet
+    assert stream.has_stream(AAPL_1M) and not stream.has_stream(AAPL_1D)
 
 
 # --- stream ----------------------------------------------------------------
 
+SPY_1M = SeriesKey("alpaca", "SPY", "1m")
+
+
+def session_of(*keys: SeriesKey) -> Any:
+    """A session past its login, carrying `keys`."""
+    session = stream.session()
+    session.login()
+    session.receive(text("stream_authenticated.json"))
+    session.subscribe(keys)
+    return session
+
+
+def bars(events: list[StreamEvent]) -> list[Candle]:
+    return [c for e in events if isinstance(e, ClosedBars) for c in e.candles]
+
 
 def test_login_and_subscribe_messages() -> None:
-    assert [json.loads(m) for m in codec.login_messages()] == [
+    session = stream.session([AAPL_1M], max_path=10_000)
+    assert session.path == "/v2/iex" and session.streams == []  # subscribed by message only
+    assert not session.logged_in
+    assert [json.loads(m) for m in session.login()] == [
         {"action": "auth", "key": KEY, "secret": SECRET}
     ]
-    spy = SeriesKey("alpaca", "SPY", "1m")
-    assert json.loads(codec.subscribe_message([AAPL_1M, spy], 7)) == {
+    assert session.receive(text("stream_authenticated.json")) == [LoggedIn()]
+    assert session.logged_in
+    assert [json.loads(m) for m in session.subscribe([AAPL_1M, SPY_1M])] == [{
         "action": "subscribe", "bars": ["AAPL", "SPY"], "updatedBars": ["AAPL", "SPY"]
-    }  # fmt: skip
-    assert json.loads(codec.unsubscribe_message([spy], 8)) == {
+    }]  # fmt: skip
+    assert [json.loads(m) for m in session.unsubscribe([SPY_1M])] == [{
         "action": "unsubscribe", "bars": ["SPY"], "updatedBars": ["SPY"]
-    }  # fmt: skip
+    }]  # fmt: skip
     # Minute bars are all the stream has: other timeframes subscribe nothing.
-    assert json.loads(codec.subscribe_message([SeriesKey("alpaca", "AAPL", "15m")], 9)) == {
-        "action": "subscribe", "bars": [], "updatedBars": []
-    }  # fmt: skip
-    assert codec.stream_name(AAPL_1M) != codec.stream_name(SeriesKey("alpaca", "AAPL", "15m"))
+    assert [json.loads(m) for m in session.subscribe([SeriesKey("alpaca", "AAPL", "15m")])] == [
+        {"action": "subscribe", "bars": [], "updatedBars": []}
+    ]  # fmt: skip
+    assert stream.stream_name(AAPL_1M) != stream.stream_name(SeriesKey("alpaca", "AAPL", "15m"))
+    # No ids to match: nothing is awaited, the subscription answer confirms.
+    assert session.awaiting == frozenset()
+    assert session.receive(text("stream_subscription.json")) == [Subscribed()]
+    with pytest.raises(ValueError, match="api key and secret"):
+        AlpacaCodec().stream.session().login()
 
 
 def test_documented_bar_is_a_closed_minute_bar() -> None:
-    result = codec.parse_frame(text("stream_bar.json"))
-    spy = SeriesKey("alpaca", "SPY", "1m")
     ts = datetime(2021, 2, 22, 19, 15, tzinfo=UTC)
-    assert result.candles == (Candle(spy, ts, 388.985, 389.13, 388.975, 389.12, 49378.0),)
-    assert result.is_data and result.stream is None and not result.malformed
+    assert session_of(SPY_1M).receive(text("stream_bar.json")) == [
+        Gap(SPY_1M, None, ts),
+        ClosedBars((Candle(SPY_1M, ts, 388.985, 389.13, 388.975, 389.12, 49378.0),)),
+    ]
 
 
 def test_frame_with_bars_corrected_bars_and_others() -> None:
-    result = codec.parse_frame(text("stream_mixed_frame.json"))
+    events = session_of(SPY_1M).receive(text("stream_mixed_frame.json"))
     # The trade and the daily bar are not ours; the corrected 19:14 bar is.
-    assert [(c.series.symbol, c.ts.minute, c.volume) for c in result.candles] == [
+    assert [(c.series.symbol, c.ts.minute, c.volume) for c in bars(events)] == [
         ("SPY", 15, 49378.0), ("SPY", 14, 49478.0)
     ]  # fmt: skip
-    assert result.is_data and not result.malformed
+    assert not any(isinstance(e, Malformed) for e in events)
+    # Bars of symbols not subscribed: foreign.
+    assert session_of(AAPL_1M).receive(text("stream_mixed_frame.json")) == [Foreign(2)]
 
 
 @pytest.mark.parametrize(
-    "fixture", ["stream_connected.json", "stream_authenticated.json", "stream_subscription.json"]
+    ("fixture", "events"),
+    [("stream_connected.json", []), ("stream_subscription.json", [Subscribed()])],
 )
-def test_control_messages_carry_no_data(fixture: str) -> None:
-    result = codec.parse_frame(text(fixture))
-    assert not result.is_data and not result.malformed and result.error is None
-    assert result.reply_id is None  # nothing to match: acknowledges_requests is False
+def test_control_messages_carry_no_data(fixture: str, events: list[StreamEvent]) -> None:
+    session = session_of(SPY_1M)
+    assert session.receive(text(fixture)) == events
+    assert not session.ready
 
 
-def test_errors_are_reported() -> None:
-    result = codec.parse_frame(text("stream_auth_failed.json"))
-    assert result.error == "402 auth failed" and not result.is_data
+def test_errors_are_refusals() -> None:
+    (refusal,) = stream.session().receive(text("stream_auth_failed.json"))
+    assert isinstance(refusal, Refusal) and refusal.error.said == "402 auth failed"
 
 
 @pytest.mark.parametrize(
@@ -308,12 +351,12 @@ def test_errors_are_reported() -> None:
      '[{"T": "b", "o": 1, "h": 1, "l": 1, "c": 1, "v": 1, "t": "2021-02-22T19:15:00Z"}]'],
 )  # fmt: skip
 def test_malformed_frames_are_flagged(frame: str) -> None:
-    result = codec.parse_frame(frame)
-    assert result.malformed and not result.candles
+    (event,) = session_of(SPY_1M).receive(frame)
+    assert isinstance(event, Malformed)
 
 
 def test_a_malformed_bar_does_not_cost_the_frame_its_good_bars() -> None:
     good = json.loads(text("stream_bar.json"))[0]
     frame = json.dumps([good, {**good, "S": "QQQ", "c": "389.12"}])
-    result = codec.parse_frame(frame)
-    assert result.malformed and [c.series.symbol for c in result.candles] == ["SPY"]
+    events = session_of(SPY_1M).receive(frame)
+    assert isinstance(events[-1], Malformed) and [c.series.symbol for c in bars(events)] == ["SPY"]

@@ -10,13 +10,13 @@ insufficient subscription ("any attempt to access a data feed not available for
 your subscription will result in an error during authentication"), 410 invalid
 subscribe action for this feed, 500 internal error.
 
-The codec turns each into a typed outcome (`StreamError`); the collector acts on
-the outcome: a refused key or plan (402, 409, 405) and a message the venue
+The stream session turns each into a typed outcome (a `Refusal` event with its
+`StreamError`); the collector acts on the outcome: a refused key or plan (402, 409, 405) and a message the venue
 rejects (400, 401, 410: a bug on candled's side) fail loudly and are retried
 only after a long pause; 406 (another connection holds the key) backs off long;
 407, 500 and 404 reconnect as usual; 403 changes nothing.
 
-Codec tests read recorded frames (no sockets); collector tests run the real
+Session tests read recorded frames (no sockets); collector tests run the real
 simulator over real sockets and judge the spacing of the connections it saw.
 """
 
@@ -41,15 +41,24 @@ from candled.config import VenueConfig
 from candled.domain import Candle, SeriesKey
 from candled.health import HealthFacts, VenueHealth, assess
 from candled.venue_runtime import key_source
-from candled.venues import Credentials, VenueCodec, get_codec
-from candled.venues.alpaca import AlpacaCodec
-from candled.venues.base import StreamError, StreamFault
+from candled.venues import (
+    Credentials,
+    LoggedIn,
+    Refusal,
+    StreamCodec,
+    StreamError,
+    StreamEvent,
+    StreamFault,
+    Subscribed,
+    get_codec,
+)
+from candled.venues.alpaca import AlpacaCodec, AlpacaSession, AlpacaStream
 from candled_sim import SimExchange, parse_scenario
 from candled_sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alpaca"
 KEY, SECRET = "PKTESTKEY0123456789", "test-secret-not-real"
-SIP = get_codec("alpaca", "us-sip", Credentials(KEY, SECRET), {"feed": "sip"})
+SIP = AlpacaCodec("us-sip", Credentials(KEY, SECRET), {"feed": "sip"}).stream
 SYMBOLS = [f"EQ{i}" for i in range(4)]
 FRAMES: list[list[dict[str, Any]]] = json.loads((FIXTURES / "stream_errors.json").read_text())
 # What each documented code means for the collector.
@@ -68,7 +77,17 @@ EXPECTED = {
 }
 
 
-# --- the codec: recorded frames, no sockets ------------------------------------
+# --- the session: recorded frames, no sockets ------------------------------------
+
+
+def received(frame: object) -> list[StreamEvent]:
+    """The events of `frame` (JSON text, or a value to write as JSON) in a new session."""
+    return SIP.session().receive(frame if isinstance(frame, str) else json.dumps(frame))
+
+
+def refusal(frame: object) -> StreamError | None:
+    """The stream error of `frame`'s `Refusal`, if it gives one."""
+    return next((e.error for e in received(frame) if isinstance(e, Refusal)), None)
 
 
 def test_the_fixture_holds_every_documented_code() -> None:
@@ -78,20 +97,18 @@ def test_the_fixture_holds_every_documented_code() -> None:
 @pytest.mark.parametrize("frame", FRAMES, ids=lambda f: str(f[0]["code"]))
 def test_each_documented_code_is_a_typed_outcome(frame: list[dict[str, Any]]) -> None:
     (message,) = frame
-    result = SIP.parse_frame(json.dumps(frame))
-    error = result.stream_error
-    assert isinstance(error, StreamError)
+    (event,) = received(frame)  # nothing else: no bars, no login
+    assert isinstance(event, Refusal)
+    error = event.error
     assert (error.fault, error.code, error.said) == (
         EXPECTED[message["code"]], message["code"], f"{message['code']} {message['msg']}"
     )  # fmt: skip
-    assert not result.is_data and not result.malformed and not result.candles
-    assert not result.logged_in
     assert KEY not in error.fix and SECRET not in error.fix
 
 
 def _error(code: int) -> StreamError:
     frame = next(f for f in FRAMES if f[0]["code"] == code)
-    error = SIP.parse_frame(json.dumps(frame)).stream_error
+    error = refusal(frame)
     assert error is not None
     return error
 
@@ -118,37 +135,42 @@ def test_what_to_fix_names_the_settings() -> None:
 )  # fmt: skip
 def test_an_unknown_code_reconnects_as_usual(message: dict[str, Any]) -> None:
     # Only the documented integer codes are trusted to mean what the table says.
-    error = SIP.parse_frame(json.dumps([message])).stream_error
+    error = refusal([message])
     assert error is not None and error.fault is StreamFault.VENUE_FAULT
 
 
 def test_the_gravest_error_of_a_frame_decides() -> None:
     frame = [{"T": "error", "code": 407, "msg": "slow client"},
              {"T": "error", "code": 402, "msg": "auth failed"}]  # fmt: skip
-    error = SIP.parse_frame(json.dumps(frame)).stream_error
+    error = refusal(frame)
     assert error is not None and (error.fault, error.code) == (StreamFault.KEY_REFUSED, 402)
 
 
 def test_the_venue_words_are_bounded() -> None:
     frame = [{"T": "error", "code": 500, "msg": "x" * 10_000}]
-    error = SIP.parse_frame(json.dumps(frame)).stream_error
+    error = refusal(frame)
     assert error is not None and len(error.said) < 300
 
 
 def test_authenticated_is_the_login_answer() -> None:
-    assert SIP.parse_frame((FIXTURES / "stream_authenticated.json").read_text()).logged_in
+    session = SIP.session()
+    assert not session.logged_in
+    assert session.receive((FIXTURES / "stream_authenticated.json").read_text()) == [LoggedIn()]
+    assert session.logged_in
     for name in ("stream_connected.json", "stream_subscription.json", "stream_bar.json"):
-        assert not SIP.parse_frame((FIXTURES / name).read_text()).logged_in
+        session = SIP.session()
+        assert LoggedIn() not in session.receive((FIXTURES / name).read_text())
+        assert not session.logged_in
     for name in ("stream_connected.json", "stream_authenticated.json", "stream_bar.json"):
-        assert SIP.parse_frame((FIXTURES / name).read_text()).stream_error is None
+        assert refusal((FIXTURES / name).read_text()) is None
 
 
 def test_the_subscription_answer_confirms_the_subscribe() -> None:
-    # It carries no id to match (acknowledges_requests is False), but says the
-    # subscribe went through: the collector's proof that nothing refused it.
-    assert SIP.parse_frame((FIXTURES / "stream_subscription.json").read_text()).subscribed
+    # It carries no id to match (nothing is awaited), but says the subscribe
+    # went through: the collector's proof that nothing refused it.
+    assert received((FIXTURES / "stream_subscription.json").read_text()) == [Subscribed()]
     for name in ("stream_connected.json", "stream_authenticated.json", "stream_bar.json"):
-        assert not SIP.parse_frame((FIXTURES / name).read_text()).subscribed
+        assert Subscribed() not in received((FIXTURES / name).read_text())
 
 
 # --- the simulator sends each code ----------------------------------------------
@@ -290,42 +312,49 @@ SETTINGS = {"backoff_base_s": 0.05, "backoff_cap_s": 0.2, "auth_retry_s": 1.0,
 NO_PAUSE = {**SETTINGS, "auth_retry_s": 60.0, "busy_retry_s": 60.0, "busy_retry_cap_s": 60.0}
 
 
-def alpaca(secret: str = SIM_SECRET, feed: str = "iex") -> AlpacaCodec:
+def alpaca(secret: str = SIM_SECRET, feed: str = "iex") -> AlpacaStream:
     codec = get_codec("alpaca", VENUE, Credentials(SIM_KEY, secret), {"feed": feed})
     assert isinstance(codec, AlpacaCodec)
-    return codec
+    return codec.stream
 
 
-class UnauthenticatedCodec(AlpacaCodec):
+class UnauthenticatedSession(AlpacaSession):
     """A bug: subscribes without logging in (401)."""
 
-    def login_messages(self) -> list[str]:
+    LOGIN = False
+
+    def login(self) -> list[str]:
         return []
 
 
-class GarbledCodec(AlpacaCodec):
+class GarbledSession(AlpacaSession):
     """A bug: a subscribe message that is not JSON (400)."""
 
-    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
+    def _request(self, keys: Sequence[SeriesKey], request_id: int, subscribe: bool) -> str:
         return "{not json"
 
 
-class WrongChannelCodec(AlpacaCodec):
+class WrongChannelSession(AlpacaSession):
     """A bug: subscribes a channel of another stream (410)."""
 
-    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        return json.dumps({"action": "subscribe", "orderbooks": [s.symbol for s in series]})
+    def _request(self, keys: Sequence[SeriesKey], request_id: int, subscribe: bool) -> str:
+        return json.dumps({"action": "subscribe", "orderbooks": [s.symbol for s in keys]})
 
 
-class TwiceCodec(AlpacaCodec):
+class TwiceSession(AlpacaSession):
     """A bug: logs in twice (403)."""
 
-    def login_messages(self) -> list[str]:
-        return super().login_messages() * 2
+    def login(self) -> list[str]:
+        return super().login() * 2
 
 
-def buggy(cls: type[AlpacaCodec]) -> AlpacaCodec:
-    return cls(VENUE, Credentials(SIM_KEY, SIM_SECRET), {"feed": "iex"})
+def buggy(session: type[AlpacaSession]) -> AlpacaStream:
+    """The stream of an Alpaca venue whose sessions have `session`'s bug."""
+
+    class Buggy(AlpacaStream):
+        SESSION = session
+
+    return Buggy(VENUE, "iex", Credentials(SIM_KEY, SIM_SECRET))
 
 
 class Connections:
@@ -348,7 +377,7 @@ class Connections:
 class Run:
     """A collector of the AAPL-like series EQ0 and EQ1 against the simulator."""
 
-    def __init__(self, sim: SimExchange, codec: VenueCodec, **settings: Any) -> None:
+    def __init__(self, sim: SimExchange, codec: StreamCodec, **settings: Any) -> None:
         self.connections = Connections(sim)
         self.connects = 0  # on_connect calls
         self.candles: list[Candle] = []
@@ -421,11 +450,11 @@ async def test_a_refused_key_or_plan_fails_loudly_and_is_asked_again_only_after_
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
-    ("codec", "code"), [(buggy(GarbledCodec), 400), (buggy(UnauthenticatedCodec), 401),
-                        (buggy(WrongChannelCodec), 410)],
+    ("codec", "code"), [(buggy(GarbledSession), 400), (buggy(UnauthenticatedSession), 401),
+                        (buggy(WrongChannelSession), 410)],
 )  # fmt: skip
 async def test_a_message_alpaca_rejects_is_a_bug_said_loudly_and_retried_only_after_the_pause(
-    sim: SimExchange, codec: AlpacaCodec, code: int
+    sim: SimExchange, codec: AlpacaStream, code: int
 ) -> None:
     # The subscription was refused: the connection would carry nothing for ever
     # (a quiet stream has no idle timeout).
@@ -486,7 +515,7 @@ async def test_logging_in_twice_changes_nothing() -> None:
     _URLS[id(exchange)] = f"ws://{host}:{port}"
     try:
         with capture_logs() as logs:
-            async with Run(exchange, buggy(TwiceCodec)) as run:
+            async with Run(exchange, buggy(TwiceSession)) as run:
                 await run.until(lambda: len(run.candles) >= 2, limit_s=10)
     finally:
         await exchange.stop()

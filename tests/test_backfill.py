@@ -22,8 +22,8 @@ from candled.store.series import get_genesis
 from candled.store.writer import CandleStore
 from candled.throttle import VenueThrottle
 from candled.venues import HttpRequest, VenueLimits
-from candled.venues.base import to_ms
 from candled.venues.binance import LIMITS, BinanceCodec
+from candled.venues.wire import to_ms
 from candled_sim import SimExchange, parse_scenario
 
 pytestmark = pytest.mark.timeout(60)

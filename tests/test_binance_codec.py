@@ -19,13 +19,27 @@ from typing import Any
 import pytest
 
 from candled.domain import Candle, SeriesKey
-from candled.venues import CodecError, VenueError, get_codec, known_kinds
+from candled.venues import (
+    ClosedBars,
+    CodecError,
+    Foreign,
+    Gap,
+    Heartbeat,
+    Malformed,
+    Reply,
+    StreamEvent,
+    VenueError,
+    get_codec,
+    known_kinds,
+)
 from candled.venues.binance import BinanceCodec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "binance"
 BTC_1M = SeriesKey("binance", "BTCUSDT", "1m")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)  # 1704067200000 ms, the fixtures' first bar
 codec = BinanceCodec()
+stream = codec.stream
+ETH_1S = SeriesKey("binance", "ETHUSDT", "1s")
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -146,8 +160,13 @@ def test_genesis_request_asks_for_the_first_bar_after_zero() -> None:
 def test_limits_follow_binance_documentation() -> None:
     limits = codec.limits
     assert (limits.page_size, limits.request_weight) == (1000, 2)
-    assert (limits.streams_per_connection, limits.max_connection_age_s) == (1024, 86_400)
-    assert (limits.sparse, limits.max_ws_messages_per_s) == (False, 5)
+    assert not limits.sparse and limits.exact_genesis
+    assert not codec.needs_credentials and not codec.needs_secret
+    s = stream.limits
+    assert (s.streams_per_connection, s.max_connection_age_s, s.max_messages_per_s) == (
+        1024, 86_400, 5
+    )  # fmt: skip
+    assert not stream.quiet and stream.has_stream(BTC_1M) and stream.has_stream(ETH_1S)
 
 
 def test_timeframes() -> None:
@@ -187,63 +206,86 @@ def test_unreadable_rate_headers_are_unknown(value: str) -> None:
 # --- streams ---------------------------------------------------------------
 
 
+def frames(*names: str) -> list[str]:
+    return [fixture_bytes(name).decode() for name in names]
+
+
 def test_stream_names_and_path() -> None:
-    series = [BTC_1M, SeriesKey("binance", "ETHUSDT", "1s")]
-    assert codec.stream_name(BTC_1M) == "btcusdt@kline_1m"
-    assert codec.stream_path(series) == "/stream?streams=btcusdt@kline_1m/ethusdt@kline_1s"
-    assert codec.stream_path([]) == "/stream"
+    series = [BTC_1M, ETH_1S]
+    assert stream.stream_name(BTC_1M) == "btcusdt@kline_1m"
+    assert stream.connect_path(series) == "/stream?streams=btcusdt@kline_1m/ethusdt@kline_1s"
+    assert stream.connect_path([]) == "/stream"
+    assert stream.session(series).path == stream.connect_path(series)
 
 
-def test_subscribe_and_unsubscribe_messages() -> None:
-    series = [BTC_1M, SeriesKey("binance", "ETHUSDT", "1s")]
-    assert json.loads(codec.subscribe_message(series, 1)) == {
-        "method": "SUBSCRIBE",
-        "params": ["btcusdt@kline_1m", "ethusdt@kline_1s"],
-        "id": 1,
-    }
-    assert json.loads(codec.unsubscribe_message(series[:1], 312)) == {
-        "method": "UNSUBSCRIBE",
-        "params": ["btcusdt@kline_1m"],
-        "id": 312,
-    }
+def test_streams_beyond_the_path_budget_are_subscribed_by_message() -> None:
+    series = [BTC_1M, ETH_1S]
+    one = stream.session(series, max_path=len(stream.connect_path(series[:1])))
+    assert (one.path, one.streams) == (stream.connect_path(series[:1]), [BTC_1M])
+    assert not one.carries(ETH_1S)
+    none = stream.session(series, max_path=len(stream.connect_path(series[:1])) - 1)
+    assert (none.path, none.streams) == ("/stream", [])
+    assert len(stream.session(series).streams) == 2  # no budget: all in the URL
 
 
-def test_combined_frame_not_closed_is_data_without_candles() -> None:
-    result = codec.parse_frame(fixture_bytes("stream_kline_open.json").decode())
-    assert result.is_data and not result.malformed
-    assert result.candles == ()
-    assert result.stream == "btcusdt@kline_1m"
+def test_subscribe_and_unsubscribe_messages_carry_ids() -> None:
+    session = stream.session()
+    assert session.login() == [] and session.logged_in
+    (subscribe,) = session.subscribe([BTC_1M, SeriesKey("binance", "ETHUSDT", "1m")])
+    assert json.loads(subscribe) == {
+        "method": "SUBSCRIBE", "params": ["btcusdt@kline_1m", "ethusdt@kline_1m"], "id": 1,
+    }  # fmt: skip
+    # One message per timeframe.
+    one_s, unsubscribe = session.subscribe([ETH_1S]), session.unsubscribe([BTC_1M])
+    assert [json.loads(m)["id"] for m in one_s + unsubscribe] == [2, 3]
+    assert json.loads(unsubscribe[0]) == {
+        "method": "UNSUBSCRIBE", "params": ["btcusdt@kline_1m"], "id": 3,
+    }  # fmt: skip
+    assert session.awaiting == {1, 2, 3}
+
+
+def test_combined_frame_not_closed_is_a_heartbeat() -> None:
+    session = stream.session([BTC_1M])
+    assert session.receive(*frames("stream_kline_open.json")) == [Heartbeat()]
 
 
 def test_combined_frame_closed_yields_the_final_candle() -> None:
-    result = codec.parse_frame(fixture_bytes("stream_kline_closed.json").decode())
-    assert result.is_data and not result.malformed
-    assert result.candles == (Candle(BTC_1M, T0, 42283.58, 42298.62, 42261.02, 42298.61, 35.92724),)
+    session = stream.session([BTC_1M])
+    candle = Candle(BTC_1M, T0, 42283.58, 42298.62, 42261.02, 42298.61, 35.92724)
+    assert session.receive(*frames("stream_kline_closed.json")) == [
+        Gap(BTC_1M, None, T0),  # the stream's first bar
+        ClosedBars((candle,)),
+    ]
 
 
 def test_raw_frame_closed_uses_the_codec_venue_name() -> None:
-    result = get_codec("binance", "binance-eu").parse_frame(
-        fixture_bytes("raw_kline_closed_1s.json").decode()
-    )
-    (candle,) = result.candles
-    assert candle.series == SeriesKey("binance-eu", "ETHUSDT", "1s")
-    assert candle.ts == T0
+    eu = SeriesKey("binance-eu", "ETHUSDT", "1s")
+    session = BinanceCodec("binance-eu").stream.session([eu])
+    events = session.receive(*frames("raw_kline_closed_1s.json"))
+    (candle,) = bars(events)
+    assert candle.series == eu and candle.ts == T0
     assert (candle.open, candle.close, candle.volume) == (2281.87, 2282.01, 3.4152)
-    assert result.stream == "ethusdt@kline_1s"  # derived from the event itself
+    # The stream is named from the event itself: not carried, it is foreign.
+    assert stream.session([BTC_1M]).receive(*frames("raw_kline_closed_1s.json")) == [Foreign(1)]
+
+
+def bars(events: list[StreamEvent]) -> list[Candle]:
+    return [c for e in events if isinstance(e, ClosedBars) for c in e.candles]
 
 
 def test_method_replies() -> None:
-    ok = codec.parse_frame(fixture_bytes("subscribe_reply.json").decode())
-    assert (ok.reply_id, ok.error, ok.is_data, ok.malformed) == (1, None, False, False)
-    error = codec.parse_frame(fixture_bytes("method_error_reply.json").decode())
-    assert error.reply_id == 7
+    session = stream.session()
+    session.subscribe([BTC_1M])
+    assert session.receive(*frames("subscribe_reply.json")) == [Reply(1)]
+    assert session.awaiting == frozenset()
+    (error,) = session.receive(*frames("method_error_reply.json"))
+    assert isinstance(error, Reply) and error.request_id == 7
     assert error.error is not None and error.error.startswith("Invalid request")
 
 
-def test_other_events_are_neither_data_nor_malformed() -> None:
+def test_other_events_are_no_event() -> None:
     trade = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT"}}
-    result = codec.parse_frame(json.dumps(trade))
-    assert (result.is_data, result.malformed, result.candles) == (False, False, ())
+    assert stream.session([BTC_1M]).receive(json.dumps(trade)) == []
 
 
 def _closed_frame(**changes: Any) -> str:
@@ -285,9 +327,10 @@ _DELETE = object()
     ],
 )
 def test_malformed_frames_are_flagged_not_raised(text: str) -> None:
-    result = codec.parse_frame(text)
-    assert result.malformed
-    assert (result.candles, result.is_data) == ((), False)
+    session = stream.session([BTC_1M])
+    (event,) = session.receive(text)
+    assert isinstance(event, Malformed) and event.reason
+    assert not session.ready
 
 
 # --- registry --------------------------------------------------------------

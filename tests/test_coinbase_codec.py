@@ -19,7 +19,6 @@ Sources of the fixture shapes:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -232,8 +231,8 @@ def test_limits_follow_coinbase_documentation() -> None:
     limits = codec.limits
     assert (limits.page_size, limits.request_weight) == (300, 1)
     assert (limits.rate_capacity, limits.rate_period_s) == (10, 1.0)  # 10 requests/s per IP
-    assert limits.sparse and not limits.exact_genesis and not limits.needs_credentials
-    assert limits.live == "poll" and limits.history_horizon_bars is None
+    assert limits.sparse and not limits.exact_genesis and not codec.needs_credentials
+    assert limits.history_horizon_bars is None
 
 
 def test_timeframes() -> None:
@@ -256,18 +255,9 @@ def test_other_statuses_carry_no_rate_facts(status: int) -> None:
 
 
 def test_no_candle_stream() -> None:
-    # The collector is never started for a "poll" venue; these say why if it were.
-    calls: list[Callable[[], object]] = [
-        lambda: codec.stream_name(BTC_1M),
-        lambda: codec.stream_path([BTC_1M]),
-        lambda: codec.subscribe_message([BTC_1M], 1),
-        lambda: codec.unsubscribe_message([BTC_1M], 1),
-    ]
-    for call in calls:
-        with pytest.raises(NotImplementedError, match="polled"):
-            call()
-    assert codec.login_messages() == []
-    assert codec.parse_frame('{"type": "ticker"}').malformed
+    # The Exchange feed has no candle channel: live bars are polled.
+    assert codec.stream is None
+    assert not any(hasattr(codec, name) for name in ("parse_frame", "subscribe_message"))
 
 
 def test_registry_and_options() -> None:

@@ -5,7 +5,6 @@ bounded collection, make-before-break rotation, subscriptions by message."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import json
 import time
@@ -20,12 +19,11 @@ from candled import clock, metrics
 from candled.collector import Collector, CollectorSettings, collect
 from candled.domain import Candle, SeriesKey
 from candled.domain.timeframe import SUPPORTED
-from candled.venues import VenueLimits, get_codec
-from candled.venues.binance import BinanceCodec
+from candled.venues.binance import BinanceCodec, BinanceStream
 from candled_sim import SimExchange, parse_scenario
 
 pytestmark = pytest.mark.timeout(30)
-CODEC = get_codec("binance")
+CODEC = BinanceCodec().stream
 BTC_1S = SeriesKey("binance", "BTCUSDT", "1s")
 ETH_1S = SeriesKey("binance", "ETHUSDT", "1s")
 SOL_1S = SeriesKey("binance", "SOLUSDT", "1s")
@@ -224,7 +222,7 @@ async def test_streams_beyond_the_url_budget_and_added_later_are_subscribed(
     sim, url = await start_sim()
     rec = Recorder()
     # Room in the URL for one stream name: the other is subscribed by message.
-    budget = len(url + CODEC.stream_path([BTC_1S]))
+    budget = len(url + CODEC.connect_path([BTC_1S]))
     c = collector(url, [BTC_1S, ETH_1S], rec, max_url_length=budget)
 
     async with asyncio.timeout(15), asyncio.TaskGroup() as tg:
@@ -260,12 +258,10 @@ async def test_a_full_shard_connects(start_sim: StartSim) -> None:
     assert_truth(sim, rec.candles)
 
 
-class SparseBinance(BinanceCodec):
+class SparseBinance(BinanceStream):
     """Binance's wire format, declared sparse: a skipped bar may be one without trades."""
 
-    @property
-    def limits(self) -> VenueLimits:
-        return dataclasses.replace(super().limits, sparse=True)
+    SPARSE = True
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
@@ -275,7 +271,7 @@ async def test_lost_closing_frames_are_reported_as_gaps_on_dense_venues_only(
     sim, url = await start_sim(faults={"lost_closing_frames": {"every": 2}})
     rec = Recorder()
     gaps: list[tuple[SeriesKey, datetime | None, datetime]] = []
-    codec = SparseBinance() if sparse else CODEC
+    codec = SparseBinance("binance") if sparse else CODEC
     c = Collector(codec, url, [BTC_1S], rec.sink, settings=CollectorSettings(**FAST),
                   on_gap=lambda *gap: gaps.append(gap))  # fmt: skip
     await run_until(c, lambda: len(rec.candles) >= 4, limit_s=15)

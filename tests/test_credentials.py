@@ -93,7 +93,7 @@ def test_credentials_from_environment_variables(tmp_path: Path) -> None:
     )
     (venue,) = loaded.venues
     assert venue.credentials == Credentials(KEY, SECRET)
-    assert venue.codec().limits.needs_credentials
+    assert venue.codec().needs_credentials
 
 
 def test_credentials_from_files_and_mixed(tmp_path: Path) -> None:

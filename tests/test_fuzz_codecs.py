@@ -31,10 +31,19 @@ from hypothesis import strategies as st
 from candled.domain import Candle, SeriesKey
 from candled.validate import problem
 from candled.venues import (
+    ClosedBars,
     CodecError,
     Credentials,
-    FrameResult,
+    Foreign,
+    Gap,
+    Heartbeat,
+    LoggedIn,
+    Malformed,
     RateFacts,
+    Refusal,
+    Reply,
+    StreamCodec,
+    Subscribed,
     VenueCodec,
     VenueError,
     get_codec,
@@ -99,13 +108,20 @@ REST_SEEDS = {
               Seed("oanda", "candles_de30_eur_m5.json", "5m", "DE30_EUR"),
               Seed("oanda", "error_invalid_instrument.json")],
 }  # fmt: skip
-# OANDA has no candle stream: its parse_frame is never called, and says so.
+# Coinbase and OANDA have no candle stream: their live bars are polled.
 FRAME_SEEDS = {
     kind: [Seed(kind, p.name) for p in sorted((FIXTURES / kind).glob("*.json"))
            if p.name.startswith(("stream_", "ws_", "raw_", "subscribe_", "method_"))]
     for kind in ("binance", "kraken", "alpaca")
 }  # fmt: skip
-FRAME_SEEDS["coinbase"] = REST_SEEDS["coinbase"][:1]  # no stream: anything is malformed
+# The streams of the fixtures' series: a session carrying them turns their bars
+# into closed bars (whatever a mutation does to them, they are parsed first).
+FRAME_STREAMS = {
+    "binance": [SeriesKey("binance", s, tf) for s in ("BTCUSDT", "ETHUSDT") for tf in ("1s", "1m")],
+    "kraken": [SeriesKey("kraken", s, tf) for s in ("ALGO/USD", "MATIC/USD") for tf in ("1m", "5m")],
+    "alpaca": [SeriesKey("alpaca", s, "1m") for s in ("AAPL", "SPY")],
+}  # fmt: skip
+EVENTS = (ClosedBars, Heartbeat, Gap, Reply, Refusal, LoggedIn, Subscribed, Malformed, Foreign)
 
 
 # --- what a parser may answer ----------------------------------------------
@@ -133,12 +149,27 @@ def check_history(kind: str, series: SeriesKey, status: int, body: bytes, now: d
         assert candle.series == series
 
 
+def stream_of(kind: str) -> StreamCodec:
+    stream = codec_of(kind).stream
+    assert stream is not None
+    return stream
+
+
 def check_frame(kind: str, text: str) -> None:
-    result = codec_of(kind).parse_frame(text)
-    assert isinstance(result, FrameResult)
-    for candle in result.candles + result.forming:
-        check_candle(candle, NOW)
-    assert result.error is None or isinstance(result.error, str)
+    session = stream_of(kind).session()
+    session.subscribe(FRAME_STREAMS[kind])
+    # Twice: the second time meets the state the first left (bars forming,
+    # each series' last closed bar, replies awaited).
+    for _ in range(2):
+        events = session.receive(text)
+        assert isinstance(events, list)
+        for event in events:
+            assert isinstance(event, EVENTS)
+            if isinstance(event, ClosedBars):
+                for candle in event.candles:
+                    check_candle(candle, NOW)
+            elif isinstance(event, Reply):
+                assert event.error is None or isinstance(event.error, str)
 
 
 # --- inputs ------------------------------------------------------------------
@@ -341,7 +372,7 @@ def _replaced(doc: Any, path: tuple[Any, ...], value: object) -> Any:
 # --- stream frames -----------------------------------------------------------
 
 FRAME_KINDS = sorted(FRAME_SEEDS)
-# What the collector hands parse_frame: text, bytes decoded with replacement.
+# What the collector hands a session: text, bytes decoded with replacement.
 SURROGATES = st.text(st.characters(categories=["Cs"]) | st.characters(), max_size=40)
 
 

@@ -23,13 +23,28 @@ from typing import Any
 import pytest
 
 from candled.domain import Candle, SeriesKey
-from candled.venues import CodecError, Credentials, VenueError, get_codec, known_kinds
+from candled.venues import (
+    ClosedBars,
+    CodecError,
+    Credentials,
+    Foreign,
+    Gap,
+    Heartbeat,
+    Malformed,
+    Reply,
+    VenueError,
+    get_codec,
+    known_kinds,
+)
 from candled.venues.kraken import KrakenCodec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kraken"
 BTC_1M = SeriesKey("kraken", "BTC/USD", "1m")
 T0 = datetime(2023, 7, 6, 19, 20, tzinfo=UTC)  # 1688671200, the OHLC example's first row
 codec = KrakenCodec()
+stream = codec.stream
+ALGO_5M = SeriesKey("kraken", "ALGO/USD", "5m")
+MATIC_5M = SeriesKey("kraken", "MATIC/USD", "5m")
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -171,7 +186,7 @@ def test_history_request_rejects_naive_empty_and_unknown_windows() -> None:
 
 def test_no_exact_genesis() -> None:
     assert not codec.limits.exact_genesis
-    with pytest.raises(ValueError, match="newest 720"):
+    with pytest.raises(NotImplementedError, match="first bar"):
         codec.genesis_request(BTC_1M)
 
 
@@ -181,9 +196,8 @@ def test_limits_follow_kraken_documentation() -> None:
     # 720 entries, the last one unfinished: 719 closed bars reachable.
     assert limits.history_horizon_bars == 719
     assert limits.rate_capacity / limits.rate_period_s == 1.0  # one public request a second
-    assert limits.sparse and not limits.exact_genesis and not limits.needs_credentials
-    assert limits.final_on_next and not limits.subscribe_in_url and limits.acknowledges_requests
-    assert limits.live == "stream"
+    assert limits.sparse and not limits.exact_genesis and not codec.needs_credentials
+    assert stream.limits.streams_per_connection == 100 and not stream.quiet
 
 
 def test_timeframes() -> None:
@@ -213,71 +227,95 @@ def test_rate_facts() -> None:
 # --- streams ---------------------------------------------------------------
 
 
+def frame(name: str) -> str:
+    return fixture_bytes(name).decode()
+
+
 def test_stream_names_and_path() -> None:
-    assert codec.stream_name(BTC_1M) == "ohlc-1:BTC/USD"
-    assert codec.stream_path([BTC_1M]) == codec.stream_path([]) == "/v2"
-    assert codec.login_messages() == []
+    assert stream.stream_name(BTC_1M) == "ohlc-1:BTC/USD"
+    assert stream.connect_path([BTC_1M]) == stream.connect_path([]) == "/v2"
+    session = stream.session([BTC_1M], max_path=10_000)
+    assert session.path == "/v2" and session.streams == []  # subscribed by message only
+    assert session.login() == [] and session.logged_in
 
 
 def test_subscribe_message_matches_the_documented_request() -> None:
-    series = [SeriesKey("kraken", "ALGO/USD", "5m"), SeriesKey("kraken", "MATIC/USD", "5m")]
-    assert json.loads(codec.subscribe_message(series, 1)) == fixture_json(
-        "ws_subscribe_request.json"
-    )
-    assert json.loads(codec.unsubscribe_message(series[:1], 9)) == {
+    session = stream.session()
+    (subscribe,) = session.subscribe([ALGO_5M, MATIC_5M])
+    assert json.loads(subscribe) == fixture_json("ws_subscribe_request.json")
+    (unsubscribe,) = session.unsubscribe([ALGO_5M])
+    assert json.loads(unsubscribe) == {
         "method": "unsubscribe",
         "params": {"channel": "ohlc", "symbol": ["ALGO/USD"], "interval": 5},
-        "req_id": 9,
+        "req_id": 2,
     }
 
 
 def test_one_interval_per_subscribe_message() -> None:
-    with pytest.raises(ValueError, match="one interval"):
-        codec.subscribe_message([BTC_1M, SeriesKey("kraken", "BTC/USD", "5m")], 1)
+    messages = stream.session().subscribe([BTC_1M, SeriesKey("kraken", "BTC/USD", "5m")])
+    assert [json.loads(m)["params"]["interval"] for m in messages] == [1, 5]
 
 
-def test_snapshot_bars_are_forming_oldest_first() -> None:
-    result = codec.parse_frame(fixture_bytes("ws_ohlc_snapshot.json").decode())
-    assert result.is_data and not result.malformed
-    assert result.candles == ()  # no closed flag: the collector decides
-    algo = SeriesKey("kraken", "ALGO/USD", "5m")
+def test_a_snapshot_closes_each_bar_but_the_newest() -> None:
+    # No closed flag: a bar is final when a later one of its series opens.
     begin = datetime(2023, 10, 4, 15, 25, tzinfo=UTC)
-    assert result.forming == (
-        Candle(algo, begin, 0.09875, 0.09875, 0.09875, 0.09875, 201.86015),
-        Candle(algo, begin + timedelta(minutes=5), 0.09875, 0.0988, 0.09875, 0.09875, 16255.46368),
-    )
-    assert result.stream is None  # frames may carry several symbols
+    first = Candle(ALGO_5M, begin, 0.09875, 0.09875, 0.09875, 0.09875, 201.86015)
+    session = stream.session()
+    session.subscribe([ALGO_5M])
+    assert session.receive(frame("ws_ohlc_snapshot.json")) == [
+        Gap(ALGO_5M, None, begin),
+        ClosedBars((first,)),
+    ]
 
 
 def test_update_frame_and_reversed_order() -> None:
-    result = codec.parse_frame(fixture_bytes("ws_ohlc_update.json").decode())
-    (candle,) = result.forming
-    assert candle.series == SeriesKey("kraken", "MATIC/USD", "5m")
+    session = stream.session()
+    session.subscribe([MATIC_5M])
+    assert session.receive(frame("ws_ohlc_update.json")) == [Heartbeat()]  # still forming
+    update = fixture_json("ws_ohlc_update.json")
+    update["data"][0]["interval_begin"] = "2023-10-04T16:30:00Z"
+    gap, closed = session.receive(json.dumps(update))
+    assert gap == Gap(MATIC_5M, None, datetime(2023, 10, 4, 16, 25, tzinfo=UTC))
+    assert isinstance(closed, ClosedBars)
+    (candle,) = closed.candles
+    assert candle.series == MATIC_5M
     assert (candle.ts, candle.close, candle.volume) == (
         datetime(2023, 10, 4, 16, 25, tzinfo=UTC), 0.5627, 30927.68066226,
     )  # fmt: skip
     snapshot = fixture_json("ws_ohlc_snapshot.json")
     snapshot["data"].reverse()
-    reordered = codec.parse_frame(json.dumps(snapshot))
-    assert [c.ts.minute for c in reordered.forming] == [25, 30]
+    reordered = stream.session()
+    reordered.subscribe([ALGO_5M])
+    events = reordered.receive(json.dumps(snapshot))
+    assert [c.ts.minute for e in events if isinstance(e, ClosedBars) for c in e.candles] == [25]
 
 
 def test_subscribe_acks_and_errors_are_replies() -> None:
-    ok = codec.parse_frame(fixture_bytes("ws_subscribe_ack.json").decode())
-    assert (ok.reply_id, ok.error, ok.is_data, ok.malformed) == (1, None, False, False)
-    refused = codec.parse_frame(fixture_bytes("ws_subscribe_error.json").decode())
-    assert (refused.reply_id, refused.error) == (2, "Currency pair not supported XXX/USD")
-    unreadable = codec.parse_frame('{"error": "EGeneral:Invalid arguments", "success": false}')
-    assert (unreadable.reply_id, unreadable.error) == (None, "EGeneral:Invalid arguments")
-    pong = codec.parse_frame('{"method": "pong", "req_id": 3, "time_in": "x", "time_out": "y"}')
-    assert (pong.reply_id, pong.error) == (3, None)
+    session = stream.session()
+    session.subscribe([ALGO_5M])
+    assert session.awaiting == {1}
+    assert session.receive(frame("ws_subscribe_ack.json")) == [Reply(1)]
+    assert session.awaiting == frozenset()
+    assert session.receive(frame("ws_subscribe_error.json")) == [
+        Reply(2, "Currency pair not supported XXX/USD")
+    ]
+    unreadable = '{"error": "EGeneral:Invalid arguments", "success": false}'
+    assert session.receive(unreadable) == [Reply(None, "EGeneral:Invalid arguments")]
+    pong = '{"method": "pong", "req_id": 3, "time_in": "x", "time_out": "y"}'
+    assert session.receive(pong) == [Reply(3)]
 
 
-def test_heartbeat_is_life_and_status_is_neither() -> None:
-    heartbeat = codec.parse_frame(fixture_bytes("ws_heartbeat.json").decode())
-    assert (heartbeat.is_data, heartbeat.forming, heartbeat.malformed) == (True, (), False)
-    status = codec.parse_frame(fixture_bytes("ws_status.json").decode())
-    assert (status.is_data, status.malformed, status.reply_id) == (False, False, None)
+def test_heartbeat_is_life_and_status_is_no_event() -> None:
+    session = stream.session()
+    assert session.receive(frame("ws_heartbeat.json")) == [Heartbeat()]
+    assert session.receive(frame("ws_status.json")) == []
+
+
+def test_bars_of_pairs_not_subscribed_are_foreign() -> None:
+    session = stream.session()
+    session.subscribe([MATIC_5M])
+    assert session.receive(frame("ws_ohlc_snapshot.json")) == [Foreign(2)]
+    assert not session.ready  # no data of ours yet
 
 
 _DELETE = object()
@@ -320,9 +358,10 @@ def _snapshot(**changes: Any) -> str:
     ],
 )
 def test_malformed_frames_are_flagged_not_raised(text: str) -> None:
-    result = codec.parse_frame(text)
-    assert result.malformed
-    assert (result.candles, result.forming, result.is_data) == ((), (), False)
+    session = stream.session()
+    session.subscribe([ALGO_5M])
+    (event,) = session.receive(text)
+    assert isinstance(event, Malformed)
 
 
 def test_registry() -> None:

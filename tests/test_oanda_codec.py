@@ -431,8 +431,8 @@ def test_registry_and_limits() -> None:
     limits = get_codec("oanda").limits
     assert (limits.page_size, limits.request_weight) == (5000, 1)
     assert (limits.rate_capacity, limits.rate_period_s) == (100, 1.0)
-    assert limits.sparse and limits.needs_credentials and not limits.exact_genesis
-    assert limits.live == "poll" and limits.history_horizon_bars is None
+    assert limits.sparse and not limits.exact_genesis and limits.history_horizon_bars is None
+    assert get_codec("oanda").needs_credentials and not get_codec("oanda").needs_secret
     # A candle is complete only once a price after its end came (seconds; at
     # quiet hours tens of seconds): not judged before two minutes.
     assert limits.settling_s == 120.0
@@ -448,14 +448,6 @@ def test_rate_facts_read_429_and_retry_after() -> None:
 
 
 def test_there_is_no_stream_and_no_genesis_request() -> None:
-    for call in (
-        lambda: codec.stream_name(EUR_1M),
-        lambda: codec.stream_path([EUR_1M]),
-        lambda: codec.login_messages(),
-        lambda: codec.subscribe_message([EUR_1M], 1),
-        lambda: codec.unsubscribe_message([EUR_1M], 1),
-        lambda: codec.parse_frame("{}"),
-        lambda: codec.genesis_request(EUR_1M),
-    ):
-        with pytest.raises(NotImplementedError):
-            call()
+    assert codec.stream is None  # the pricing stream carries prices, not bars: polled
+    with pytest.raises(NotImplementedError):
+        codec.genesis_request(EUR_1M)

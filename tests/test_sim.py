@@ -27,7 +27,8 @@ from candled import clock as wallclock
 from candled.domain import Candle, SeriesKey
 from candled.domain.timeframe import SUPPORTED
 from candled.fetch import MAX_BODY
-from candled.venues import FrameResult, get_codec
+from candled.venues import ClosedBars, Foreign, Heartbeat, Malformed, Reply, StreamEvent, get_codec
+from candled.venues.binance import BinanceCodec
 from candled_sim import (
     Maintenance,
     Scenario,
@@ -42,9 +43,11 @@ from candled_sim import scenario as scenario_module
 from candled_sim.http import RateLimiter
 
 CODEC = get_codec("binance")
+STREAM = BinanceCodec().stream
 NOW = datetime(2024, 3, 1, 12, 0, 1, tzinfo=UTC)  # one second into a minute
 LISTED = NOW - timedelta(hours=3, minutes=30, seconds=20)
 BTC_1M = SeriesKey("binance", "BTCUSDT", "1m")
+BTC_1S = SeriesKey("binance", "BTCUSDT", "1s")
 
 
 def truth_of(*maintenance: Maintenance) -> Truth:
@@ -529,18 +532,34 @@ async def frames(ws: ClientConnection, seconds: float) -> list[tuple[float, str]
     return received
 
 
-def parsed(received: list[tuple[float, str]]) -> list[FrameResult]:
-    return [CODEC.parse_frame(text) for _, text in received]
+def parsed(received: list[tuple[float, str]], *carried: SeriesKey) -> list[list[StreamEvent]]:
+    """The events of each frame, for a session carrying the streams of `carried`."""
+    session = STREAM.session(carried)
+    return [session.receive(text) for _, text in received]
+
+
+def is_data(events: list[StreamEvent]) -> bool:
+    return any(isinstance(e, ClosedBars | Heartbeat) for e in events)
+
+
+def bars_of(results: list[list[StreamEvent]]) -> list[Candle]:
+    return [c for events in results for e in events if isinstance(e, ClosedBars) for c in e.candles]
+
+
+def of_type(results: list[list[StreamEvent]], kind: type) -> list[StreamEvent]:
+    return [e for events in results for e in events if isinstance(e, kind)]
 
 
 async def test_ws_closed_1s_bars_match_truth(start_sim: SimFactory) -> None:
     sim, address = await start_sim()
-    series = [SeriesKey("binance", "BTCUSDT", "1s"), BTC_1M]
-    async with connect(f"ws://{address}{CODEC.stream_path(series)}") as ws:
-        results = parsed(await frames(ws, 3.3))
-    assert not any(r.malformed for r in results)
-    assert {r.stream for r in results} == {"btcusdt@kline_1s", "btcusdt@kline_1m"}
-    closed = [c for r in results for c in r.candles if c.series.timeframe == "1s"]
+    btc_1s = SeriesKey("binance", "BTCUSDT", "1s")
+    async with connect(f"ws://{address}{STREAM.connect_path([btc_1s, BTC_1M])}") as ws:
+        received = await frames(ws, 3.3)
+    results = parsed(received, btc_1s)  # the 1m stream's frames: foreign here
+    assert not of_type(results, Malformed)
+    assert of_type(results, Foreign) and all(is_data(r) for r in results if r != [Foreign(1)])
+    assert all(is_data(r) for r in parsed(received, btc_1s, BTC_1M))  # both streams' frames
+    closed = bars_of(results)
     assert len(closed) >= 2
     now = wallclock.now()
     for candle in closed:
@@ -555,26 +574,28 @@ async def test_ws_closed_1s_bars_match_truth(start_sim: SimFactory) -> None:
 async def test_ws_subscribe_unsubscribe_and_raw_streams(start_sim: SimFactory) -> None:
     _, address = await start_sim()
     btc_1s = SeriesKey("binance", "BTCUSDT", "1s")
+    session = STREAM.session()
     async with connect(f"ws://{address}/ws") as ws:
-        await ws.send(CODEC.subscribe_message([btc_1s], 1))
-        reply = CODEC.parse_frame(str(await ws.recv()))
-        assert (reply.reply_id, reply.error) == (1, None)
-        await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
-        assert json.loads(await ws.recv()) == {"result": ["btcusdt@kline_1s"], "id": 2}
+        (subscribe,) = session.subscribe([btc_1s])
+        await ws.send(subscribe)
+        assert session.receive(str(await ws.recv())) == [Reply(1)]
+        await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 10}))
+        assert json.loads(await ws.recv()) == {"result": ["btcusdt@kline_1s"], "id": 10}
 
-        data = [text for _, text in await frames(ws, 1.2) if CODEC.parse_frame(text).is_data]
+        data = [text for _, text in await frames(ws, 1.2) if is_data(session.receive(text))]
         assert data
         assert json.loads(data[0])["e"] == "kline"  # /ws sends raw events, not the wrapper
 
-        await ws.send(CODEC.unsubscribe_message([btc_1s], 3))
-        later = parsed(await frames(ws, 1.3))
-        assert [r.reply_id for r in later if r.reply_id is not None] == [3]
+        (unsubscribe,) = session.unsubscribe([btc_1s])
+        await ws.send(unsubscribe)
+        later = [session.receive(text) for _, text in await frames(ws, 1.3)]
+        assert [e.request_id for e in of_type(later, Reply)] == [2]
         # A push already under way may still land just after the reply; then silence.
-        assert sum(r.is_data for r in later) <= 2
+        assert len(of_type(later, Foreign)) <= 2 and not any(is_data(r) for r in later)
 
         await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@depth"], "id": 4}))
-        error = CODEC.parse_frame(str(await ws.recv()))
-        assert error.reply_id == 4 and error.error is not None
+        (error,) = session.receive(str(await ws.recv()))
+        assert isinstance(error, Reply) and error.request_id == 4 and error.error is not None
 
 
 async def test_ws_too_many_messages_and_shutdown_close_the_connection(
@@ -608,10 +629,10 @@ async def test_ws_malformed_and_lost_closing_frames(start_sim: SimFactory) -> No
     faults = {"malformed_frames": {"every": 1}, "lost_closing_frames": {"every": 1}}
     sim, address = await start_sim({"faults": faults})
     async with connect(f"ws://{address}/ws/btcusdt@kline_1s") as ws:
-        results = parsed(await frames(ws, 2.3))
-    assert any(r.malformed for r in results)
-    assert any(r.is_data for r in results)
-    assert not any(r.candles for r in results)  # every closing frame was lost
+        results = parsed(await frames(ws, 2.3), SeriesKey("binance", "BTCUSDT", "1s"))
+    assert of_type(results, Malformed)
+    assert any(is_data(r) for r in results)
+    assert not bars_of(results)  # every closing frame was lost
     assert sim.counters.malformed_frames_sent >= 1 and sim.counters.closing_frames_lost >= 1
 
 
@@ -643,15 +664,18 @@ async def test_ws_foreign_frames_carry_real_bars_of_streams_not_subscribed(
 ) -> None:
     sim, address = await start_sim({"faults": {"foreign_frames": {"every": 1}}})
     btc_1s = SeriesKey("binance", "BTCUSDT", "1s")
-    async with connect(f"ws://{address}{CODEC.stream_path([btc_1s])}") as ws:
-        results = parsed(await frames(ws, 2.3))
-    foreign = [r for r in results if r.stream != "btcusdt@kline_1s"]
+    async with connect(f"ws://{address}{STREAM.connect_path([btc_1s])}") as ws:
+        received = await frames(ws, 2.3)
+    results = parsed(received, btc_1s)
+    foreign = [frame for frame, events in zip(received, results, strict=True)
+               if events == [Foreign(1)]]  # fmt: skip
     # Before each of our frames, the newest closed bar of the first stream of
     # the symbol not subscribed here (1m): real data, not asked for.
-    assert foreign and {r.stream for r in foreign} == {"btcusdt@kline_1m"}
-    assert len(foreign) == sum(r.stream == "btcusdt@kline_1s" for r in results)
+    assert foreign and len(foreign) == sum(is_data(r) for r in results)
+    of_1m = parsed(foreign, BTC_1M)
+    assert all(is_data(r) for r in of_1m)  # each of the 1m stream
     now = wallclock.now()
-    for bar in (c for r in foreign for c in r.candles):
+    for bar in bars_of(of_1m):
         assert [bar] == sim.truth.candles(BTC_1M, bar.ts, bar.ts + timedelta(minutes=1), now)
     assert sim.counters.foreign_frames_sent == len(foreign)
 
@@ -662,7 +686,7 @@ async def test_ws_mute_connection_sends_nothing_at_all(start_sim: SimFactory) ->
     )
     path = "/ws/btcusdt@kline_1s"
     async with connect(f"ws://{address}{path}") as first:
-        assert any(r.is_data for r in parsed(await frames(first, 1.2)))
+        assert any(is_data(r) for r in parsed(await frames(first, 1.2), BTC_1S))
     # The second connection: open, and then silence. No data, no reply to a
     # request, no pong, no ping (the server's pings come every 200 ms).
     async with connect(f"ws://{address}{path}", ping_interval=None, close_timeout=0.5) as mute:
@@ -673,7 +697,7 @@ async def test_ws_mute_connection_sends_nothing_at_all(start_sim: SimFactory) ->
             await asyncio.wait_for(pong, 0.1)
     pings = sim.counters.pings_sent
     async with connect(f"ws://{address}{path}") as third:
-        assert any(r.is_data for r in parsed(await frames(third, 1.2)))
+        assert any(is_data(r) for r in parsed(await frames(third, 1.2), BTC_1S))
     assert sim.counters.ws_mute == 1 and sim.counters.pings_sent > pings
     # The mute session ends once the client has gone.
     async with asyncio.timeout(5):

@@ -19,12 +19,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from candled import clock as wallclock
 from candled.collector import collect
 from candled.domain import Candle, SeriesKey
-from candled.venues import Credentials, VenueError, get_codec
+from candled.venues import ClosedBars, Credentials, StreamEvent, Subscribed, VenueError, get_codec
+from candled.venues.alpaca import AlpacaCodec
 from candled_sim import SimExchange, parse_scenario
-from candled_sim.alpaca import stream as personality_module
 from candled_sim.alpaca import SIM_KEY, SIM_SECRET, AlpacaPersonality, corrected
+from candled_sim.alpaca import stream as personality_module
 
 CODEC = get_codec("alpaca", "alpaca", Credentials(SIM_KEY, SIM_SECRET))
+STREAM = AlpacaCodec("alpaca", Credentials(SIM_KEY, SIM_SECRET)).stream
+LOGIN = STREAM.login_message()
 AUTH = {"APCA-API-KEY-ID": SIM_KEY, "APCA-API-SECRET-KEY": SIM_SECRET}
 NOW = datetime(2024, 3, 1, 18, 0, 30, tzinfo=UTC)  # a Friday, 13:00:30 in New York
 SYMBOLS = [f"EQ{i}" for i in range(12)]
@@ -72,6 +75,10 @@ async def get(
         http.get(f"http://{address}{path}", params=params, headers=headers) as response,
     ):
         return response.status, await response.read(), dict(response.headers)
+
+
+def closed(events: list[StreamEvent]) -> list[Candle]:
+    return [c for e in events if isinstance(e, ClosedBars) for c in e.candles]
 
 
 def values(candles: list[Candle]) -> list[tuple[object, ...]]:
@@ -285,7 +292,7 @@ async def open_stream(address: str, feed: str = "iex") -> ClientConnection:
 
 
 async def authenticate(ws: ClientConnection) -> None:
-    await ws.send(CODEC.login_messages()[0])
+    await ws.send(LOGIN)
     assert await receive(ws) == [{"T": "success", "msg": "authenticated"}]
 
 
@@ -297,23 +304,24 @@ async def test_auth_and_subscription_flow(start_sim: SimFactory) -> None:
     await ws.send(json.dumps({"action": "auth", "key": SIM_KEY, "secret": "wrong"}))
     assert await receive(ws) == [{"T": "error", "code": 402, "msg": "auth failed"}]
     await authenticate(ws)
-    await ws.send(CODEC.login_messages()[0])
+    await ws.send(LOGIN)
     assert await receive(ws) == [{"T": "error", "code": 403, "msg": "already authenticated"}]
     await ws.send("{not json")
     assert await receive(ws) == [{"T": "error", "code": 400, "msg": "invalid syntax"}]
 
-    await ws.send(CODEC.subscribe_message([SeriesKey("alpaca", s, "1m") for s in SYMBOLS[:2]], 1))
+    session = STREAM.session()
+    await ws.send(*session.subscribe([SeriesKey("alpaca", s, "1m") for s in SYMBOLS[:2]]))
     (answer,) = await receive(ws)
     assert answer == {"T": "subscription", "trades": [], "quotes": [], "bars": ["EQ0", "EQ1"],
                       "updatedBars": ["EQ0", "EQ1"], "dailyBars": []}  # fmt: skip
-    assert CODEC.parse_frame(json.dumps([answer])).reply_id is None
-    await ws.send(CODEC.unsubscribe_message([SeriesKey("alpaca", "EQ0", "1m")], 2))
+    assert session.receive(json.dumps([answer])) == [Subscribed()]  # no id to match
+    await ws.send(*session.unsubscribe([SeriesKey("alpaca", "EQ0", "1m")]))
     (answer,) = await receive(ws)
     assert (answer["bars"], answer["updatedBars"]) == (["EQ1"], ["EQ1"])
 
     # One connection per key and endpoint: a second one is refused once it authenticates.
     second = await open_stream(address, "sip")
-    await second.send(CODEC.login_messages()[0])
+    await second.send(LOGIN)
     assert await receive(second) == [
         {"T": "error", "code": 406, "msg": "connection limit exceeded"}
     ]
@@ -358,23 +366,24 @@ async def test_minute_bars_then_corrected_bars_meet_the_truth(start_sim: SimFact
 
     ws = await open_stream(address)
     await authenticate(ws)
-    await ws.send(CODEC.subscribe_message([SeriesKey("alpaca", s, "1m") for s in SYMBOLS], 1))
+    session = STREAM.session()
+    await ws.send(*session.subscribe([SeriesKey("alpaca", s, "1m") for s in SYMBOLS]))
     await receive(ws)  # the subscription
-    bars = CODEC.parse_frame(json.dumps(await receive(ws, within=10)))
+    bars = closed(session.receive(json.dumps(await receive(ws, within=10))))
     # No bar without a trade.
-    assert sorted(c.series.symbol for c in bars.candles) == sorted(traded(minute))
-    for candle in bars.candles:
+    assert sorted(c.series.symbol for c in bars) == sorted(traded(minute))
+    for candle in bars:
         final = sim.truth.bar(keys[candle.series.symbol], minute)
         first_volume = final.volume if candle.series.symbol not in fixed else candle.volume
         assert candle.ts == minute and candle.volume == first_volume
         assert (candle.open, candle.high, candle.low, candle.close) == (
             final.open, final.high, final.low, final.close
         )  # fmt: skip
-    updates = CODEC.parse_frame(json.dumps(await receive(ws, within=5)))
-    assert sorted(values(list(updates.candles))) == sorted(
+    updates = closed(session.receive(json.dumps(await receive(ws, within=5))))
+    assert sorted(values(updates)) == sorted(
         values([sim.truth.bar(keys[s], minute) for s in fixed])
     )
-    assert all(c.volume < u.volume for c in bars.candles for u in updates.candles
+    assert all(c.volume < u.volume for c in bars for u in updates
                if c.series == u.series)  # fmt: skip
     assert sim.counters.corrected_bars_sent == len(fixed)
     await ws.close()
@@ -387,7 +396,7 @@ async def test_the_collector_logs_in_and_collects_minute_bars(start_sim: SimFact
     sim, address = await start_sim(shifted_clock(minute.replace(second=58)))
     series = [SeriesKey("alpaca", s, "1m") for s in SYMBOLS]
     traded = [k for k in series if sim.truth.traded(SeriesKey("sim", k.symbol, "1m"), minute)]
-    result = await collect(CODEC, f"ws://{address}", series, total_timeout=15,
+    result = await collect(STREAM, f"ws://{address}", series, total_timeout=15,
                            max_candles=len(traded))  # fmt: skip
     assert not result.partial
     assert sorted(c.series.symbol for c in result.candles) == sorted(k.symbol for k in traded)

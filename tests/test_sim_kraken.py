@@ -23,13 +23,23 @@ from candled.fetch import Fetcher
 from candled.store.database import Database
 from candled.store.migrations import migrate
 from candled.throttle import VenueThrottle
-from candled.venues import FrameResult, RateLimitedAnswer, VenueError, get_codec
+from candled.venues import (
+    ClosedBars,
+    Heartbeat,
+    RateLimitedAnswer,
+    Reply,
+    StreamEvent,
+    VenueError,
+    get_codec,
+)
 from candled.venues.kraken import KrakenCodec
+from candled.venues.wire import parse_rfc3339
 from candled_sim import SimExchange, parse_scenario
 from candled_sim.kraken import KrakenPersonality
 from tests.daemon_proc import wait_until
 
 CODEC = get_codec("kraken")
+STREAM = KrakenCodec().stream
 NOW = datetime(2024, 3, 1, 12, 0, 30, tzinfo=UTC)  # half a minute into a bar
 AAA, BBB = SeriesKey("kraken", "AAA/USD", "1m"), SeriesKey("kraken", "BBB/USD", "1m")
 DEEP = NOW - timedelta(days=3)  # far past the horizon
@@ -246,7 +256,7 @@ async def test_stream_bars_finalised_by_their_successor_equal_truth(
     clock = [NOW.replace(second=58)]
     sim, address = await start_sim(clock, ws={"update_interval": "1s"})
     task = asyncio.create_task(
-        collect(KrakenCodec(), f"ws://{address}", [AAA, BBB], total_timeout=15, max_candles=4)
+        collect(STREAM, f"ws://{address}", [AAA, BBB], total_timeout=15, max_candles=4)
     )
 
     async def updated() -> bool:  # subscribed: snapshots and an update of the 12:00 bar
@@ -264,59 +274,76 @@ async def test_stream_bars_finalised_by_their_successor_equal_truth(
     assert values(closed) == values(expected)  # final values, not the last partial ones
 
 
+def closed_of(events: list[StreamEvent]) -> list[Candle]:
+    return [c for e in events if isinstance(e, ClosedBars) for c in e.candles]
+
+
+def opens(message: dict[str, Any]) -> list[tuple[str, int]]:
+    """The symbol and open minute of each bar of an `ohlc` message."""
+    return [(d["symbol"], parse_rfc3339(d["interval_begin"]).minute) for d in message["data"]]
+
+
 async def test_stream_status_acks_snapshot_updates(start_sim: SimFactory) -> None:
     _, address = await start_sim([NOW])
-    async with connect(f"ws://{address}{CODEC.stream_path([])}") as ws:
+    session = STREAM.session()
+    async with connect(f"ws://{address}{session.path}") as ws:
         (status,) = await receive(ws, 1)
         assert status["channel"] == "status" and status["data"][0]["system"] == "online"
-        assert CODEC.parse_frame(json.dumps(status)) == FrameResult()  # neither data nor noise
+        assert session.receive(json.dumps(status)) == []  # neither data nor noise
 
-        await ws.send(CODEC.subscribe_message([AAA, BBB], 7))
+        (subscribe,) = session.subscribe([AAA, BBB])
+        await ws.send(subscribe)
         messages = await receive(ws, 4)  # per symbol: an ack, then its snapshot
-        acks = [CODEC.parse_frame(json.dumps(m)) for m in messages[::2]]
-        assert [(a.reply_id, a.error) for a in acks] == [(7, None), (7, None)]
-        snapshots = [CODEC.parse_frame(json.dumps(m)) for m in messages[1::2]]
+        acks = [session.receive(json.dumps(m)) for m in messages[::2]]
+        assert acks == [[Reply(1)], [Reply(1)]] and session.awaiting == frozenset()
         assert [m["type"] for m in messages[1::2]] == ["snapshot", "snapshot"]
-        bars = [c for s in snapshots for c in s.forming]
-        assert [(c.series.symbol, c.ts.minute) for c in bars] == [
+        assert [bar for m in messages[1::2] for bar in opens(m)] == [
             ("AAA/USD", 59), ("AAA/USD", 0), ("BBB/USD", 59), ("BBB/USD", 0),
+        ]  # fmt: skip
+        # Each snapshot closes its 11:59 bar; 12:00 is still forming.
+        closed = [c for m in messages[1::2] for c in closed_of(session.receive(json.dumps(m)))]
+        assert [(c.series.symbol, c.ts.minute) for c in closed] == [
+            ("AAA/USD", 59), ("BBB/USD", 59),
         ]  # fmt: skip
 
         (update,) = await receive(ws, 1)
-        parsed = CODEC.parse_frame(json.dumps(update))
-        assert update["type"] == "update" and parsed.is_data and not parsed.malformed
-        assert {c.series for c in parsed.forming} <= {AAA, BBB}
+        assert update["type"] == "update" and {s for s, _ in opens(update)} <= {
+            "AAA/USD",
+            "BBB/USD",
+        }
+        assert session.receive(json.dumps(update)) == [Heartbeat()]  # the 12:00 bar, updated
 
 
 async def test_stream_refusals_pong_unsubscribe_and_heartbeats(start_sim: SimFactory) -> None:
     symbols = [{"symbol": "NEW/USD", "listed": "+1h"}]  # nothing to push yet: heartbeats
     _, address = await start_sim([NOW], symbols)
     new = SeriesKey("kraken", "NEW/USD", "1m")
+    session = STREAM.session()
     async with connect(f"ws://{address}/v2") as ws:
         await receive(ws, 1)  # status
-        await ws.send(CODEC.subscribe_message([SeriesKey("kraken", "ZZZ/USD", "1m")], 1))
-        refused = CODEC.parse_frame(json.dumps((await receive(ws, 1))[0]))
-        assert (refused.reply_id, refused.error) == (1, "Currency pair not supported ZZZ/USD")
+        await ws.send(*session.subscribe([SeriesKey("kraken", "ZZZ/USD", "1m")]))
+        assert session.receive(json.dumps((await receive(ws, 1))[0])) == [
+            Reply(1, "Currency pair not supported ZZZ/USD")
+        ]
 
         await ws.send("{not json")
         (bad,) = await receive(ws, 1)
-        assert bad["success"] is False and CODEC.parse_frame(json.dumps(bad)).error
+        (refused,) = session.receive(json.dumps(bad))
+        assert bad["success"] is False and isinstance(refused, Reply) and refused.error
 
-        await ws.send(json.dumps({"method": "ping", "req_id": 2}))
-        assert CODEC.parse_frame(json.dumps((await receive(ws, 1))[0])).reply_id == 2
+        await ws.send(json.dumps({"method": "ping", "req_id": 20}))
+        assert session.receive(json.dumps((await receive(ws, 1))[0])) == [Reply(20)]
 
-        await ws.send(CODEC.subscribe_message([new], 3))
+        await ws.send(*session.subscribe([new]))
         (ack,) = await receive(ws, 1)  # no snapshot: the pair has no bar yet
-        assert ack["success"] is True
+        assert ack["success"] is True and session.receive(json.dumps(ack)) == [Reply(2)]
         (heartbeat,) = await receive(ws, 1)
-        assert (
-            heartbeat == {"channel": "heartbeat"}
-            and CODEC.parse_frame(json.dumps(heartbeat)).is_data
-        )
+        assert heartbeat == {"channel": "heartbeat"}
+        assert session.receive(json.dumps(heartbeat)) == [Heartbeat()]
 
-        await ws.send(CODEC.unsubscribe_message([new], 4))
+        await ws.send(*session.unsubscribe([new]))
         (gone,) = await receive(ws, 1)
-        assert (gone["method"], gone["success"], gone["req_id"]) == ("unsubscribe", True, 4)
+        assert (gone["method"], gone["success"], gone["req_id"]) == ("unsubscribe", True, 3)
         with pytest.raises(TimeoutError):  # nothing subscribed: nothing sent, not even heartbeats
             await receive(ws, 1, within=2.5)
 
@@ -327,11 +354,11 @@ async def test_sparse_stream_skips_bars_without_trades(start_sim: SimFactory) ->
     truth_key = SeriesKey("sim", "AAA/USD", "1m")
     async with connect(f"ws://{address}/v2") as ws:
         await receive(ws, 1)
-        await ws.send(CODEC.subscribe_message([AAA], 1))
+        await ws.send(*STREAM.session().subscribe([AAA]))
         await receive(ws, 1)  # ack
         (snapshot,) = await receive(ws, 1)
-        bars = CODEC.parse_frame(json.dumps(snapshot)).forming
-        assert all(sim.truth.traded(truth_key, c.ts) for c in bars)
+        bars = [parse_rfc3339(d["interval_begin"]) for d in snapshot["data"]]
+        assert all(sim.truth.traded(truth_key, ts) for ts in bars)
         last = max(ts for ts in sim.truth.opens(truth_key, NOW - timedelta(hours=1), NOW)
                    if sim.truth.traded(truth_key, ts) and ts < AAA.tf.floor(NOW))  # fmt: skip
-        assert bars[0].ts == last
+        assert bars[0] == last

@@ -1,4 +1,10 @@
-"""Venue codecs and their registry: a config's `kind` names the codec to use."""
+"""Venue codecs and their registry: a config's `kind` names the codec to use.
+
+A venue's codec (`VenueCodec`) is its history codec (REST) plus, where the
+venue streams closed candles, a stream codec (`codec.stream`) that opens one
+sans-I/O session per connection (`candled.venues.stream`). Shared wire
+helpers are in `candled.venues.wire`.
+"""
 
 from collections.abc import Callable, Mapping
 
@@ -6,7 +12,9 @@ from candled.venues.alpaca import AlpacaCodec
 from candled.venues.base import (
     CodecError,
     Credentials,
-    FrameResult,
+    CredentialsRefused,
+    HistoryCodec,
+    HistoryPage,
     HttpRequest,
     RateFacts,
     RateLimitedAnswer,
@@ -18,6 +26,23 @@ from candled.venues.binance import BinanceCodec
 from candled.venues.coinbase import CoinbaseCodec
 from candled.venues.kraken import KrakenCodec
 from candled.venues.oanda import OandaCodec
+from candled.venues.stream import (
+    ClosedBars,
+    Foreign,
+    Gap,
+    Heartbeat,
+    LoggedIn,
+    Malformed,
+    Refusal,
+    Reply,
+    StreamCodec,
+    StreamError,
+    StreamEvent,
+    StreamFault,
+    StreamLimits,
+    StreamSession,
+    Subscribed,
+)
 
 # kind -> factory taking the venue name stored with the candles, the venue's
 # credentials (None without) and its `options` table; a bad option is a ValueError.
@@ -32,6 +57,7 @@ _CODECS: dict[str, Factory] = {
 
 
 def known_kinds() -> list[str]:
+    """The venue kinds a config may name, sorted."""
     return sorted(_CODECS)
 
 
@@ -52,12 +78,29 @@ def get_codec(
 
 
 __all__ = [
+    "ClosedBars",
     "CodecError",
     "Credentials",
-    "FrameResult",
+    "CredentialsRefused",
+    "Foreign",
+    "Gap",
+    "Heartbeat",
+    "HistoryCodec",
+    "HistoryPage",
     "HttpRequest",
+    "LoggedIn",
+    "Malformed",
     "RateFacts",
     "RateLimitedAnswer",
+    "Refusal",
+    "Reply",
+    "StreamCodec",
+    "StreamError",
+    "StreamEvent",
+    "StreamFault",
+    "StreamLimits",
+    "StreamSession",
+    "Subscribed",
     "VenueCodec",
     "VenueError",
     "VenueLimits",

@@ -46,7 +46,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -58,24 +58,40 @@ from candled.venues.base import (
     CodecError,
     Credentials,
     CredentialsRefused,
-    FrameResult,
     HistoryPage,
     HttpRequest,
     RateFacts,
-    StreamError,
-    StreamFault,
     VenueError,
     VenueLimits,
-    bar_open,
     empty_window,
+    only_option,
+)
+from candled.venues.stream import (
+    LoggedIn,
+    Malformed,
+    Refusal,
+    SessionBase,
+    StreamCodecBase,
+    StreamError,
+    StreamEvent,
+    StreamFault,
+    StreamLimits,
+    Subscribed,
+)
+from candled.venues.wire import (
+    SecretHeaders,
+    bar_open,
     header_count,
     json_number,
     json_or_none,
-    only_option,
+    key_refusal,
+    lowered,
+    rfc3339,
     seconds_or_none,
     shown,
     venue_words,
 )
+from candled.venues.wire import parse_rfc3339 as parse_time
 
 LIMITS = VenueLimits(
     # `limit` may be 1-10000. One less per window, so that the request can ask for
@@ -85,6 +101,14 @@ LIMITS = VenueLimits(
     # the request `parse_history_page` names for the rest until none comes.
     page_size=9_999,
     request_weight=1,  # Alpaca counts requests
+    exact_genesis=False,  # nothing answers "first bar of this symbol"
+    sparse=True,  # "bars are only generated when there are 'valid' trades" (forum, above)
+    # "200 requests per minute" on the free Basic plan (alpaca.markets/support/
+    # usage-limit-api-calls); Algo Trader Plus allows 10,000: set rate_capacity.
+    rate_capacity=200,
+    rate_period_s=60.0,
+)
+STREAM_LIMITS = StreamLimits(
     # "There is no limit for the number of channels with minute bars", and an
     # account may hold one connection only (406 "connection limit exceeded"):
     # every series must fit on it.
@@ -92,20 +116,7 @@ LIMITS = VenueLimits(
     # No documented maximum age: never rotate (a make-before-break successor
     # would be a second connection, which Alpaca refuses).
     max_connection_age_s=math.inf,
-    exact_genesis=False,  # nothing answers "first bar of this symbol"
-    sparse=True,  # "bars are only generated when there are 'valid' trades" (forum, above)
-    max_ws_messages_per_s=10.0,  # undocumented; subscribing takes one message per timeframe
-    # "200 requests per minute" on the free Basic plan (alpaca.markets/support/
-    # usage-limit-api-calls); Algo Trader Plus allows 10,000: set rate_capacity.
-    rate_capacity=200,
-    rate_period_s=60.0,
-    live="stream",
-    subscribe_in_url=False,  # channels are subscribed by message only
-    acknowledges_requests=False,  # the `subscription` answer carries no id
-    needs_credentials=True,  # key and secret on every request and on the stream
-    needs_secret=True,
-    stream_timeframes=frozenset({"1m"}),  # the stream has minute bars only
-    quiet_stream=True,  # no heartbeat; nothing at all while the market is closed
+    max_messages_per_s=10.0,  # undocumented; subscribing takes one message per timeframe
 )
 BARS_PATH = "/v2/stocks/bars"
 FEEDS = ("iex", "sip")
@@ -117,13 +128,9 @@ TIMEFRAMES = {"1m": "1Min", "3m": "3Min", "5m": "5Min", "15m": "15Min", "30m": "
               "1h": "1Hour", "1d": "1Day"}  # fmt: skip
 STREAM_TIMEFRAME = "1m"  # the stream's `bars` and `updatedBars` are minute bars
 NEW_YORK = ZoneInfo("America/New_York")
-# RFC 3339 in UTC, as Alpaca writes it: "2021-02-22T19:15:00Z", up to nanoseconds.
-_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
 # A page token goes into the next request's URL: printable ASCII, bounded.
 _PAGE_TOKEN = re.compile(r"[!-~]{1,1024}")
 _BAR_TYPES = frozenset({"b", "u"})  # minute bars and corrected minute bars
-_CONTROL_TYPES = frozenset({"success", "subscription", "error"})
-_MALFORMED = FrameResult(malformed=True)
 _KEY_SETTINGS = "api_key_env or api_key_file and api_secret_env or api_secret_file"
 _BUG = "candled sent a message Alpaca refuses, a bug in candled (please report it)"
 # The stream's error codes (docs.alpaca.markets/docs/streaming-market-data,
@@ -161,28 +168,14 @@ _GRAVITY = (StreamFault.KEY_REFUSED, StreamFault.NOT_ENTITLED, StreamFault.CONNE
             StreamFault.REJECTED, StreamFault.VENUE_FAULT, StreamFault.HARMLESS)  # fmt: skip
 
 
-class _KeyHeaders(Mapping[str, str]):
-    """Alpaca's key and secret headers, shown redacted in any repr (requests get logged)."""
-
-    def __init__(self, credentials: Credentials) -> None:
-        self._headers = {KEY_HEADER: credentials.key, SECRET_HEADER: credentials.secret}
-
-    def __getitem__(self, name: str) -> str:
-        return self._headers[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._headers)
-
-    def __len__(self) -> int:
-        return len(self._headers)
-
-    def __repr__(self) -> str:
-        return f"{{'{KEY_HEADER}': '<redacted>', '{SECRET_HEADER}': '<redacted>'}}"
-
-
 class AlpacaCodec(CodecBase):
+    """Alpaca's stock bars over REST (following page tokens), with its stock
+    stream of minute bars (`AlpacaStream`)."""
+
     LIMITS = LIMITS
     TIMEFRAMES = TIMEFRAMES
+    NEEDS_CREDENTIALS = True  # key and secret on every request and on the stream
+    NEEDS_SECRET = True
 
     def __init__(
         self,
@@ -199,15 +192,27 @@ class AlpacaCodec(CodecBase):
         self._feed = feed
         # Without credentials the codec only answers `limits` (config loading
         # refuses an Alpaca venue without them).
-        self._credentials = credentials
-        self._headers: Mapping[str, str] = _KeyHeaders(credentials) if credentials else {}
+        self._headers: Mapping[str, str] = {}
+        if credentials is not None:
+            self._headers = SecretHeaders(
+                {KEY_HEADER: credentials.key, SECRET_HEADER: credentials.secret},
+                {KEY_HEADER: "<redacted>", SECRET_HEADER: "<redacted>"},
+            )
+        self._stream = AlpacaStream(venue, feed, credentials)
 
     def __repr__(self) -> str:
         return f"AlpacaCodec(venue={self._venue!r}, feed={self._feed!r})"
 
+    @property
+    def stream(self) -> AlpacaStream:
+        """The stock stream of the configured feed."""
+        return self._stream
+
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
+        """Bars from the first opening at or after `start` to the last opening
+        before `end` (Alpaca's bounds are inclusive), asking one bar more."""
         self.check_limit(limit)
         timeframe = _timeframe(series)
         tf = series.tf
@@ -237,12 +242,11 @@ class AlpacaCodec(CodecBase):
             headers=self._headers,
         )
 
-    def genesis_request(self, series: SeriesKey) -> HttpRequest:
-        raise NotImplementedError("alpaca cannot answer a symbol's first bar (exact_genesis)")
-
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
+        """The closed bars of an answer that holds the whole window; a page token
+        (the answer holds only part of it) is a CodecError here."""
         candles, token = self._history(series, status, body, now)
         if token is not None:
             # Alpaca left bars of the window out, and without the request there
@@ -257,6 +261,8 @@ class AlpacaCodec(CodecBase):
     def parse_history_page(
         self, series: SeriesKey, request: HttpRequest, status: int, body: bytes, now: datetime
     ) -> HistoryPage:
+        """The closed bars of a page, and the same request with `page_token`
+        where Alpaca cut the answer short."""
         # "Include the token ... as the page_token query parameter for the next
         # request ... while leaving the other parameters unchanged" (Paging).
         candles, token = self._history(series, status, body, now)
@@ -299,93 +305,79 @@ class AlpacaCodec(CodecBase):
         return candles, token
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
+        """Used weight from X-RateLimit-Limit less -Remaining, Retry-After, 429; no bans."""
         # X-RateLimit-Limit / -Remaining / -Reset (epoch seconds) come with every
         # answer (forum.alpaca.markets/t/executing-orders/12029); the reset is a
-        # clock time this clock-free codec cannot turn into a wait. No bans.
-        lowered = {name.lower(): value for name, value in headers.items()}
-        limit = header_count(lowered.get("x-ratelimit-limit"))
-        remaining = header_count(lowered.get("x-ratelimit-remaining"))
+        # clock time this clock-free codec cannot turn into a wait.
+        named = lowered(headers)
+        limit = header_count(named.get("x-ratelimit-limit"))
+        remaining = header_count(named.get("x-ratelimit-remaining"))
         used = limit - remaining if limit is not None and remaining is not None else None
         return RateFacts(
             used_weight=max(0, used) if used is not None else None,
-            retry_after_s=seconds_or_none(lowered.get("retry-after")),
+            retry_after_s=seconds_or_none(named.get("retry-after")),
             rate_limited=status == 429,
             banned=False,
         )
 
     def refused_credentials(self, status: int, body: bytes) -> CredentialsRefused | None:
+        """A 401, or a 403 in Alpaca's JSON error shape: the key or its plan."""
         # 401 {"message": "unauthorized"}: a key Alpaca does not accept; 403
         # {"message": "forbidden"}: a wrong key or secret, or a plan without
         # the feed (forum.alpaca.markets/t/client-connection-forbidden/11066;
         # alpaca.markets/learn/how-to-fix-common-trading-api-errors-at-alpaca).
         # A 403 without Alpaca's JSON error is a CDN or firewall page: retried.
-        if status not in (401, 403):
-            return None
-        payload = json_or_none(body)
-        if isinstance(payload, dict) and isinstance(payload.get("message"), str):
-            answer = payload["message"][:200]
-        elif status == 401:
-            answer = "no error body"
-        else:
-            return None
-        return CredentialsRefused(self._venue, status, answer,
-                                  needs_secret=True)  # fmt: skip
+        return key_refusal(self._venue, status, body, "message", needs_secret=True)
 
-    def stream_name(self, series: SeriesKey) -> str:
-        return f"{series.timeframe}:{series.symbol}"
 
-    def stream_path(self, series: Sequence[SeriesKey]) -> str:
-        return f"/v2/{self._feed}"  # channels are subscribed by message
+class AlpacaSession(SessionBase["AlpacaStream"]):
+    """One stock stream connection: the login and its answer, `subscription`
+    answers without ids, error codes as typed refusals, closed minute bars."""
 
-    def login_messages(self) -> list[str]:
-        if self._credentials is None:
-            raise ValueError("alpaca streams need the venue's api key and secret")
-        c = self._credentials
-        return [json.dumps({"action": "auth", "key": c.key, "secret": c.secret})]
+    ACKNOWLEDGED = False  # the `subscription` answer carries no id
+    LOGIN = True
 
-    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        return self._action("subscribe", series)
+    def login(self) -> list[str]:
+        """The `auth` action; bars come only once the venue says `authenticated`."""
+        return [self.codec.login_message()]
 
-    def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        return self._action("unsubscribe", series)
-
-    @staticmethod
-    def _action(action: str, series: Sequence[SeriesKey]) -> str:
+    def _request(self, keys: Sequence[SeriesKey], request_id: int, subscribe: bool) -> str:
         # Only minute series have a channel; the others subscribe nothing (an
         # empty list is a valid subscribe) and take their bars from backfills.
-        symbols = [s.symbol for s in series if s.timeframe == STREAM_TIMEFRAME]
+        symbols = [s.symbol for s in keys if s.timeframe == STREAM_TIMEFRAME]
+        action = "subscribe" if subscribe else "unsubscribe"
         return json.dumps({"action": action, "bars": symbols, "updatedBars": symbols})
 
-    def parse_frame(self, text: str) -> FrameResult:
+    def receive(self, text: str) -> list[StreamEvent]:
+        """Errors (the gravest decides), the login's answer, subscription answers, bars."""
         payload = json_or_none(text)
         # Every server message is an array of objects, each with its type in `T`.
         if not isinstance(payload, list) or not all(
             isinstance(m, dict) and isinstance(m.get("T"), str) for m in payload
         ):
-            return _MALFORMED
+            return [Malformed("not an array of typed messages")]
         errors = [self._stream_error(m) for m in payload if m["T"] == "error"]
         if errors:
             # e.g. 402 "auth failed", 406 "connection limit exceeded": no id to match.
-            text = "; ".join(e.said for e in errors)
-            error = min(errors, key=lambda e: _GRAVITY.index(e.fault))
-            return FrameResult(error=text, stream_error=error)
+            return [Refusal(min(errors, key=lambda e: _GRAVITY.index(e.fault)))]
         if any(m["T"] == "success" and m.get("msg") == "authenticated" for m in payload):
-            return FrameResult(logged_in=True)
+            self._logged_in = True
+            return [LoggedIn()]
         if any(m["T"] == "subscription" for m in payload):
-            return FrameResult(subscribed=True)  # the whole subscription, after each change
-        candles, malformed = [], False
+            return [Subscribed()]  # the whole subscription, after each change
+        candles, malformed = [], []
         for message in payload:
             if message["T"] not in _BAR_TYPES:
                 continue  # control messages, trades, quotes, statuses: not ours
             try:
                 candles.append(self._stream_bar(message))
-            except CodecError:
-                malformed = True  # keep the frame's good bars
+            except CodecError as e:
+                malformed.append(Malformed(str(e)))  # keep the frame's good bars
         if not candles:
-            return FrameResult(malformed=malformed)
+            return list(malformed[:1])
         # Bars arrive just after their minute closes: each is closed. Frames
-        # carry several symbols (stream None: the collector sorts them out).
-        return FrameResult(candles=tuple(candles), is_data=True, malformed=malformed)
+        # carry several symbols, sorted out by the streams carried.
+        return self._data(closed=candles) + malformed[:1]
 
     def _stream_error(self, message: dict[str, Any]) -> StreamError:
         code, words = message.get("code"), message.get("msg")
@@ -394,9 +386,10 @@ class AlpacaCodec(CodecBase):
             return StreamError(StreamFault.VENUE_FAULT, None, said)
         fault, fix = _STREAM_FAULTS.get(code, (StreamFault.VENUE_FAULT, ""))
         if code == 409:
-            fix = (f'the key\'s plan does not include the "{self._feed}" feed: use a key'
+            feed = self.codec.feed
+            fix = (f'the key\'s plan does not include the "{feed}" feed: use a key'
                    f" whose plan does ({_KEY_SETTINGS})")  # fmt: skip
-            if self._feed != "iex":
+            if feed != "iex":
                 fix += ' or set the venue\'s options feed = "iex"'
         return StreamError(fault, code, said, fix)
 
@@ -404,7 +397,42 @@ class AlpacaCodec(CodecBase):
         symbol = message.get("S")
         if not isinstance(symbol, str) or not symbol:
             raise CodecError("bar symbol")
-        return _bar(SeriesKey(self._venue, symbol, STREAM_TIMEFRAME), message)
+        return _bar(SeriesKey(self.codec.venue, symbol, STREAM_TIMEFRAME), message)
+
+
+class AlpacaStream(StreamCodecBase):
+    """The stock stream `/v2/{feed}`: a login, then `bars` and `updatedBars`
+    subscribed by message; minute bars only; no heartbeat."""
+
+    LIMITS = STREAM_LIMITS
+    SPARSE = AlpacaCodec.LIMITS.sparse
+    # No heartbeat; nothing at all while the market is closed.
+    QUIET = True
+    TIMEFRAMES = frozenset({STREAM_TIMEFRAME})  # the stream has minute bars only
+    SESSION = AlpacaSession
+
+    def __init__(self, venue: str, feed: str, credentials: Credentials | None) -> None:
+        super().__init__(venue)
+        self.feed = feed
+        self._credentials = credentials
+
+    def __repr__(self) -> str:
+        return f"AlpacaStream(venue={self._venue!r}, feed={self.feed!r})"
+
+    def stream_name(self, key: SeriesKey) -> str:
+        """`<timeframe>:<symbol>`."""
+        return f"{key.timeframe}:{key.symbol}"
+
+    def connect_path(self, series: Sequence[SeriesKey]) -> str:
+        """`/v2/{feed}`: channels are subscribed by message."""
+        return f"/v2/{self.feed}"
+
+    def login_message(self) -> str:
+        """The `auth` action with the venue's key and secret."""
+        if self._credentials is None:
+            raise ValueError("alpaca streams need the venue's api key and secret")
+        c = self._credentials
+        return json.dumps({"action": "auth", "key": c.key, "secret": c.secret})
 
 
 def _page_token(token: object) -> str | None:
@@ -442,22 +470,6 @@ def domain_time(tf: Timeframe, ts: datetime) -> datetime:
             raise CodecError(f"daily bar at {ts.isoformat()}, not midnight in New York")
         return bar_open(tf, datetime.combine(local.date(), time(), UTC))
     return bar_open(tf, ts)
-
-
-def rfc3339(ts: datetime) -> str:
-    return require_utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: object) -> datetime:
-    m = _RFC3339.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise CodecError(f"time {shown(value)} is not an RFC 3339 UTC time")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    micros = int((m.group(7) or "0").ljust(9, "0")[:6])  # digits past microseconds dropped
-    try:
-        return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
-    except ValueError:
-        raise CodecError(f"time {shown(value)} is not a valid date") from None
 
 
 def _bar(series: SeriesKey, row: object) -> Candle:

@@ -3,6 +3,10 @@
 Wire formats as documented at
 https://developers.binance.com/docs/binance-spot-api-docs/rest-api/market-data-endpoints
 and https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams
+(streams named in the connect URL, `/stream?streams=a/b`, or subscribed with
+`{"method": "SUBSCRIBE", "params": [...], "id": n}`, each answered with its id;
+events in a `{"stream", "data"}` wrapper on `/stream`, raw on `/ws`; a kline's
+`x` says whether the bar has closed).
 """
 
 from __future__ import annotations
@@ -13,22 +17,33 @@ from datetime import datetime
 from typing import Any
 
 from candled.domain import Candle, SeriesKey, Timeframe
-from candled.domain.timeframe import SUPPORTED, require_utc
+from candled.domain.timeframe import SUPPORTED
 from candled.venues.base import (
     CodecBase,
     CodecError,
     Credentials,
-    FrameResult,
     HttpRequest,
     RateFacts,
     VenueError,
     VenueLimits,
-    bar_open,
-    decimal_string,
-    from_ms,
-    header_count,
-    json_or_none,
     no_options,
+)
+from candled.venues.stream import (
+    Foreign,
+    Malformed,
+    SessionBase,
+    StreamCodecBase,
+    StreamEvent,
+    StreamLimits,
+)
+from candled.venues.wire import (
+    bar_at_ms,
+    closed_by,
+    decimal_string,
+    header_count,
+    json_array,
+    json_or_none,
+    lowered,
     seconds_or_none,
     shown,
     to_ms,
@@ -38,20 +53,24 @@ from candled.venues.base import (
 LIMITS = VenueLimits(
     page_size=1000,
     request_weight=2,
-    streams_per_connection=1024,
-    max_connection_age_s=24 * 3600.0,
     exact_genesis=True,  # startTime=0&limit=1 answers the first bar after listing
     sparse=False,  # Binance publishes zero-volume bars
-    max_ws_messages_per_s=5.0,
+)
+STREAM_LIMITS = StreamLimits(
+    streams_per_connection=1024,
+    max_connection_age_s=24 * 3600.0,
+    max_messages_per_s=5.0,
 )
 KLINES_PATH = "/api/v3/klines"
 USED_WEIGHT_HEADER = "x-mbx-used-weight-1m"
 # Binance intervals are exactly the domain's supported timeframes.
 _INTERVALS = frozenset(SUPPORTED)
-_MALFORMED = FrameResult(malformed=True)
+_URL_STREAMS = "?streams="
 
 
 class BinanceCodec(CodecBase):
+    """Binance's klines over REST, with its kline stream (`BinanceStream`)."""
+
     LIMITS = LIMITS
     TIMEFRAMES = _INTERVALS
 
@@ -63,17 +82,24 @@ class BinanceCodec(CodecBase):
     ) -> None:
         no_options("binance", options)
         super().__init__(venue)
+        self._stream = BinanceStream(venue)
+
+    @property
+    def stream(self) -> BinanceStream:
+        """The kline streams."""
+        return self._stream
 
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
+        """Klines from `start`, `endTime` one millisecond before `end` (Binance's is inclusive)."""
         self.check_window(start, end, limit)
-        # Binance's endTime is inclusive; one millisecond less makes [start, end).
         return self._klines(
             series, startTime=str(to_ms(start)), endTime=str(to_ms(end) - 1), limit=str(limit)
         )
 
     def genesis_request(self, series: SeriesKey) -> HttpRequest:
+        """`startTime=0&limit=1`: the first bar after listing."""
         return self._klines(series, startTime="0", limit="1")
 
     def _klines(self, series: SeriesKey, **params: str) -> HttpRequest:
@@ -87,73 +113,60 @@ class BinanceCodec(CodecBase):
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
+        """The closed klines of an answer; `{"code", "msg"}` errors as `VenueError`."""
         payload = json_or_none(body)
         if status != 200:
             raise _venue_error(status, payload)
-        if not isinstance(payload, list):
-            raise CodecError(f"klines: expected a JSON array, got {type(payload).__name__}")
-        now = require_utc(now)
-        tf = series.tf
-        candles = []
-        for index, row in enumerate(payload):
-            candle = _row_candle(series, tf, row, index)
-            if tf.close_time(candle.ts) <= now:
-                candles.append(candle)
-        return candles
+        rows = enumerate(json_array(payload, "klines"))
+        return closed_by((_row_candle(series, series.tf, row, i) for i, row in rows), now)
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
-        # Header names are case-insensitive; a plain Mapping may not know that.
-        lowered = {name.lower(): value for name, value in headers.items()}
+        """The used weight header, Retry-After, 429 (over budget) and 418 (a ban)."""
+        named = lowered(headers)
         return RateFacts(
-            used_weight=header_count(lowered.get(USED_WEIGHT_HEADER)),
-            retry_after_s=seconds_or_none(lowered.get("retry-after")),
+            used_weight=header_count(named.get(USED_WEIGHT_HEADER)),
+            retry_after_s=seconds_or_none(named.get("retry-after")),
             rate_limited=status == 429,
             banned=status == 418,
         )
 
-    def stream_name(self, series: SeriesKey) -> str:
-        return f"{series.symbol.lower()}@kline_{series.timeframe}"
 
-    def stream_path(self, series: Sequence[SeriesKey]) -> str:
-        if not series:
-            return "/stream"
-        return "/stream?streams=" + "/".join(self.stream_name(s) for s in series)
+class BinanceSession(SessionBase["BinanceStream"]):
+    """One kline stream connection: replies by id, closed klines by `x`."""
 
-    def login_messages(self) -> list[str]:
-        return []
-
-    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        return self._method("SUBSCRIBE", series, request_id)
-
-    def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        return self._method("UNSUBSCRIBE", series, request_id)
-
-    def _method(self, method: str, series: Sequence[SeriesKey], request_id: int) -> str:
-        params = [self.stream_name(s) for s in series]
+    def _request(self, keys: Sequence[SeriesKey], request_id: int, subscribe: bool) -> str:
+        params = [self.codec.stream_name(s) for s in keys]
+        method = "SUBSCRIBE" if subscribe else "UNSUBSCRIBE"
         return json.dumps({"method": method, "params": params, "id": request_id})
 
-    def parse_frame(self, text: str) -> FrameResult:
+    def receive(self, text: str) -> list[StreamEvent]:
+        """Replies, kline events (data of ours or foreign), malformed frames."""
         payload = json_or_none(text)
         if not isinstance(payload, dict):
-            return _MALFORMED
+            return [Malformed("not a JSON object")]
         if "result" in payload or "code" in payload:
-            return _reply(payload)
+            # {"result": null, "id": 1} or {"code": 2, "msg": "...", "id": 1}
+            reply_id = payload.get("id")
+            if reply_id is not None and (
+                not isinstance(reply_id, int) or isinstance(reply_id, bool)
+            ):
+                return [Malformed(f"reply id {shown(reply_id)}")]
+            error = venue_words(payload.get("msg", payload["code"])) if "code" in payload else None
+            return [self._reply(reply_id, error)]
         stream: Any = None
         if "stream" in payload or "data" in payload:  # combined-stream wrapper
             stream, payload = payload.get("stream"), payload.get("data")
             if not isinstance(stream, str) or not isinstance(payload, dict):
-                return _MALFORMED
+                return [Malformed("combined-stream wrapper")]
         if payload.get("e") != "kline":
-            return FrameResult(stream=stream)  # another event type: not ours to judge
+            return []  # another event type: not ours to judge
         try:
             candle, closed = self._event_candle(payload)
-        except CodecError:
-            return _MALFORMED
-        return FrameResult(
-            candles=(candle,) if closed else (),
-            is_data=True,
-            stream=stream or self.stream_name(candle.series),
-        )
+        except CodecError as e:
+            return [Malformed(str(e))]
+        if (stream or self.codec.stream_name(candle.series)) not in self._streams:
+            return [Foreign(1)]  # a stream being unsubscribed: alive, no longer ours
+        return self._data(closed=(candle,) if closed else ())
 
     def _event_candle(self, event: dict[str, Any]) -> tuple[Candle, bool]:
         k = event.get("k")
@@ -166,11 +179,43 @@ class BinanceCodec(CodecBase):
             raise CodecError("kline interval")
         if not isinstance(closed, bool):
             raise CodecError("kline closed flag")
-        series = SeriesKey(self._venue, symbol, interval)
-        ts = _open_time(series.tf, k.get("t"))
+        series = SeriesKey(self.codec.venue, symbol, interval)
+        ts = bar_at_ms(series.tf, k.get("t"))
         fields = (k.get(key) for key in ("o", "h", "l", "c", "v"))
         o, h, low, c, v = (decimal_string(value) for value in fields)
         return Candle(series, ts, o, h, low, c, v), closed
+
+
+class BinanceStream(StreamCodecBase):
+    """The kline streams: named in the connect URL up to a length, the rest
+    subscribed by message."""
+
+    LIMITS = STREAM_LIMITS
+    SPARSE = BinanceCodec.LIMITS.sparse  # a skipped bar is a lost closing frame
+    PATH = "/stream"
+    SESSION = BinanceSession
+
+    def stream_name(self, key: SeriesKey) -> str:
+        """`<symbol>@kline_<interval>`, the symbol in lower case."""
+        return f"{key.symbol.lower()}@kline_{key.timeframe}"
+
+    def connect_path(self, series: Sequence[SeriesKey]) -> str:
+        """`/stream?streams=a/b/...` (combined streams), or `/stream` for none."""
+        if not series:
+            return self.PATH
+        return self.PATH + _URL_STREAMS + "/".join(self.stream_name(s) for s in series)
+
+    def in_url(self, series: Sequence[SeriesKey], max_path: int | None) -> int:
+        """As many as fit in `max_path` (None: all)."""
+        if max_path is None:
+            return len(series)
+        length, named = len(self.PATH + _URL_STREAMS) - 1, 0
+        for key in series:
+            length += len(self.stream_name(key)) + 1  # the name and its separator
+            if length > max_path:
+                break
+            named += 1
+        return named
 
 
 def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Candle:
@@ -178,18 +223,11 @@ def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Ca
     if not isinstance(row, list) or len(row) < 6:
         raise CodecError(f"klines row {index}: expected an array of at least 6 fields")
     try:
-        ts = _open_time(tf, row[0])
+        ts = bar_at_ms(tf, row[0])
         o, h, low, c, v = (decimal_string(value) for value in row[1:6])
     except CodecError as exc:
         raise CodecError(f"klines row {index}: {exc}") from None
     return Candle(series, ts, o, h, low, c, v)
-
-
-def _open_time(tf: Timeframe, value: object) -> datetime:
-    # bool is an int subclass; true is not a timestamp.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise CodecError(f"open time {shown(value)} is not a millisecond timestamp")
-    return bar_open(tf, from_ms(value))
 
 
 def _venue_error(status: int, payload: Any) -> VenueError:
@@ -199,14 +237,3 @@ def _venue_error(status: int, payload: Any) -> VenueError:
         if isinstance(code, int) and isinstance(msg, str):
             return VenueError(status, code, msg)
     return VenueError(status, None, "no error body")
-
-
-def _reply(payload: dict[str, Any]) -> FrameResult:
-    # {"result": null, "id": 1} or {"code": 2, "msg": "...", "id": 1}
-    reply_id = payload.get("id")
-    if reply_id is not None and (not isinstance(reply_id, int) or isinstance(reply_id, bool)):
-        return _MALFORMED
-    if "code" in payload:
-        error = venue_words(payload.get("msg", payload["code"]))
-        return FrameResult(reply_id=reply_id, error=error)
-    return FrameResult(reply_id=reply_id)

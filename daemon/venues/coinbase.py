@@ -13,16 +13,16 @@ Wire formats as documented at
 - https://docs.cdp.coinbase.com/exchange/rest-api/requests (errors: a 4xx/5xx status
   and a body `{"message": "..."}`).
 
-The Exchange WebSocket feed has no candle channel, so live 1-minute bars come from
-the poll driver (`limits.live == "poll"`), through `history_request` like any other
-bar; the stream methods of this codec are never called and say so.
+The Exchange WebSocket feed has no candle channel, so the codec has no stream
+(`stream` is None): live bars come from the poll driver, through
+`history_request` like any other bar.
 
 Product ids are Coinbase's, e.g. "BTC-USD".
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -33,33 +33,30 @@ from candled.venues.base import (
     CodecBase,
     CodecError,
     Credentials,
-    FrameResult,
     HttpRequest,
     RateFacts,
     VenueError,
     VenueLimits,
-    bar_open,
-    from_seconds,
+    no_options,
+)
+from candled.venues.wire import (
+    bar_at_seconds,
+    closed_by,
+    json_array,
     json_number,
     json_or_none,
-    no_options,
-    shown,
+    rfc3339,
 )
 
 LIMITS = VenueLimits(
     page_size=300,  # "The maximum number of data points for a single request is 300 candles"
     request_weight=1,  # public endpoints are limited by request count per IP
-    # No candle stream (the feed has no candle channel): no connections are made.
-    streams_per_connection=0,
-    max_connection_age_s=0.0,
-    max_ws_messages_per_s=0.0,
     exact_genesis=False,  # nothing answers "first candle at or after t"
     sparse=True,  # "No data is published for intervals where there are no ticks"
     # Public endpoints: 10 requests per second per IP, bursts up to 15, in a token
     # bucket; whatever our bucket (10, refilled at 10/s) lets through fits theirs.
     rate_capacity=10,
     rate_period_s=1.0,
-    live="poll",
 )
 # Coinbase accepts exactly these bucket sizes (seconds), one per supported timeframe.
 GRANULARITY = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "1d": 86400}
@@ -68,16 +65,14 @@ _RETRY_AFTER_429_S = 1.0
 
 
 def candles_path(product_id: str) -> str:
+    """`/products/{product_id}/candles`, the id quoted."""
     # A product id is a path segment: nothing in it may start another one.
     return f"/products/{quote(product_id, safe='')}/candles"
 
 
-def iso(ts: datetime) -> str:
-    """ISO 8601 in UTC with a `Z`, as Coinbase's own timestamps are written."""
-    return require_utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class CoinbaseCodec(CodecBase):
+    """Coinbase Exchange's product candles over REST; no stream (live bars are polled)."""
+
     LIMITS = LIMITS
     TIMEFRAMES = GRANULARITY
 
@@ -93,6 +88,7 @@ class CoinbaseCodec(CodecBase):
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
+        """Candles of the bars opening in [start, end), asked to the bucket."""
         self.check_limit(limit)
         granularity = _granularity(series)
         tf = series.tf
@@ -111,28 +107,27 @@ class CoinbaseCodec(CodecBase):
         return HttpRequest(
             method="GET",
             path=candles_path(series.symbol),
-            params={"granularity": str(granularity), "start": iso(first), "end": iso(end_param)},
+            params={
+                "granularity": str(granularity),
+                "start": rfc3339(first),
+                "end": rfc3339(end_param),
+            },
             weight=LIMITS.request_weight,
         )
-
-    def genesis_request(self, series: SeriesKey) -> HttpRequest:
-        raise NotImplementedError("coinbase cannot answer the first bar (exact_genesis=False)")
 
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
+        """The closed buckets of an answer, oldest first; `{"message"}` errors as `VenueError`."""
         payload = json_or_none(body)
         if status != 200:
             raise _venue_error(status, payload)
-        if not isinstance(payload, list):
-            raise CodecError(f"candles: expected a JSON array, got {type(payload).__name__}")
-        now = require_utc(now)
-        tf = series.tf
-        candles = [_row_candle(series, tf, row, index) for index, row in enumerate(payload)]
         # Coinbase answers newest first and includes the bucket still in progress.
-        return sorted((c for c in candles if tf.close_time(c.ts) <= now), key=lambda c: c.ts)
+        rows = enumerate(json_array(payload, "candles"))
+        return closed_by((_row_candle(series, series.tf, row, i) for i, row in rows), now)
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
+        """A 429, to be waited out for a second (Coinbase sends no Retry-After)."""
         # Coinbase reports no used weight and bans nobody; over the limit it
         # answers 429, with no Retry-After.
         limited = status == 429
@@ -142,27 +137,6 @@ class CoinbaseCodec(CodecBase):
             rate_limited=limited,
             banned=False,
         )
-
-    # --- no candle stream: live bars are polled (limits.live == "poll") --------------
-
-    def stream_name(self, series: SeriesKey) -> str:
-        raise NotImplementedError("coinbase has no candle stream; live bars are polled")
-
-    def stream_path(self, series: Sequence[SeriesKey]) -> str:
-        raise NotImplementedError("coinbase has no candle stream; live bars are polled")
-
-    def login_messages(self) -> list[str]:
-        return []  # nothing to log into: market data is public
-
-    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        raise NotImplementedError("coinbase has no candle stream; live bars are polled")
-
-    def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        raise NotImplementedError("coinbase has no candle stream; live bars are polled")
-
-    def parse_frame(self, text: str) -> FrameResult:
-        # No frame of ours exists: whatever arrives is not the shape we know.
-        return FrameResult(malformed=True)
 
 
 def _granularity(series: SeriesKey) -> int:
@@ -179,18 +153,11 @@ def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Ca
     if not isinstance(row, list) or len(row) != 6:
         raise CodecError(f"candles row {index}: expected an array of 6 numbers")
     try:
-        ts = _bucket_start(tf, row[0])
+        ts = bar_at_seconds(tf, row[0])
         low, high, o, c, v = (json_number(value) for value in row[1:6])
     except CodecError as exc:
         raise CodecError(f"candles row {index}: {exc}") from None
     return Candle(series, ts, o, high, low, c, v)
-
-
-def _bucket_start(tf: Timeframe, value: object) -> datetime:
-    # bool is an int subclass; true is not a timestamp.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise CodecError(f"time {shown(value)} is not a Unix timestamp in seconds")
-    return bar_open(tf, from_seconds(value))
 
 
 def _venue_error(status: int, payload: Any) -> VenueError:

@@ -9,7 +9,7 @@ Wire formats as documented at
 - https://docs.kraken.com/api/docs/websocket-v2/ohlc, .../websocket-v2/heartbeat and
   .../websocket-v2/status (`wss://ws.kraken.com/v2`: subscribe by message, one ack
   per symbol carrying `req_id`, candles as JSON numbers with an RFC 3339
-  `interval_begin` and no closed flag).
+  `interval_begin` and no closed flag: a bar is final when the next one opens).
 
 Symbols are the WebSocket v2 pair names, e.g. "BTC/USD": the only form the v2
 stream takes, and one the REST API takes too; asked with `assetVersion=1`, REST
@@ -20,10 +20,8 @@ this codec accepts as well: an answer carries exactly one pair).
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from candled.domain import Candle, SeriesKey, Timeframe
@@ -32,17 +30,28 @@ from candled.venues.base import (
     CodecBase,
     CodecError,
     Credentials,
-    FrameResult,
     HttpRequest,
     RateFacts,
     RateLimitedAnswer,
     VenueError,
     VenueLimits,
+    no_options,
+)
+from candled.venues.stream import (
+    Malformed,
+    SessionBase,
+    StreamCodecBase,
+    StreamEvent,
+    StreamLimits,
+)
+from candled.venues.wire import (
+    bar_at_seconds,
     bar_open,
-    from_seconds,
+    closed_by,
+    decimal_string,
     json_number,
     json_or_none,
-    no_options,
+    parse_rfc3339,
     shown,
     venue_words,
 )
@@ -51,19 +60,11 @@ LIMITS = VenueLimits(
     # OHLC answers with at most 720 entries (get-ohlc-data, above).
     page_size=720,
     request_weight=1,  # public endpoints are limited by request count per IP
-    # Kraken publishes no cap on symbols per connection; one subscribe message
-    # names them all, so stay well below the collector's per-message batch.
-    streams_per_connection=100,
-    # No documented maximum age; reconnect daily like the other venues.
-    max_connection_age_s=24 * 3600.0,
     exact_genesis=False,  # history starts 720 entries back, whatever `since` says
     # No row for an interval without trades: freqtrade/freqtrade issue 3392 ("somewhere
     # in the last 720 candles one candle had no trades"), and v2 updates "are
     # generated on trade events".
     sparse=True,
-    # Kraken documents no number for public stream messages; subscribing is one
-    # message per timeframe, so one a second costs nothing.
-    max_ws_messages_per_s=1.0,
     # "Calling the public endpoints at a frequency of 1 per second (or less) would
     # remain within the rate limits" (support.kraken.com article 206548367, "What
     # are the API rate limits?"); bursts capped at 15, the REST call counter's
@@ -73,8 +74,16 @@ LIMITS = VenueLimits(
     # 720 entries of which the last is the unfinished bar: the newest 719 closed
     # bars are all the history there is.
     history_horizon_bars=719,
-    final_on_next=True,  # the ohlc channel has no closed flag
-    subscribe_in_url=False,  # wss://ws.kraken.com/v2 takes subscribe messages only
+)
+STREAM_LIMITS = StreamLimits(
+    # Kraken publishes no cap on symbols per connection; one subscribe message
+    # names them all, so stay well below the collector's per-message batch.
+    streams_per_connection=100,
+    # No documented maximum age; reconnect daily like the other venues.
+    max_connection_age_s=24 * 3600.0,
+    # Kraken documents no number for public stream messages; subscribing is one
+    # message per timeframe, so one a second costs nothing.
+    max_messages_per_s=1.0,
 )
 OHLC_PATH = "/0/public/OHLC"
 STREAM_PATH = "/v2"
@@ -83,15 +92,14 @@ STREAM_PATH = "/v2"
 # Monday: both are left out rather than stored misaligned.
 INTERVALS = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "4h": 240, "1d": 1440}
 _TIMEFRAMES = {minutes: tf for tf, minutes in INTERVALS.items()}
-# RFC 3339 as Kraken writes it: UTC, up to nanoseconds ("2023-10-04T15:25:00.000000000Z").
-_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
 _ROW_FIELDS = 8  # time, open, high, low, close, vwap, volume, count
-_MALFORMED = FrameResult(malformed=True)
 # Refusals for the rate limit, sent in an HTTP 200 body (docs.kraken.com, "Errors").
 _RATE_LIMITED = frozenset({"EGeneral:Too many requests", "EAPI:Rate limit exceeded"})
 
 
 class KrakenCodec(CodecBase):
+    """Kraken's OHLC over REST, with its v2 `ohlc` channel (`KrakenStream`)."""
+
     LIMITS = LIMITS
     TIMEFRAMES = INTERVALS
 
@@ -103,10 +111,17 @@ class KrakenCodec(CodecBase):
     ) -> None:
         no_options("kraken", options)
         super().__init__(venue)
+        self._stream = KrakenStream(venue)
+
+    @property
+    def stream(self) -> KrakenStream:
+        """The v2 `ohlc` channel."""
+        return self._stream
 
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
+        """OHLC `since` one second before `start`; the backfill keeps what lies in the window."""
         self.check_window(start, end, limit)
         # OHLC has no end and no count: it answers from `since` to now (within
         # the 720 newest entries), and the backfill keeps what lies in the window.
@@ -124,12 +139,11 @@ class KrakenCodec(CodecBase):
             weight=LIMITS.request_weight,
         )
 
-    def genesis_request(self, series: SeriesKey) -> HttpRequest:
-        raise ValueError("kraken cannot tell a series' first bar: it serves the newest 720 only")
-
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
+        """The committed rows of an OHLC answer; its `error` array as `VenueError`
+        (`RateLimitedAnswer` for a rate-limit refusal)."""
         payload = json_or_none(body)  # None: an error status, or a malformed body
         errors = payload.get("error") if isinstance(payload, dict) else None
         if status != 200:
@@ -143,66 +157,63 @@ class KrakenCodec(CodecBase):
         if errors:  # e.g. "EQuery:Unknown asset pair"
             raise VenueError(status, None, _error_text(errors))
         rows = _pair_rows(payload.get("result"))
-        tf, now = series.tf, require_utc(now)
         # The last entry is the bar still forming ("not-yet-committed"), always.
-        candles = [_row_candle(series, tf, row, i) for i, row in enumerate(rows[:-1])]
-        candles.sort(key=lambda c: c.ts)
-        return [c for c in candles if tf.close_time(c.ts) <= now]
+        candles = (_row_candle(series, series.tf, row, i) for i, row in enumerate(rows[:-1]))
+        return closed_by(candles, now)
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
+        """A 429 from Kraken's edge; its own refusals come in the body (above)."""
         # Kraken says "EGeneral:Too many requests" in an HTTP 200 body, which
         # parse_history raises as RateLimitedAnswer. It documents no usage or
-        # Retry-After header; a 429 from its edge counts.
+        # Retry-After header.
         return RateFacts(
             used_weight=None, retry_after_s=None, rate_limited=status == 429, banned=False
         )
 
-    def stream_name(self, series: SeriesKey) -> str:
-        return f"ohlc-{_minutes(series)}:{series.symbol}"
 
-    def stream_path(self, series: Sequence[SeriesKey]) -> str:
-        return STREAM_PATH  # streams are subscribed by message, never in the URL
+class KrakenSession(SessionBase["KrakenStream"]):
+    """One v2 connection: acks by `req_id` (one per symbol), heartbeats, and
+    `ohlc` bars that are final when a later bar of their series opens."""
 
-    def login_messages(self) -> list[str]:
-        return []
-
-    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        return self._method("subscribe", series, request_id)
-
-    def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        return self._method("unsubscribe", series, request_id)
-
-    def _method(self, method: str, series: Sequence[SeriesKey], request_id: int) -> str:
-        intervals = {_minutes(s) for s in series}
-        if len(intervals) != 1:
-            raise ValueError(f"one interval per {method} message, got {sorted(intervals)}")
-        params = {"channel": "ohlc", "symbol": [s.symbol for s in series],
-                  "interval": intervals.pop()}  # fmt: skip
+    def _request(self, keys: Sequence[SeriesKey], request_id: int, subscribe: bool) -> str:
+        params = {"channel": "ohlc", "symbol": [s.symbol for s in keys],
+                  "interval": _minutes(keys[0])}  # fmt: skip
+        method = "subscribe" if subscribe else "unsubscribe"
         return json.dumps({"method": method, "params": params, "req_id": request_id})
 
-    def parse_frame(self, text: str) -> FrameResult:
+    def receive(self, text: str) -> list[StreamEvent]:
+        """Acks and refusals, heartbeats, `ohlc` snapshots and updates."""
         payload = json_or_none(text)
         if not isinstance(payload, dict):
-            return _MALFORMED
+            return [Malformed("not a JSON object")]
         if "method" in payload or "success" in payload:  # an answer to a request
-            return _reply(payload)
+            return [self._answer(payload)]
         channel = payload.get("channel")
         if channel == "heartbeat":
             # Sent about once a second when the subscribed channels are quiet: on
             # a venue without bars for quiet minutes, this is what says "alive".
-            return FrameResult(is_data=True)
+            return self._data()
         if channel != "ohlc":
-            return FrameResult()  # status and other channels: not ours to judge
+            return []  # status and other channels: not ours to judge
         data = payload.get("data")
         if payload.get("type") not in ("snapshot", "update") or not isinstance(data, list):
-            return _MALFORMED
+            return [Malformed("ohlc message without a snapshot or update")]
         try:
             candles = [self._event_candle(entry) for entry in data]
-        except CodecError:
-            return _MALFORMED
-        # Oldest first: the collector finalises a bar when a later one arrives.
-        candles.sort(key=lambda c: c.ts)
-        return FrameResult(forming=tuple(candles), is_data=True)
+        except CodecError as e:
+            return [Malformed(str(e))]
+        candles.sort(key=lambda c: c.ts)  # oldest first: a later bar closes an earlier one
+        return self._data(forming=candles)
+
+    def _answer(self, payload: dict[str, Any]) -> StreamEvent:
+        # {"method": "subscribe", "result": {...}, "success": true, "req_id": 1, ...}
+        # or {"method": "subscribe", "error": "...", "success": false, "req_id": 1, ...}
+        req_id = payload.get("req_id")
+        if req_id is not None and (not isinstance(req_id, int) or isinstance(req_id, bool)):
+            return Malformed(f"req_id {shown(req_id)}")
+        if payload.get("success") is False:
+            return self._reply(req_id, venue_words(payload.get("error", "request refused")))
+        return self._reply(req_id)
 
     def _event_candle(self, entry: object) -> Candle:
         if not isinstance(entry, dict):
@@ -215,11 +226,24 @@ class KrakenCodec(CodecBase):
         timeframe = _TIMEFRAMES.get(interval)
         if timeframe is None:
             raise CodecError(f"ohlc interval {interval} minutes is not collected")
-        series = SeriesKey(self._venue, symbol, timeframe)
-        ts = bar_open(series.tf, _rfc3339(entry.get("interval_begin")))
+        series = SeriesKey(self.codec.venue, symbol, timeframe)
+        ts = bar_open(series.tf, parse_rfc3339(entry.get("interval_begin")))
         fields = ("open", "high", "low", "close", "volume")  # JSON numbers on the v2 stream
         o, h, low, c, v = (json_number(entry.get(k)) for k in fields)
         return Candle(series, ts, o, h, low, c, v)
+
+
+class KrakenStream(StreamCodecBase):
+    """The v2 `ohlc` channel: subscribed by message, bars final when the next opens."""
+
+    LIMITS = STREAM_LIMITS
+    SPARSE = KrakenCodec.LIMITS.sparse
+    PATH = STREAM_PATH  # streams are subscribed by message, never in the URL
+    SESSION = KrakenSession
+
+    def stream_name(self, key: SeriesKey) -> str:
+        """`ohlc-<minutes>:<pair>`."""
+        return f"ohlc-{_minutes(key)}:{key.symbol}"
 
 
 def _minutes(series: SeriesKey) -> int:
@@ -240,63 +264,19 @@ def _pair_rows(result: object) -> list[Any]:
 
 
 def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Candle:
-    # [time, "open", "high", "low", "close", "vwap", "volume", count]
+    # [time, "open", "high", "low", "close", "vwap", "volume", count]; REST sends
+    # decimals as strings to keep their precision.
     if not isinstance(row, list) or len(row) != _ROW_FIELDS:
         raise CodecError(f"OHLC row {index}: expected an array of {_ROW_FIELDS} fields")
-    time_s = row[0]
     try:
-        if not isinstance(time_s, int) or isinstance(time_s, bool) or time_s < 0:
-            raise CodecError(f"time {shown(time_s)} is not a Unix timestamp in seconds")
-        ts = bar_open(tf, from_seconds(time_s))
-        o, h, low, c, v = (_decimal(row[i]) for i in (1, 2, 3, 4, 6))
+        ts = bar_at_seconds(tf, row[0])
+        o, h, low, c, v = (decimal_string(row[i]) for i in (1, 2, 3, 4, 6))
     except CodecError as exc:
         raise CodecError(f"OHLC row {index}: {exc}") from None
     return Candle(series, ts, o, h, low, c, v)
-
-
-def _rfc3339(value: object) -> datetime:
-    m = _RFC3339.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise CodecError(f"{shown(value)} is not an RFC 3339 UTC time")
-    year, month, day, hour, minute, second = (int(f) for f in m.groups()[:6])
-    fraction = m.group(7)
-    try:
-        ts = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError:
-        raise CodecError(f"{shown(value)} is not a valid time") from None
-    # Nanoseconds past the microsecond are dropped; an aligned open has none.
-    return ts + timedelta(microseconds=int((fraction or "0").ljust(6, "0")[:6]))
-
-
-def _decimal(value: object) -> float:
-    # REST sends decimals as strings to keep their precision.
-    if not isinstance(value, str):
-        raise CodecError(f"{shown(value)} is not a decimal string")
-    try:
-        return _finite(float(value))
-    except ValueError:
-        raise CodecError(f"{shown(value)} is not a decimal") from None
-
-
-def _finite(number: float) -> float:
-    if not math.isfinite(number):
-        raise CodecError(f"{number!r} is not finite")
-    return number
 
 
 def _error_text(errors: object) -> str:
     if isinstance(errors, list) and all(isinstance(e, str) for e in errors):
         return "; ".join(errors)
     return ""
-
-
-def _reply(payload: dict[str, Any]) -> FrameResult:
-    # {"method": "subscribe", "result": {...}, "success": true, "req_id": 1, ...}
-    # or {"method": "subscribe", "error": "...", "success": false, "req_id": 1, ...}
-    req_id = payload.get("req_id")
-    if req_id is not None and (not isinstance(req_id, int) or isinstance(req_id, bool)):
-        return _MALFORMED
-    if payload.get("success") is False:
-        error = venue_words(payload.get("error", "request refused"))
-        return FrameResult(reply_id=req_id, error=error)
-    return FrameResult(reply_id=req_id)

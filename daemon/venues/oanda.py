@@ -29,10 +29,9 @@ Facts the docs leave implicit, from OANDA's own answers:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
 from candled.domain import Candle, SeriesKey, Timeframe
@@ -42,37 +41,37 @@ from candled.venues.base import (
     CodecError,
     Credentials,
     CredentialsRefused,
-    FrameResult,
     HistoryPage,
     HttpRequest,
     RateFacts,
     VenueError,
     VenueLimits,
+    empty_window,
+    only_option,
+)
+from candled.venues.wire import (
+    SecretHeaders,
     bar_open,
     decimal_string,
-    empty_window,
     json_count,
     json_or_none,
-    only_option,
+    key_refusal,
+    lowered,
+    rfc3339_nanos,
     seconds_or_none,
     shown,
 )
+from candled.venues.wire import parse_rfc3339 as parse_time
 
 LIMITS = VenueLimits(
     page_size=5000,  # `count`: "[default=500, maximum=5000]" (instrument-ep)
     request_weight=1,  # OANDA counts requests, not weights
-    # No candle stream (the pricing stream carries prices, not bars): nothing to connect.
-    streams_per_connection=0,
-    max_connection_age_s=0.0,
-    max_ws_messages_per_s=0.0,
     exact_genesis=False,  # nothing answers "first candle of the instrument"
     sparse=True,  # no candle for an interval without a price (oanda/oandapy#51)
     # "For an established connection, we recommend limiting this to one hundred
     # per second (100/s)": https://developer.oanda.com/rest-live-v20/best-practices/
     rate_capacity=100,
     rate_period_s=1.0,
-    live="poll",
-    needs_credentials=True,  # every v20 endpoint needs the bearer token
     # A candle is complete once a price after its end arrives: seconds in busy
     # hours, up to ~45 s observed (hootnot/oanda-api-v20#155), longer for a
     # quiet instrument at night. 120 s covers the observed delays with room to
@@ -96,34 +95,16 @@ _DAY_ALIGNED = {
     **{g: _UTC_DAYS for g in ("H2", "H4", "H6", "H8", "H12", "D", "M")},
     "W": {**_UTC_DAYS, "weeklyAlignment": "Monday"},
 }
-# RFC 3339 as OANDA writes it: "2016-10-17T15:16:40.000000000Z" (up to nine
-# fractional digits; a Python datetime keeps six).
 TO_IN_FUTURE = "Invalid value specified for 'to'. Time is in the future"
-_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
-
-
-class _BearerHeaders(Mapping[str, str]):
-    """The Authorization header, shown redacted in any repr (requests get logged)."""
-
-    def __init__(self, token: str) -> None:
-        self._headers = {"Authorization": f"Bearer {token}"}
-
-    def __getitem__(self, name: str) -> str:
-        return self._headers[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._headers)
-
-    def __len__(self) -> int:
-        return len(self._headers)
-
-    def __repr__(self) -> str:
-        return "{'Authorization': 'Bearer <redacted>'}"
 
 
 class OandaCodec(CodecBase):
+    """OANDA v20 instrument candles over REST; no candle stream (the pricing
+    stream carries prices, not bars): live bars are polled."""
+
     LIMITS = LIMITS
     TIMEFRAMES = _GRANULARITIES
+    NEEDS_CREDENTIALS = True  # every v20 endpoint needs the bearer token
 
     def __init__(
         self,
@@ -137,9 +118,12 @@ class OandaCodec(CodecBase):
         self._component = PRICE_COMPONENTS[price]
         # Without credentials the codec only answers `limits` (config loading
         # refuses an OANDA venue without a token).
-        self._headers: Mapping[str, str] = (
-            _BearerHeaders(credentials.key) if credentials is not None else {}
-        )
+        self._headers: Mapping[str, str] = {}
+        if credentials is not None:
+            self._headers = SecretHeaders(
+                {"Authorization": f"Bearer {credentials.key}"},
+                {"Authorization": "Bearer <redacted>"},
+            )
 
     def __repr__(self) -> str:
         return f"OandaCodec(venue={self._venue!r}, price={self._price!r})"
@@ -147,6 +131,8 @@ class OandaCodec(CodecBase):
     def history_request(
         self, series: SeriesKey, start: datetime, end: datetime, limit: int
     ) -> HttpRequest:
+        """Candles from the first bar opening at or after `start` to the open of
+        the bar `end` falls in (OANDA refuses a `to` in the future)."""
         self.check_limit(limit)
         granularity = _GRANULARITIES.get(series.timeframe)
         if granularity is None:
@@ -166,23 +152,21 @@ class OandaCodec(CodecBase):
             params={
                 "price": self._price,
                 "granularity": granularity,
-                "from": rfc3339(first),
+                "from": rfc3339_nanos(first),
                 # `to` names the end of the range; a microsecond before the
                 # next bar keeps that bar out whether OANDA reads `to` as
                 # inclusive or not: exactly [start, end).
-                "to": rfc3339(end - timedelta(microseconds=1)),
+                "to": rfc3339_nanos(end - timedelta(microseconds=1)),
                 **_DAY_ALIGNED.get(granularity, {}),
             },
             weight=LIMITS.request_weight,
             headers=self._headers,
         )
 
-    def genesis_request(self, series: SeriesKey) -> HttpRequest:
-        raise NotImplementedError("oanda cannot answer a series' first candle (exact_genesis)")
-
     def parse_history(
         self, series: SeriesKey, status: int, body: bytes, now: datetime
     ) -> list[Candle]:
+        """The complete candles of an answer (`parse_history_page` says where it is not final)."""
         return self._parse(series, status, body, now)[0]
 
     def parse_history_page(
@@ -257,76 +241,23 @@ class OandaCodec(CodecBase):
         return ts, Candle(series, ts, o, h, low, c, float(volume))
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
-        # OANDA reports no usage; a 429 may say how long to wait. There are no bans.
-        lowered = {name.lower(): value for name, value in headers.items()}
+        """A 429 and its Retry-After; OANDA reports no usage and bans nobody."""
         return RateFacts(
             used_weight=None,
-            retry_after_s=seconds_or_none(lowered.get("retry-after")),
+            retry_after_s=seconds_or_none(lowered(headers).get("retry-after")),
             rate_limited=status == 429,
             banned=False,
         )
 
     def refused_credentials(self, status: int, body: bytes) -> CredentialsRefused | None:
+        """A 401, or a 403 in OANDA's JSON error shape: the token."""
         # "A 401 Unauthorized response may be returned ... when the endpoint
         # being accessed requires the client to be authenticated however the
         # authentication token is invalid or has not been provided"; a token
         # without access is answered "Insufficient authorization to perform
         # request." (troubleshooting-errors). A 403 in OANDA's JSON error shape
         # refuses the token too; one without it is a CDN's or firewall's: retried.
-        if status not in (401, 403):
-            return None
-        payload = json_or_none(body)
-        if isinstance(payload, dict) and isinstance(payload.get("errorMessage"), str):
-            answer = payload["errorMessage"][:200]
-        elif status == 401:
-            answer = "no error body"
-        else:
-            return None
-        return CredentialsRefused(self._venue, status, answer,
-                                  needs_secret=False)  # fmt: skip
-
-    # OANDA has no candle stream (`limits.live == "poll"`): the collector never runs.
-
-    def stream_name(self, series: SeriesKey) -> str:
-        _no_stream()
-
-    def stream_path(self, series: Sequence[SeriesKey]) -> str:
-        _no_stream()
-
-    def login_messages(self) -> list[str]:
-        _no_stream()
-
-    def subscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        _no_stream()
-
-    def unsubscribe_message(self, series: Sequence[SeriesKey], request_id: int) -> str:
-        _no_stream()
-
-    def parse_frame(self, text: str) -> FrameResult:
-        _no_stream()
-
-
-def _no_stream() -> NoReturn:
-    raise NotImplementedError("oanda has no candle stream; its live bars are polled")
-
-
-def rfc3339(ts: datetime) -> str:
-    """A UTC time as OANDA writes it, with nine fractional digits."""
-    ts = require_utc(ts)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S") + f".{ts.microsecond:06d}000Z"
-
-
-def parse_time(value: object) -> datetime:
-    """An RFC 3339 UTC time as OANDA sends it; digits past the microsecond are dropped."""
-    m = _RFC3339.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise CodecError(f"time {shown(value)} is not an RFC 3339 UTC time")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    micros = int((m.group(7) or "0").ljust(9, "0")[:6])
-    try:
-        return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
-    except ValueError:
-        raise CodecError(f"time {shown(value)} is not a valid date") from None
+        return key_refusal(self._venue, status, body, "errorMessage", needs_secret=False)
 
 
 def _error_message(payload: Any) -> str | None:
