@@ -21,9 +21,6 @@ from candled.store.healing import RepairOutcome, SeriesStatus
 from candled.supervisor import ComponentState
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-# Converted by other work of issue 13 (the venue codecs, the stream sessions);
-# remove from here once they derive from CandledError.
-_ELSEWHERE = ("candled.venues", "candled.collector")
 
 
 def _exception_classes() -> list[type[BaseException]]:
@@ -46,9 +43,7 @@ def test_every_exception_derives_from_candled_error() -> None:
     classes = _exception_classes()
     assert len(classes) >= 12  # the walk found them
     strays = [
-        f"{c.__module__}.{c.__qualname__}"
-        for c in classes
-        if not issubclass(c, CandledError) and not c.__module__.startswith(_ELSEWHERE)
+        f"{c.__module__}.{c.__qualname__}" for c in classes if not issubclass(c, CandledError)
     ]
     assert strays == []
 
