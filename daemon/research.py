@@ -62,6 +62,7 @@ from candled import clock
 from candled.calendars import Overrides
 from candled.domain import DataProfile, SeriesKey, require_utc
 from candled.domain.ranges import Range, merge_ranges
+from candled.errors import CandledError
 from candled.returns import SeriesSpec, grid_for
 from candled.store.healing import empty_states
 from candled.store.provision import open_database
@@ -395,7 +396,7 @@ def _empty_index() -> pd.DatetimeIndex:
 # --- export ------------------------------------------------------------------------
 
 
-class UnknownSeries(ValueError):
+class UnknownSeries(CandledError, ValueError):
     """A series the store has never seen (no row in `series`)."""
 
 
