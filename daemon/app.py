@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from candled import clock, logs, metrics
 from candled.config import Config, ConfigError, SeriesSpec, load_config
 from candled.coverage import render_html
+from candled.domain import SeriesKey
 from candled.healer import Healer, Repairer
 from candled.health import (
     RELOAD_OK,
@@ -61,6 +62,8 @@ class Daemon:
         self.started = time.monotonic()
         self.loaded_at = clock.now()
         self.last_reload = RELOAD_OK
+        metrics.config_last_reload_success.set(1)
+        self._exported: set[SeriesKey] = set()  # series whose gauges /metrics shows
         self.runtimes: dict[str, VenueRuntime] = {}
         self._wakeup = asyncio.Event()  # a signal arrived
         self._stopping = asyncio.Event()  # a stop signal arrived
@@ -123,6 +126,7 @@ class Daemon:
             on_wait=self._waiting_for_database,
         ) as db:
             self._db = db
+            metrics.database_up.set(1)  # the gauge refresh keeps it true from here
             await self._sync_series()
             spool = self._spool = Spool(self.config.daemon.state_dir / "spool")
             writer = self._writer = CandleWriter(CandleStore(db.pool), spool=spool)
@@ -232,7 +236,11 @@ class Daemon:
         await self._writer.drain()
         log.info("orchestrated backfill done; self-healing starts")
         while True:
-            await self.heal_cycle()
+            try:
+                await self.heal_cycle()
+            except Exception:
+                metrics.heal_cycle_failures.inc()
+                raise  # the supervisor restarts the loop (and says so)
             await asyncio.sleep(self.config.healing.interval.total_seconds())
 
     async def heal_cycle(self) -> None:
@@ -284,6 +292,7 @@ class Daemon:
             self.last_reload = f"reload failed: {e!r}"
             log.error("config reload failed", error=repr(e), exc_info=True)
         finally:
+            metrics.config_last_reload_success.set(self.last_reload == RELOAD_OK)
             self.notifier.ready(self._status_line())
 
     async def _reload(self) -> str:
@@ -399,22 +408,42 @@ class Daemon:
                          queued=writer.pending)  # fmt: skip
                 seen = t
             self.notifier.status(self._status_line())
-            await self._export_lags()
+            await self._export_gauges()
 
-    async def _export_lags(self) -> None:
-        """Per-series lag for /metrics (see `_lag_s`)."""
+    async def _export_gauges(self) -> None:
+        """The gauges /metrics reads from the store and the throttles: database
+        up, per-series lag (see `_lag_s`) and status, venue bans. Series a
+        reload removed lose their labels, so no alert fires for them."""
         assert self._db is not None
         specs = self.config.series_specs()
+        for name, rt in self.runtimes.items():
+            banned = rt.throttle.banned_until if rt.throttle.banned else 0.0
+            metrics.venue_ban_end.labels(name).set(banned)
         try:
             async with asyncio.timeout(3), self._db.pool.acquire() as conn:
                 bounds = await stored_bounds(conn, specs)
-        except UNAVAILABLE:
-            return  # the database is down: /health says so; the gauges keep their last value
+                audited = await audited_statuses(conn)
+        except UNAVAILABLE as e:
+            # /health says why; lag and status keep their last values.
+            log.warning("gauges not refreshed: database unavailable", error=repr(e))
+            metrics.database_up.set(0)
+            return
+        metrics.database_up.set(1)
         now = clock.now()
+        for key in self._exported - specs.keys():
+            metrics.series_lag.remove(key.venue, key.symbol, key.timeframe)
+            for status in SeriesStatus:
+                metrics.series_status.remove(key.venue, key.symbol, key.timeframe, status)
+        self._exported = set(specs)
         for key, (_, last) in bounds.items():
             metrics.series_lag.labels(key.venue, key.symbol, key.timeframe).set(
                 self._lag_s(specs[key], last, now)
             )
+        for key in specs:
+            current, _ = audited.get(key, (SeriesStatus.MISSING, 0))
+            for status in SeriesStatus:
+                labels = (key.venue, key.symbol, key.timeframe, status)
+                metrics.series_status.labels(*labels).set(status == current)
 
     async def _health_facts(self) -> HealthFacts:
         assert self._db is not None and self._supervisor is not None

@@ -45,7 +45,28 @@ gaps_confirmed_empty = Counter(
     registry=REGISTRY,
 )  # fmt: skip
 heal_cycle_seconds = Histogram(
-    "candled_heal_cycle_seconds", "Duration of one self-healing cycle", registry=REGISTRY
+    "candled_heal_cycle_seconds", "Duration of one self-healing cycle",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600), registry=REGISTRY,
+)  # fmt: skip
+heal_cycle_failures = Counter(
+    "candled_heal_cycle_failures", "Self-healing cycles that ended in an error", registry=REGISTRY
+)
+database_up = Gauge(
+    "candled_database_up", "1 while the database answers, 0 while it does not", registry=REGISTRY
+)
+series_status = Gauge(
+    "candled_series_status",
+    "1 for each series' status at its last audit (OK, DEGRADED, STALE, MISSING), 0 for the others",
+    ["venue", "symbol", "timeframe", "status"], registry=REGISTRY,
+)  # fmt: skip
+venue_ban_end = Gauge(
+    "candled_venue_ban_end_timestamp_seconds",
+    "When the venue's IP ban ends (Unix time); 0 when there is none", ["venue"], registry=REGISTRY,
+)  # fmt: skip
+config_last_reload_success = Gauge(
+    "candled_config_last_reload_success",
+    "1 when the last config reload (or the start) applied, 0 when it kept the old config",
+    registry=REGISTRY,
 )
 series_lag = Gauge(
     "candled_series_lag_seconds",

@@ -39,6 +39,9 @@ class Notifier:
             return False
         message = "\n".join(fields)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # Never wait on it: a reader that falls behind (its queue holds a
+            # few datagrams) would otherwise stall the whole event loop.
+            sock.setblocking(False)
             try:
                 sock.connect(self._addr)
                 sock.sendall(message.encode())

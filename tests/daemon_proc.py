@@ -291,20 +291,41 @@ async def compare_with_truth(
 
 
 class NotifyListener:
-    """A NOTIFY_SOCKET as systemd provides it."""
+    """A NOTIFY_SOCKET as systemd provides it: drained as datagrams arrive
+    (the kernel queues only a few for an unread socket), so that the daemon
+    never finds it full. Made inside the test's event loop; `close()` it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.setblocking(False)
-        self.messages: list[str] = []
+        self.messages: list[str] = []  # every message, in order of arrival
+        self._seen = 0  # how many of them `wait_for` has looked at
+        self._arrived = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock, self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+        self._arrived.set()
 
     async def wait_for(self, field: str, within: float = 60) -> str:
-        loop = asyncio.get_running_loop()
+        """The next message (after those already looked at) holding `field`."""
         async with asyncio.timeout(within):
             while True:
-                msg = (await loop.sock_recv(self.sock, 4096)).decode()
-                self.messages.append(msg)
-                if field in msg.split("\n"):
-                    return msg
+                while self._seen < len(self.messages):
+                    msg = self.messages[self._seen]
+                    self._seen += 1
+                    if field in msg.split("\n"):
+                        return msg
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock)
+        self.sock.close()

@@ -53,6 +53,19 @@ async def written(session: aiohttp.ClientSession, port: int) -> float:
     return float(inserted[0]) if inserted else 0.0  # nothing written yet: no labelled sample
 
 
+async def gauge(
+    session: aiohttp.ClientSession, port: int, name: str, **labels: str
+) -> float | None:
+    """The value of the sample `name{labels}` on /metrics (None: no such sample)."""
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
+
+
 @pytest.mark.timeout(240)
 async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> None:
     sim = SimExchange(parse_scenario({"seed": 3, "symbols": [
@@ -106,6 +119,14 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
             assert status == 200 and doc["status"] == "degraded"
             assert "series[0].timeframes[0]" in doc["config"]["last_reload"]  # type: ignore[index]
             assert proc.returncode is None
+            assert await gauge(session, hport, "candled_config_last_reload_success") == 0
+            assert await gauge(session, hport, "candled_database_up") == 1
+            bbb = {"venue": "binance", "symbol": "BBBUSDT", "timeframe": "1s"}
+
+            async def bbb_lag() -> bool:
+                return await gauge(session, hport, "candled_series_lag_seconds", **bbb) is not None
+
+            await wait_until(bbb_lag, within=30)  # the gauges refresh every 10 s
 
             # A valid one: CCC added, BBB removed, AAA untouched on its connection.
             config(["AAAUSDT", "CCCUSDT"])
@@ -116,6 +137,20 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
             status, doc = await health(session, hport)
             assert doc["config"]["last_reload"] == "ok"  # type: ignore[index]
             assert {s["symbol"] for s in doc["series"]} == {"AAAUSDT", "CCCUSDT"}  # type: ignore[attr-defined,index]
+            assert await gauge(session, hport, "candled_config_last_reload_success") == 1
+
+            async def bbb_gone() -> bool:
+                # A removed series loses its gauges at the next refresh (no alert for it).
+                return await gauge(session, hport, "candled_series_lag_seconds", **bbb) is None
+
+            await wait_until(bbb_gone, within=30)
+            for status in ("OK", "DEGRADED", "STALE", "MISSING"):
+                labels = {**bbb, "status": status}
+                assert await gauge(session, hport, "candled_series_status", **labels) is None
+            ccc = {"venue": "binance", "symbol": "CCCUSDT", "timeframe": "1s"}
+            ccc_status = [await gauge(session, hport, "candled_series_status", **ccc, status=st)
+                          for st in ("OK", "DEGRADED", "STALE", "MISSING")]  # fmt: skip
+            assert sorted(ccc_status) == [0, 0, 0, 1], ccc_status  # one status at a time
 
             async def ccc_live() -> bool:
                 n = await conn.fetchval(
@@ -161,6 +196,7 @@ async def test_notify_health_reload_and_stop(tsdb_dsn: str, tmp_path: Path) -> N
         ]
     finally:
         os.environ.pop("NOTIFY_SOCKET", None)
+        notify.close()
         os.environ.pop("WATCHDOG_USEC", None)
         await sim.stop()
 

@@ -221,5 +221,6 @@ async def test_waits_for_an_unreachable_database_until_stopped(tmp_path: Path) -
             assert await stop(proc, within=5) == 0
     finally:
         os.environ.pop("NOTIFY_SOCKET", None)
+        notify.close()
     assert "stopped while waiting for the database" in log.read_text()
     assert not any("READY=1" in m.split("\n") for m in notify.messages)

@@ -79,6 +79,19 @@ def test_notifier_sends_ready_reloading_stopping(notify_socket: socket.socket) -
     assert notify_socket.recv(4096) == b"STOPPING=1"
 
 
+@pytest.mark.timeout(20)
+def test_a_reader_that_falls_behind_never_blocks_the_notifier(
+    notify_socket: socket.socket,
+) -> None:
+    # The kernel queues a few datagrams for an unread socket; past them a
+    # blocking send would stall the daemon's event loop until systemd reads.
+    n = Notifier({"NOTIFY_SOCKET": notify_socket.getsockname()})
+    sent = [n.send("WATCHDOG=1") for _ in range(200)]
+    assert sent[0] and not sent[-1], "the queue never filled: the test proves nothing"
+    assert notify_socket.recv(4096) == b"WATCHDOG=1"  # what was queued is delivered
+    assert n.send("STATUS=caught up")  # room again
+
+
 def test_notifier_abstract_namespace() -> None:
     name = f"candled-test-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
