@@ -23,7 +23,8 @@ from candled.config import Config
 from candled.coverage import render_html, render_svg
 from candled.domain import SeriesKey
 from candled.healer import AuditResult, Healer, Repairer, venue_settling
-from candled.returns import load_returns, write_frame
+from candled.research import load_returns
+from candled.returns import write_frame
 from candled.store import coverage as store_coverage
 from candled.store.database import Database
 from candled.store.healing import SeriesStatus, reset_genesis, series_row

@@ -46,9 +46,8 @@ import contextlib
 import importlib.util
 import math
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -59,13 +58,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from candled import clock
-from candled.calendars import Overrides
-from candled.domain import DataProfile, SeriesKey, require_utc
+from candled.calendars import FOREX_HOLIDAYS, Overrides
+from candled.domain import SeriesKey, require_utc
 from candled.domain.ranges import Range, merge_ranges
 from candled.errors import CandledError
-from candled.returns import SeriesSpec, grid_for
+from candled.returns import SeriesSpec, align_returns, common_timeframe, grid_for
 from candled.store.healing import empty_states
 from candled.store.provision import open_database
+from candled.store.series import SeriesMeta, series_metadata
 
 __all__ = [
     "FIELDS",
@@ -177,16 +177,6 @@ def utc_time(value: TimeArg, what: str = "time") -> datetime:
     return require_utc(aware, what)
 
 
-@dataclass(frozen=True, slots=True)
-class _Meta:
-    """What the store knows about one series."""
-
-    id: int
-    profile: DataProfile
-    calendar: str
-    start: datetime | None  # genesis, or the first stored bar when earlier / no genesis
-
-
 def _series_arg(series: SeriesArg) -> tuple[list[SeriesKey], bool]:
     """The series asked for, once each in the order given, and whether only one was."""
     if isinstance(series, str | SeriesKey):
@@ -262,22 +252,10 @@ def _snapshot(conn: asyncpg.Connection) -> AbstractAsyncContextManager[object]:
     return conn.transaction(isolation="repeatable_read", readonly=True)  # type: ignore[no-any-return]
 
 
-async def _metadata(conn: asyncpg.Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, _Meta]:
-    rows = await conn.fetch(
-        """SELECT w.ord, s.id, s.profile, s.calendar,
-                  LEAST(s.genesis_ts, (SELECT c.ts FROM candle_data c WHERE c.series_id = s.id
-                                       ORDER BY c.ts LIMIT 1)) AS start_ts
-           FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
-               AS w(venue, symbol, timeframe, ord)
-           JOIN series s USING (venue, symbol, timeframe)""",
-        [k.venue for k in keys],
-        [k.symbol for k in keys],
-        [k.timeframe for k in keys],
-    )
-    found = {
-        keys[r["ord"] - 1]: _Meta(r["id"], DataProfile(r["profile"]), r["calendar"], r["start_ts"])
-        for r in rows
-    }
+async def _metadata(
+    conn: asyncpg.Connection, keys: Sequence[SeriesKey]
+) -> dict[SeriesKey, SeriesMeta]:
+    found = await series_metadata(conn, keys)
     unknown = [str(k) for k in keys if k not in found]
     if unknown:
         raise UnknownSeries(f"unknown series (never stored): {', '.join(unknown)}")
@@ -285,7 +263,7 @@ async def _metadata(conn: asyncpg.Connection, keys: Sequence[SeriesKey]) -> dict
 
 
 async def _confirmed_empty(
-    conn: asyncpg.Connection, meta: dict[SeriesKey, _Meta]
+    conn: asyncpg.Connection, meta: dict[SeriesKey, SeriesMeta]
 ) -> dict[SeriesKey, list[Range]]:
     return {
         key: merge_ranges(
@@ -298,7 +276,7 @@ async def _confirmed_empty(
 async def _frame(
     conn: asyncpg.Connection,
     keys: Sequence[SeriesKey],
-    meta: dict[SeriesKey, _Meta],
+    meta: dict[SeriesKey, SeriesMeta],
     confirmed: dict[SeriesKey, list[Range]],
     single: bool,
     start: datetime,
@@ -361,7 +339,7 @@ async def _stored(
 
 def _calendar_grid(
     key: SeriesKey,
-    meta: _Meta,
+    meta: SeriesMeta,
     start: datetime,
     end: datetime,
     now: datetime,
@@ -589,3 +567,47 @@ def _sink_for(out: Path) -> type[_Sink]:
             " pip install 'candled[parquet]' (or write .csv)"
         )
     return _ParquetSink
+
+
+async def load_returns(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    series: Sequence[SeriesKey],
+    start: datetime,
+    end: datetime,
+    *,
+    overrides: Overrides | None = None,
+    forex_holidays: Collection[tuple[int, int]] = FOREX_HOLIDAYS,
+) -> pd.DataFrame:
+    """Aligned returns of `series` for bars opening in [start, end), read from the store.
+
+    Profile, calendar and genesis come from the `series` table; a series
+    without a genesis starts at its first stored bar (even one before `start`,
+    so a window that begins in a hole reads 0.0 there, not NaN).
+    """
+    start, end = require_utc(start, "start"), require_utc(end, "end")
+    if start >= end:
+        raise ValueError(f"start {start.isoformat()} must be before end {end.isoformat()}")
+    keys = list(dict.fromkeys(series))  # one column per series
+    common_timeframe(keys)  # fail before any query
+    found = await series_metadata(conn, keys)
+    unknown = [str(k) for k in keys if k not in found]
+    if unknown:
+        raise ValueError(f"unknown series: {', '.join(unknown)}")
+    specs = [SeriesSpec(k, found[k].profile, found[k].calendar, found[k].start) for k in keys]
+    grid = grid_for(specs, start, end, overrides=overrides, forex_holidays=forex_holidays)
+    closes: dict[SeriesKey, pd.Series] = {}
+    for key in keys:
+        # candle_data's primary key (series_id, ts) serves this range scan.
+        bars = await conn.fetch(
+            """SELECT ts, close FROM candle_data
+               WHERE series_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts""",
+            found[key].id,
+            start,
+            end,
+        )
+        closes[key] = pd.Series(
+            [b["close"] for b in bars],
+            index=pd.DatetimeIndex([b["ts"] for b in bars], tz="UTC"),
+            dtype=float,
+        )
+    return align_returns(closes, grid, {s.key: s.genesis for s in specs})

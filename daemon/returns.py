@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -37,7 +36,7 @@ from candled.calendars import FOREX_HOLIDAYS, Overrides, expected_ranges
 from candled.domain import DataProfile, SeriesKey, Timeframe, require_utc
 from candled.domain.ranges import Range, merge_ranges
 
-__all__ = ["SeriesSpec", "align_returns", "grid_for", "load_returns", "write_frame"]
+__all__ = ["SeriesSpec", "align_returns", "grid_for", "write_frame"]
 
 # Store precision; an empty DatetimeIndex would otherwise default to seconds.
 _UNIT = "us"
@@ -103,7 +102,7 @@ def grid_for(
     All series must share one timeframe: returns of different bar lengths do
     not line up row by row.
     """
-    tf = _common_timeframe([s.key for s in specs])
+    tf = common_timeframe([s.key for s in specs])
     ranges: list[Range] = []
     for spec in specs:
         ranges += expected_ranges(
@@ -120,64 +119,6 @@ def grid_for(
     grid = grid.append([_bars(tf, a, b) for a, b in merge_ranges(ranges)])
     grid.name = "ts"
     return grid
-
-
-async def load_returns(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    series: Sequence[SeriesKey],
-    start: datetime,
-    end: datetime,
-    *,
-    overrides: Overrides | None = None,
-    forex_holidays: Collection[tuple[int, int]] = FOREX_HOLIDAYS,
-) -> pd.DataFrame:
-    """Aligned returns of `series` for bars opening in [start, end), read from the store.
-
-    Profile, calendar and genesis come from the `series` table; a series
-    without a genesis starts at its first stored bar (even one before `start`,
-    so a window that begins in a hole reads 0.0 there, not NaN).
-    """
-    start, end = require_utc(start, "start"), require_utc(end, "end")
-    if start >= end:
-        raise ValueError(f"start {start.isoformat()} must be before end {end.isoformat()}")
-    keys = list(dict.fromkeys(series))  # one column per series
-    _common_timeframe(keys)  # fail before any query
-    rows = await conn.fetch(
-        """SELECT w.ord, s.id, s.profile, s.calendar,
-                  LEAST(s.genesis_ts, (SELECT c.ts FROM candle_data c WHERE c.series_id = s.id
-                                       ORDER BY c.ts LIMIT 1)) AS start_ts
-           FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
-               AS w(venue, symbol, timeframe, ord)
-           JOIN series s USING (venue, symbol, timeframe)""",
-        [k.venue for k in keys],
-        [k.symbol for k in keys],
-        [k.timeframe for k in keys],
-    )
-    found = {keys[r["ord"] - 1]: r for r in rows}
-    unknown = [str(k) for k in keys if k not in found]
-    if unknown:
-        raise ValueError(f"unknown series: {', '.join(unknown)}")
-    specs = [
-        SeriesSpec(k, DataProfile(found[k]["profile"]), found[k]["calendar"], found[k]["start_ts"])
-        for k in keys
-    ]
-    grid = grid_for(specs, start, end, overrides=overrides, forex_holidays=forex_holidays)
-    closes: dict[SeriesKey, pd.Series] = {}
-    for key in keys:
-        # candle_data's primary key (series_id, ts) serves this range scan.
-        bars = await conn.fetch(
-            """SELECT ts, close FROM candle_data
-               WHERE series_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts""",
-            found[key]["id"],
-            start,
-            end,
-        )
-        closes[key] = pd.Series(
-            [b["close"] for b in bars],
-            index=pd.DatetimeIndex([b["ts"] for b in bars], tz="UTC"),
-            dtype=float,
-        )
-    return align_returns(closes, grid, {s.key: s.genesis for s in specs})
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
@@ -209,7 +150,8 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _common_timeframe(keys: Sequence[SeriesKey]) -> Timeframe:
+def common_timeframe(keys: Sequence[SeriesKey]) -> Timeframe:
+    """The one timeframe `keys` share (series are aligned on one grid)."""
     if not keys:
         raise ValueError("no series given")
     timeframes = {k.timeframe for k in keys}

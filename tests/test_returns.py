@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from candled.domain import Candle, DataProfile, SeriesKey
-from candled.returns import SeriesSpec, align_returns, grid_for, load_returns, write_frame
+from candled.research import load_returns
+from candled.returns import SeriesSpec, align_returns, grid_for, write_frame
 from candled.store.migrations import migrate
 from candled.store.series import set_genesis, sync_configured
 from candled.store.writer import CandleStore

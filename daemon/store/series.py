@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -113,5 +114,40 @@ async def stored_bounds(
     )
     return {
         SeriesKey(r["venue"], r["symbol"], r["timeframe"]): (r["first_ts"], r["last_ts"])
+        for r in rows
+    }
+
+
+@dataclass(frozen=True)
+class SeriesMeta:
+    """What the store knows about one series: its id, profile, calendar, and
+    where its history starts (genesis, or the first stored bar when earlier
+    or when no genesis is known)."""
+
+    id: int
+    profile: DataProfile
+    calendar: str
+    start: datetime | None
+
+
+async def series_metadata(
+    conn: asyncpg.Connection, keys: Sequence[SeriesKey]
+) -> dict[SeriesKey, SeriesMeta]:
+    """`SeriesMeta` of each of `keys` the store has a row for, in one query."""
+    rows = await conn.fetch(
+        """SELECT w.ord, s.id, s.profile, s.calendar,
+                  LEAST(s.genesis_ts, (SELECT c.ts FROM candle_data c WHERE c.series_id = s.id
+                                       ORDER BY c.ts LIMIT 1)) AS start_ts
+           FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+               AS w(venue, symbol, timeframe, ord)
+           JOIN series s USING (venue, symbol, timeframe)""",
+        [k.venue for k in keys],
+        [k.symbol for k in keys],
+        [k.timeframe for k in keys],
+    )
+    return {
+        keys[r["ord"] - 1]: SeriesMeta(
+            r["id"], DataProfile(r["profile"]), r["calendar"], r["start_ts"]
+        )
         for r in rows
     }
