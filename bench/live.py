@@ -98,9 +98,9 @@ async def _client(dsn: str, ws_url: str, n: int, seconds: int, max_age: float | 
     try:  # what the daemon process carries besides the live path (pandas, calendars, ...)
         import candled.app  # noqa: F401
 
-        imported = "daemon.app"
+        imported = "candled.app"
     except Exception as e:  # others may be mid-edit; the live path does not need it
-        imported = f"live path only (daemon.app failed to import: {e!r})"
+        imported = f"live path only (candled.app failed to import: {e!r})"
     rss_imports = _peak_rss_mb()
     logs.configure("warning", "console")  # stdout carries the protocol
 
