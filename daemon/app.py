@@ -20,7 +20,7 @@ from candled import clock, logs, metrics
 from candled.config import Config, ConfigError, SeriesSpec, load_config
 from candled.coverage import render_html
 from candled.domain import SeriesKey
-from candled.healer import Healer, Repairer
+from candled.healer import Healer, Repairer, venue_settling
 from candled.health import (
     RELOAD_OK,
     HealthFacts,
@@ -494,10 +494,14 @@ class Daemon:
     async def _coverage_page(self) -> str:
         """`/coverage`: the store's picture of every series, judged as the healer does."""
         assert self._db is not None
-        healer = self._healer()
+        # The healer's state as its last cycle configured it (as `_lag_s` does):
+        # configuring it here would read the overrides file on every request.
+        healer = self._healer_obj
+        settling = healer.settling if healer else venue_settling(self.config)
+        overrides = healer.overrides if healer else None
         specs = list(self.config.series_specs().values())
         cov = await store_coverage.gather(
-            self._db.pool, specs, clock.now(), settling=healer.settling, overrides=healer.overrides
+            self._db.pool, specs, clock.now(), settling=settling, overrides=overrides
         )
         return render_html(cov)
 

@@ -11,12 +11,21 @@ store persists `RepairState`, the healer asks the policy what to do next.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from candled.domain import Timeframe
 from candled.domain.ranges import Range, subtract_ranges
+
+# Bars that closed this recently may still be on their way to the store: not judged.
+SETTLE = timedelta(seconds=30)
+
+
+def settle_time(settling: Mapping[str, timedelta], venue: str) -> timedelta:
+    """How long after a bar's close `venue`'s bars are judged: its settling
+    time (`settling`, per venue), and never less than SETTLE."""
+    return max(SETTLE, settling.get(venue, SETTLE))
 
 
 def _bar_span(start: datetime, end: datetime, tf: Timeframe) -> Range:

@@ -29,7 +29,7 @@ from candled.backfill import BackfillJob, JobReason, JobResult
 from candled.config import Config, SeriesSpec
 from candled.domain import SeriesKey, Timeframe
 from candled.domain.ranges import Range, count_bars, merge_ranges, subtract_ranges
-from candled.gaps import EmptyRangePolicy, RepairState, missing_ranges, plan_windows
+from candled.gaps import EmptyRangePolicy, RepairState, missing_ranges, plan_windows, settle_time
 from candled.store import healing as store
 from candled.store.healing import RepairOutcome, SeriesStatus
 from candled.store.series import ensure_series, stored_bounds
@@ -40,7 +40,6 @@ Clock = Callable[[], datetime]
 # Re-audit this far behind the last audit's end: late bars may still arrive.
 SAFETY_BARS = 10
 SAFETY_MIN = timedelta(minutes=10)
-SETTLE = timedelta(seconds=30)
 AUDIT_CONCURRENCY = 4
 
 
@@ -220,7 +219,7 @@ class Healer:
         # Bars that closed moments ago may still be on their way to the store,
         # or not final at the venue yet (an empty answer about them would mean
         # "not yet", not "none"): judge them at a later audit.
-        settle = max(SETTLE, self.settling.get(key.venue, SETTLE))
+        settle = settle_time(self.settling, key.venue)
         settled = calendars.last_expected_bar(
             spec.profile, spec.calendar, tf, now - settle, overrides=self.overrides
         )

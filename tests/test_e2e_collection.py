@@ -18,7 +18,7 @@ import pytest
 
 from candled import clock
 from candled.domain import SeriesKey, Timeframe
-from candled.healer import SETTLE
+from candled.gaps import SETTLE
 from candled_sim.counters import SimCounters
 from candled_sim.scenario import parse_scenario
 from candled_sim.server import SimExchange

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from candled import clock
 from candled.domain import SeriesKey
-from candled.healer import SETTLE
+from candled.gaps import SETTLE
 from candled_sim.counters import SimCounters
 from candled_sim.http import IN_FLIGHT_GRACE_S
 from candled_sim.scenario import parse_scenario

@@ -16,10 +16,8 @@ import asyncpg
 from candled import calendars
 from candled.coverage import Coverage, SeriesFacts, build
 from candled.domain import DataProfile, SeriesKey
+from candled.gaps import SETTLE, settle_time
 from candled.store.healing import empty_states, islands, series_row
-
-# Bars that closed this recently are not judged (the healer's rule).
-SETTLE = timedelta(seconds=30)
 
 
 class SeriesSpec(Protocol):
@@ -80,6 +78,6 @@ async def gather(
     facts = []
     async with pool.acquire() as conn:
         for spec in specs:
-            settle = max(SETTLE, settling.get(spec.key.venue, SETTLE))
+            settle = settle_time(settling, spec.key.venue)
             facts.append(await series_facts(conn, spec, start, now, settle, overrides))
     return build(facts, start, now, now)
