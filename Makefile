@@ -57,8 +57,11 @@ fuzz: .venv/.synced
 		tests/test_fuzz_scenario.py tests/test_config_mutations.py \
 		tests/test_spool_hostile.py -k "not hostile_record and not failed_quarantine"
 
+# `make bench BENCH=growth BENCH_SIZES=1M,10M,50M`: some benchmarks, store sizes for growth.
+BENCH ?=
+BENCH_SIZES ?=
 bench: .venv/.synced timescaledb
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH) $(if $(BENCH_SIZES),--sizes $(BENCH_SIZES))
 
 # Kills, database outages and venue faults at random for CHAOS_MINUTES, then
 # the store against the simulator's truth (not part of `make test`).

@@ -3,6 +3,9 @@
 python -m bench                     # all of them, in order
 python -m bench audit               # one (or several: backfill live)
 python -m bench live --writer-max-age 0.05
+python -m bench growth --sizes 1M,10M   # growth (default 1M,10M,50M): only when named,
+                                        # or when --sizes is given
+make bench BENCH=growth BENCH_SIZES=1M,10M,50M
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from bench import audit, backfill, live, writer
+from bench import audit, backfill, growth, live, writer
 from candled import logs
 from candled.store.cluster import PostgresCluster
 
@@ -27,7 +30,10 @@ BENCHMARKS: dict[str, Callable[[str], Awaitable[None]]] = {
     "backfill": backfill.run,
     "live": live.run,
     "audit": audit.run,
+    "growth": growth.run,
 }
+# Run only when named: the 50M store takes a quarter of an hour and ~10 GB of disk.
+ON_REQUEST = ("growth",)
 
 
 async def fresh_database(admin_dsn: str, name: str) -> str:
@@ -65,11 +71,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     # No `choices`: argparse checks an empty `*` list against them and fails.
     p.add_argument(
         "benchmarks", nargs="*", metavar="NAME",
-        help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: all)",
+        help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: all but "
+        f"{', '.join(ON_REQUEST)})",
     )  # fmt: skip
     p.add_argument(
         "--writer-max-age", type=float, metavar="S",
         help="live: the CandleWriter's max_age (default: the daemon's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sizes", type=growth.parse_sizes, metavar="N,N,...",
+        help="growth: store sizes in candles, e.g. 1M,10M,50M (the default); "
+        "without NAMEs, runs the growth benchmark too",
     )  # fmt: skip
     args = p.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
@@ -81,6 +93,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 if __name__ == "__main__":
     args = _parse(sys.argv[1:])
     live.WRITER_MAX_AGE = args.writer_max_age
+    if args.sizes:
+        growth.SIZES = args.sizes
     logs.configure("warning", "console")  # library logs to stderr; tables on stdout
-    uvloop.run(main(args.benchmarks or list(BENCHMARKS)))
+    names = args.benchmarks or [
+        n for n in BENCHMARKS if n not in ON_REQUEST or (n == "growth" and args.sizes)
+    ]
+    uvloop.run(main(names))
     sys.exit(0)
