@@ -11,28 +11,32 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from candled import clock, logs, metrics
+from candled import __version__, clock, logs, metrics
 from candled.config import Config, ConfigError, SeriesSpec, load_config
 from candled.coverage import render_html
 from candled.domain import SeriesKey
 from candled.healer import Healer, Repairer, venue_settling
 from candled.health import (
     RELOAD_OK,
+    ClusterHealth,
     HealthFacts,
     HealthServer,
     SeriesHealth,
     VenueHealth,
     lag_seconds,
 )
+from candled.ownership import LeaseKeeper, View
 from candled.sdnotify import Notifier
 from candled.store import coverage as store_coverage
 from candled.store.database import UNAVAILABLE, Database
 from candled.store.healing import SeriesStatus, audited_statuses
+from candled.store.leases import Identity
 from candled.store.provision import StoppedWaiting, open_database
 from candled.store.series import stored_bounds, sync_configured
 from candled.store.spool import Spool
@@ -45,11 +49,15 @@ log = logs.get("candled")
 _RELOAD_DB_TIMEOUT_S = 10.0
 
 
-def series_by_venue(config: Config) -> dict[str, list[SeriesSpec]]:
-    """The configured series grouped by venue: each venue runtime gets its own."""
+def series_by_venue(
+    config: Config, owned: frozenset[SeriesKey] | None = None
+) -> dict[str, list[SeriesSpec]]:
+    """The configured series grouped by venue: each venue runtime gets its
+    own; with `owned` (clustering), only those."""
     grouped: dict[str, list[SeriesSpec]] = defaultdict(list)
     for spec in config.series_specs().values():
-        grouped[spec.key.venue].append(spec)
+        if owned is None or spec.key in owned:
+            grouped[spec.key.venue].append(spec)
     return grouped
 
 
@@ -74,6 +82,11 @@ class Daemon:
         self._supervisor: Supervisor | None = None
         self._healer_obj: Healer | None = None
         self._spool: Spool | None = None
+        # [cluster]: the lease keeper, and the series this instance owns
+        # (None: clustering is off and every configured series is ours).
+        self._keeper: LeaseKeeper | None = None
+        self.owned: frozenset[SeriesKey] | None = None
+        self._ownership = asyncio.Lock()  # reloads and lease changes re-plan the venues in turn
         self.health = HealthServer(self._health_facts, self._coverage_page)
 
     # --- signals ---------------------------------------------------------------
@@ -133,6 +146,8 @@ class Daemon:
             if spool.pending_candles:
                 log.warning("replaying candles spooled during an earlier outage",
                             candles=spool.pending_candles)  # fmt: skip
+            if self.config.cluster.enabled:
+                await self._join_cluster(db)
             try:
                 async with asyncio.TaskGroup() as tg:
                     sup = self._supervisor = Supervisor(tg)
@@ -145,6 +160,8 @@ class Daemon:
                         sup.start("reporter", self._report)
                         sup.start("watchdog", self.notifier.watchdog)
                         sup.start("healer", self._heal_loop)
+                        if self._keeper is not None:
+                            sup.start("leases", self._keeper.run)
                         for venue in self.config.venues:
                             self._start_venue(venue.name)
                         self.notifier.ready(self._status_line())
@@ -186,6 +203,8 @@ class Daemon:
         # Writing stops a little before the bound: what is still buffered then
         # goes to the spool, which takes well under a second (one fsync).
         deadline = asyncio.get_running_loop().time() + bound - min(1.0, bound / 4)
+        if self._keeper is not None:
+            await sup.stop("leases")  # nothing takes or drops series while we stop
         try:
             async with asyncio.timeout_at(deadline):
                 for name in [n for n in sup.components if n.startswith("venue:")]:
@@ -194,13 +213,19 @@ class Daemon:
             log.error("intake did not stop within the shutdown bound")
         await sup.stop("writer")
         flushed = await writer.close(deadline)
+        if self._keeper is not None:
+            # After the flush: whoever takes a series over catches up from
+            # everything this instance collected.
+            await self._keeper.leave()
         log.info("stopped", flushed=flushed.total, total_inserted=writer.totals.inserted)
         await sup.stop_all()
 
     def _start_venue(self, name: str) -> None:
         assert self._db is not None and self._writer is not None and self._supervisor is not None
-        specs = series_by_venue(self.config)[name]
+        specs = series_by_venue(self.config, self.owned)[name]
         runtime = VenueRuntime(self.config.venue(name), specs, self._db, self._writer)
+        if self._keeper is not None:
+            runtime.set_share(max(1, len(self._keeper.view.members)))
         self.runtimes[name] = runtime
         self._supervisor.start(f"venue:{name}", runtime.run)
 
@@ -208,6 +233,57 @@ class Daemon:
         assert self._supervisor is not None
         await self._supervisor.stop(f"venue:{name}")
         self.runtimes.pop(name, None)
+
+    # --- cluster -----------------------------------------------------------------
+
+    async def _join_cluster(self, db: Database) -> None:
+        """Become a member and take the series that are ours and free now;
+        the keeper takes the rest as the others hand them over."""
+        cluster = self.config.cluster
+        host, port = self.config.daemon.health_addr
+        identity = Identity(
+            cluster.instance_id(self.config.daemon.state_dir), socket.gethostname(),
+            os.getpid(), f"{host}:{port}", __version__,
+        )  # fmt: skip
+        keeper = self._keeper = LeaseKeeper(
+            db.pool, identity, cluster.lease_ttl, lambda: self.config.series_specs().keys(),
+            self._apply_view, dsn=db.dsn,
+        )  # fmt: skip
+        self.owned = frozenset()
+        try:
+            async with asyncio.timeout(keeper.interval_s):
+                view = await keeper.renew()
+        except UNAVAILABLE as e:  # a timeout among them
+            log.warning("could not join the cluster yet; owning no series until it answers",
+                        error=repr(e))  # fmt: skip
+            return
+        self.owned = view.owned
+        metrics.cluster_members.set(len(view.members))
+        log.info("joined the cluster", instance=identity.instance, members=len(view.members),
+                 owned=len(view.owned))  # fmt: skip
+
+    async def _apply_view(self, view: View) -> None:
+        """Follow the lease keeper: run exactly the series this instance owns,
+        take its part of shared budgets, and honour every recorded ban."""
+        metrics.cluster_members.set(len(view.members))
+        async with self._ownership:
+            for name, rt in self.runtimes.items():
+                rt.set_share(max(1, len(view.members)))
+                if name in view.bans:
+                    rt.honour_ban(view.bans[name])
+            if view.owned == self.owned:
+                return
+            self.owned = view.owned
+            grouped = series_by_venue(self.config, self.owned)
+            for name, rt in self.runtimes.items():
+                await rt.set_series(grouped.get(name, []))
+
+    def _owned_keys(self) -> list[SeriesKey] | None:
+        """The series this instance heals: None (all) unless clustering is on."""
+        if self.owned is None:
+            return None
+        specs = self.config.series_specs()
+        return sorted(k for k in self.owned if k in specs)
 
     async def _sync_series(self) -> None:
         assert self._db is not None
@@ -249,7 +325,7 @@ class Daemon:
         started = time.monotonic()
         healer = self._healer()
         at = clock.now()  # both audits judge the same instant
-        audits = await healer.audit(at=at)
+        audits = await healer.audit(self._owned_keys(), at=at)
         repairers = {
             name: Repairer(rt.codec.limits, rt.backfiller.run_job)
             for name, rt in self.runtimes.items()
@@ -326,7 +402,12 @@ class Daemon:
             or old.daemon.log_format != new.daemon.log_format
         ):
             logs.configure(new.daemon.log_level, new.daemon.log_format)
-        problems += await self._apply_venues(old, new)
+        async with self._ownership:
+            problems += await self._apply_venues(old, new)
+        if self._keeper is not None:
+            self._keeper.poke()  # leases for added series, none for removed ones
+        if diff.cluster_changed:
+            log.warning("[cluster] changes take effect at the next restart")
         if old.daemon.health_listen != new.daemon.health_listen:
             problems += await self._rebind_health(old)
         log.info("config reloaded", venues_added=diff.venues_added,
@@ -340,7 +421,7 @@ class Daemon:
         """Bring the venue runtimes to `new` (already the running config); a
         venue whose update fails is restarted from it."""
         diff = old.diff(new)
-        grouped = series_by_venue(new)
+        grouped = series_by_venue(new, self.owned)
         problems = []
         for name in diff.venues_removed:
             await self._stop_venue(name)
@@ -489,7 +570,19 @@ class Daemon:
             venues=venues, series=series, crash_looping=self._supervisor.crash_looping(),
             writer_failing=None if writer is None else writer.failing,
             spooled_candles=self._spool.pending_candles if self._spool else 0,
+            cluster=self._cluster_health(),
         )  # fmt: skip
+
+    def _cluster_health(self) -> ClusterHealth | None:
+        keeper = self._keeper
+        if keeper is None:
+            return None
+        return ClusterHealth(
+            instance=keeper.identity.instance,
+            lease_ttl_s=keeper.ttl_s,
+            members=keeper.view.members,
+            owned=sorted(map(str, self.owned or ())),
+        )
 
     async def _coverage_page(self) -> str:
         """`/coverage`: the store's picture of every series, judged as the healer does."""

@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     coverage.add_argument(
         "--since", type=_duration, metavar="DURATION", help="default: the longest lookback"
     )
+    status = sub.add_parser(
+        "status", parents=[common],
+        help="the cluster's members and each series' owner; exit 1 if a series has none",
+    )  # fmt: skip
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     sim = sub.add_parser("sim", parents=[common], help="run the built-in simulated exchange")
     sim.add_argument("--listen", default="127.0.0.1:9100", metavar="HOST:PORT")
     sim.add_argument("--scenario", type=Path, metavar="FILE", help="TOML scenario with faults")
@@ -186,6 +191,10 @@ async def _export_candles(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+async def _status(args: argparse.Namespace) -> int:
+    return await oneshot.status(_load(args), as_json=args.json)
+
+
 async def _coverage(args: argparse.Namespace) -> int:
     return await oneshot.coverage(_load(args), args.series, args.since, args.out)
 
@@ -199,6 +208,7 @@ _ASYNC: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "export-returns": _export,
     "export": _export_candles,
     "coverage": _coverage,
+    "status": _status,
     "sim": _sim,
 }
 

@@ -8,9 +8,11 @@ reload what changed.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -50,6 +52,9 @@ _VENUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # A host name as RFC 1123 allows it: dot-separated labels of letters, digits
 # and inner hyphens.
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+# Leases are renewed every third of their TTL: a second at least, and an
+# instance stalled for an hour is not alive.
+MIN_LEASE_TTL, MAX_LEASE_TTL = timedelta(seconds=3), timedelta(hours=1)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 
@@ -190,6 +195,26 @@ class HealingConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """`[cluster]`: instances sharing one database share the series by leases."""
+
+    enabled: bool = False
+    # A lease not renewed for this long is taken over; renewed every third of it.
+    lease_ttl: timedelta = timedelta(seconds=30)
+    instance: str = ""  # "" : this host's name and a hash of the state directory
+
+    def instance_id(self, state_dir: Path) -> str:
+        """This instance's id: `instance`, else stable across restarts of the
+        same installation (host and state directory), so a restarted instance
+        renews its own leases at once instead of waiting for them to expire.
+        Two instances never share a state directory (its spool is locked)."""
+        if self.instance:
+            return self.instance
+        digest = hashlib.blake2b(str(state_dir.resolve()).encode(), digest_size=3).hexdigest()
+        return f"{socket.gethostname()}-{digest}"
+
+
+@dataclass(frozen=True)
 class VenueConfig:
     """One `[[venues]]` entry: where a venue is, how hard to ask it, and its keys."""
 
@@ -206,6 +231,9 @@ class VenueConfig:
     # the venue says is not final yet is asked for again until it settles).
     # Read from the config, else `default_poll_delay` of the venue's limits.
     poll_delay: timedelta = timedelta(seconds=2)
+    # Instances behind one public IP share the venue's budget: each live
+    # member of the cluster takes its fraction of rate_capacity.
+    shared_budget: bool = False
     options: tuple[tuple[str, str], ...] = ()  # the codec's own settings, e.g. OANDA's price
     # Where the API key and secret come from (environment variable or file).
     api_key_env: str = ""
@@ -258,6 +286,7 @@ class Config:
     venues: tuple[VenueConfig, ...] = ()
     series: tuple[SeriesConfig, ...] = ()
     source: Path | None = field(default=None, compare=False)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def venue(self, name: str) -> VenueConfig:
         """The venue called `name` (KeyError when none is)."""
@@ -293,6 +322,7 @@ class Config:
             daemon_changed=self.daemon != new.daemon,
             database_changed=self.database != new.database,
             healing_changed=self.healing != new.healing,
+            cluster_changed=self.cluster != new.cluster,
         )
 
 
@@ -309,6 +339,7 @@ class ConfigDiff:
     daemon_changed: bool = False
     database_changed: bool = False
     healing_changed: bool = False
+    cluster_changed: bool = False
 
     @property
     def empty(self) -> bool:
@@ -467,6 +498,15 @@ def _symbol(text: str) -> str:
     return text
 
 
+def _instance(text: str) -> str:
+    if text and not re.fullmatch(r"[A-Za-z0-9._:@-]{1,100}", text):
+        raise ValueError(
+            f"{_quote(text)}: up to 100 letters, digits and . _ : @ - (it names this instance"
+            " in the lease tables and /health)"
+        )
+    return text
+
+
 def _venue_name(text: str) -> str:
     if not text:
         raise ValueError("must not be empty")
@@ -614,6 +654,7 @@ def _parse_venue(t: _Table, kinds: tuple[str, ...], env: Mapping[str, str]) -> V
             if "poll_delay" in t.raw
             else default_poll_delay(limits)
         ),
+        shared_budget=t.get("shared_budget", bool, False),
         options=_options(t),
         api_key_env=t.get("api_key_env", str, ""),
         api_key_file=t.get("api_key_file", str, ""),
@@ -715,6 +756,20 @@ def parse_config(
     )
     h.done()
 
+    c = _optional_table(root, "cluster")
+    cluster = ClusterConfig(
+        enabled=c.get("enabled", bool, False),
+        lease_ttl=c.convert("lease_ttl", parse_duration, "30s"),
+        instance=c.convert("instance", _instance, ""),
+    )
+    if not MIN_LEASE_TTL <= cluster.lease_ttl <= MAX_LEASE_TTL:
+        raise ConfigError(
+            c.key("lease_ttl"),
+            f"{format_duration(cluster.lease_ttl)} is out of range: between"
+            f" {format_duration(MIN_LEASE_TTL)} and {format_duration(MAX_LEASE_TTL)}",
+        )
+    c.done()
+
     venues: dict[str, VenueConfig] = {}
     kinds = tuple(known_kinds())
     for t in _array_of_tables(root, "venues"):
@@ -733,7 +788,7 @@ def parse_config(
             seen[key] = t.path
         series.append(s)
     root.done()
-    return Config(daemon, database, healing, tuple(venues.values()), tuple(series), source)
+    return Config(daemon, database, healing, tuple(venues.values()), tuple(series), source, cluster)
 
 
 def _decode(path: Path, data: bytes) -> str:

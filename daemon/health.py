@@ -20,6 +20,7 @@ from candled import __version__, calendars, metrics
 from candled.config import SeriesSpec
 from candled.store.database import UNAVAILABLE
 from candled.store.healing import SeriesStatus
+from candled.store.leases import Member
 from candled.supervisor import ComponentState
 
 RELOAD_OK = "ok"  # `HealthFacts.last_reload` when the last reload applied everything
@@ -76,6 +77,17 @@ class SeriesHealth:
 
 
 @dataclass(frozen=True)
+class ClusterHealth:
+    """This instance in the cluster (`[cluster] enabled`): who it is, the live
+    members at its last renewal, and the series it owns."""
+
+    instance: str
+    lease_ttl_s: float
+    members: Sequence[Member]
+    owned: Sequence[str]
+
+
+@dataclass(frozen=True)
 class HealthFacts:
     """Everything `assess` judges, gathered by the daemon at each request."""
 
@@ -91,6 +103,7 @@ class HealthFacts:
     crash_looping: Sequence[str]
     writer_failing: str | None = None  # why writes are failing, if they are
     spooled_candles: int = 0  # waiting on disk for the database
+    cluster: ClusterHealth | None = None  # None: clustering is off
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -164,6 +177,27 @@ def assess(f: HealthFacts) -> dict[str, Any]:
             }
             for s in f.series
         ],
+        "cluster": None if f.cluster is None else _cluster(f.cluster),
+    }
+
+
+def _cluster(c: ClusterHealth) -> dict[str, Any]:
+    return {
+        "instance": c.instance,
+        "lease_ttl_s": c.lease_ttl_s,
+        "members": [
+            {
+                "instance": m.instance,
+                "host": m.host,
+                "pid": m.pid,
+                "health": m.health,
+                "version": m.version,
+                "started_at": _iso(m.started_at),
+                "expires_at": _iso(m.expires_at),
+            }
+            for m in c.members
+        ],
+        "owned": list(c.owned),
     }
 
 

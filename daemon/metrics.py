@@ -86,3 +86,20 @@ spool_full_waits = Counter(
     "Times a producer had to wait because the disk spool was full (the database away too long)",
     registry=REGISTRY,
 )
+lease_acquisitions = Counter(
+    "candled_lease_acquisitions", "Series leases this instance took (at start, on a"
+    " rebalance, or over from a dead instance)", registry=REGISTRY,
+)  # fmt: skip
+lease_losses = Counter(
+    "candled_lease_losses", "Series leases this instance lost without handing them over"
+    " (not renewed in time, or taken by another)", registry=REGISTRY,
+)  # fmt: skip
+lease_handovers = Counter(
+    "candled_lease_handovers", "Series leases this instance handed over (a rebalance or a"
+    " stop)", registry=REGISTRY,
+)  # fmt: skip
+leases_held = Gauge("candled_leases_held", "Series this instance owns", registry=REGISTRY)
+cluster_members = Gauge(
+    "candled_cluster_members", "Live instances sharing the database, this one included",
+    registry=REGISTRY,
+)  # fmt: skip

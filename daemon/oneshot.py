@@ -1,4 +1,4 @@
-"""One-pass commands: `candled audit`, `repair`, `backfill`.
+"""One-pass commands: `candled audit`, `repair`, `backfill`, `status`.
 
 They work while a daemon runs: everything they share with it (series, gaps,
 empty ranges, genesis, bans) is in the database, and writes are idempotent.
@@ -26,6 +26,7 @@ from candled.healer import AuditResult, Healer, Repairer, venue_settling
 from candled.research import load_returns
 from candled.returns import write_frame
 from candled.store import coverage as store_coverage
+from candled.store import leases
 from candled.store.database import Database
 from candled.store.healing import SeriesStatus, reset_genesis, series_row
 from candled.store.provision import open_database
@@ -93,9 +94,58 @@ def print_audit(results: Sequence[AuditResult], as_json: bool) -> None:
     header = ("series", "status", "missing", "confirmed-empty", "genesis", "last bar")
     rows = [(str(a.key), a.status, str(a.missing_bars), str(a.confirmed_empty_bars),
              _fmt(a.genesis), _fmt(a.last_ts)) for a in results]  # fmt: skip
+    _print_table(header, rows)
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+async def status(config: Config, *, as_json: bool) -> int:
+    """`candled status`: the cluster's members and each configured series'
+    owner, from the database. Exit 1 when clustering is on and a configured
+    series has no live owner (normal for a moment after a start or a death)."""
+    async with (
+        open_database(config.database.dsn, config.daemon.state_dir) as db,
+        db.pool.acquire() as conn,
+    ):
+        members = await leases.members(conn)
+        held = {lease.series: lease for lease in await leases.leases(conn)}
+        now = await conn.fetchval("SELECT now()")
+    configured = [str(k) for k in sorted(config.series_specs())]
+    owners = {s: held[s].holder if s in held and held[s].live else None for s in configured}
+    if as_json:
+        print(json.dumps({
+            "clustering": config.cluster.enabled,
+            "members": [{"instance": m.instance, "host": m.host, "pid": m.pid,
+                         "health": m.health, "version": m.version, "live": m.live,
+                         "started_at": m.started_at.isoformat(),
+                         "expires_at": m.expires_at.isoformat()} for m in members],
+            "series": [{"series": s, "owner": owners[s],
+                        "epoch": held[s].epoch if s in held else None} for s in configured],
+        }, indent=2))  # fmt: skip
+    else:
+        if not config.cluster.enabled:
+            print("clustering is off ([cluster] enabled = false): one instance runs every series")
+        live = sum(m.live for m in members)
+        print(f"members: {live} live, {len(members) - live} dead")
+        _print_table(
+            ("instance", "host", "pid", "health", "version", "renews in"),
+            [(m.instance, m.host, str(m.pid), m.health, m.version,
+              f"{(m.expires_at - now).total_seconds():.0f} s" if m.live else "dead")
+             for m in members],
+        )  # fmt: skip
+        print()
+        _print_table(
+            ("series", "owner", "lease ends in", "epoch"),
+            [(s, owners[s] or "(none)",
+              f"{(held[s].expires_at - now).total_seconds():.0f} s" if owners[s] else "-",
+              str(held[s].epoch) if s in held else "-") for s in configured],
+        )  # fmt: skip
+    orphans = [s for s in configured if owners[s] is None]
+    return 1 if config.cluster.enabled and orphans else 0
 
 
 async def audit(

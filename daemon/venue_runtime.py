@@ -77,10 +77,11 @@ class VenueRuntime:
         self.config = venue
         self.codec = venue.codec()
         self.series = {s.key: s for s in series}
+        self.share = 1  # instances sharing the venue's budget (`shared_budget`)
         self._db = db
         self._writer = writer
         self.throttle = VenueThrottle(
-            venue.rate_capacity, venue.rate_period.total_seconds(), venue.batch
+            self._capacity(), venue.rate_period.total_seconds(), venue.batch
         )
         self.fetcher = Fetcher(
             venue.rest_url,
@@ -136,20 +137,48 @@ class VenueRuntime:
         """Why the venue keeps the stream down, for /health (`Collector.refusal`)."""
         return self.collector.refusal if self.collector is not None else None
 
+    def _capacity(self) -> int:
+        """This instance's part of the venue's budget."""
+        if not self.config.shared_budget:
+            return self.config.rate_capacity
+        return max(1, self.config.rate_capacity // self.share)
+
+    def set_share(self, members: int) -> None:
+        """Take 1/`members` of the budget when the venue's budget is shared
+        (`shared_budget`), as the cluster's live members come and go."""
+        if members != self.share:
+            self.share = members
+            if self.config.shared_budget:
+                log.info("venue budget shared", venue=self.config.name, members=members,
+                         rate_capacity=self._capacity())  # fmt: skip
+                self.configure(self.config)
+
+    def honour_ban(self, until: datetime) -> None:
+        """A 418 ban another instance recorded (`venue_state`): this IP's too."""
+        if until.timestamp() > self.throttle.banned_until:
+            self.throttle.banned_until = until.timestamp()
+            log.warning("venue ban recorded by another instance; no request until it ends",
+                        venue=self.config.name, until=until.isoformat())  # fmt: skip
+
     def configure(self, venue: VenueConfig) -> None:
         """Apply new limits (reload) to the running throttle and collector."""
         self.config = venue
-        self.throttle.configure(venue.rate_capacity, venue.rate_period.total_seconds(), venue.batch)
+        self.throttle.configure(self._capacity(), venue.rate_period.total_seconds(), venue.batch)
         if self.collector is not None:
             self.collector.settings.idle_timeout_s = venue.idle_timeout.total_seconds()
         if self.poller is not None:
             self.poller.delay = venue.poll_delay
 
     async def set_series(self, specs: Sequence[SeriesSpec]) -> None:
-        """Apply a reload's series: new ones backfill (and stream or poll),
-        removed ones stop; untouched streams keep their connections."""
+        """Apply a reload's series (or a change of ownership): new ones
+        backfill from the newest stored bar (and stream or poll), removed
+        ones stop; untouched streams keep their connections."""
         old_keys, old_live = set(self.series), set(self._live())
         self.series = {s.key: s for s in specs}
+        for key in old_keys - self.series.keys():
+            # Not collected from now on: taken again later, it catches up
+            # from the store, not from what was asked while it was ours.
+            self._covered_until.pop(key, None)
         new_live = set(self._live())
         if self.collector is not None:
             await self.collector.remove(sorted(old_live - new_live))

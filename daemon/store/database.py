@@ -49,9 +49,10 @@ async def server_info(conn: asyncpg.Connection) -> ServerInfo:
 class Database:
     """An asyncpg pool plus the server facts detected at connect time."""
 
-    def __init__(self, pool: asyncpg.Pool, info: ServerInfo) -> None:
+    def __init__(self, pool: asyncpg.Pool, info: ServerInfo, dsn: str = "") -> None:
         self.pool = pool
         self.info = info
+        self.dsn = dsn  # for a connection of its own (LISTEN), outside the pool
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> Database:
@@ -70,7 +71,7 @@ class Database:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, info)
+        return cls(pool, info, dsn)
 
     async def refresh_info(self) -> ServerInfo:
         """Re-read the server facts (after migrations created the extension)."""
