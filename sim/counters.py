@@ -32,6 +32,9 @@ class SimCounters:
     frames_sent: int = 0  # kline frames, open and closed
     closing_frames_sent: int = 0
     closing_frames_lost: int = 0
+    # Closing kline frames by how late they were handed to the socket, in whole
+    # milliseconds after their bar's close (Binance): what a benchmark reads.
+    closing_lag_ms: Counter[int] = field(default_factory=Counter)
     malformed_frames_sent: int = 0
     foreign_frames_sent: int = 0  # kline frames of streams the connection did not subscribe to
     ws_mute: int = 0  # connections on which nothing was ever sent

@@ -24,7 +24,8 @@ from candled_sim.scenario import Scenario
 from candled_sim.truth import Truth
 
 Clock = Callable[[], datetime]
-TICK_LAG_S = 0.02  # streams push just after a boundary, when the bar has closed
+TICK_LAG_S = 0.001  # streams push just after a boundary, when the bar has closed
+_EARLY_S = 0.01  # how much earlier than asked the loop's timers may fire
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +79,22 @@ async def send_json(ws: web.WebSocketResponse, payload: Any) -> bool:
     return await send_text(ws, json.dumps(payload))
 
 
+def next_tick(clock: Clock, interval_s: float) -> float:
+    """The next multiple of `interval_s` on `clock`, in seconds since the epoch."""
+    return (int(clock().timestamp() / interval_s) + 1) * interval_s
+
+
 async def sleep_to_tick(clock: Clock, interval_s: float) -> None:
     """Sleep until just after the next multiple of `interval_s` on `clock`: a
     stream's push tick, when the bars of the boundary have closed."""
-    position = clock().timestamp() / interval_s
-    await asyncio.sleep((int(position) + 1 - position) * interval_s + TICK_LAG_S)
+    tick = next_tick(clock, interval_s)
+    await asyncio.sleep(tick - clock().timestamp() + TICK_LAG_S)
+    # The loop's timers may fire a little early (millisecond clocks): not
+    # before the boundary, or its bars would close a tick late. (A clock
+    # that does not follow the wall clock, as a test's, is left as it is.)
+    left = tick - clock().timestamp()
+    if 0 < left < _EARLY_S:
+        await asyncio.sleep(left + TICK_LAG_S)
 
 
 @asynccontextmanager

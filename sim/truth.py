@@ -12,6 +12,7 @@ one closed, on every timeframe. Wicks and volume are hashed per bar.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ _SIGMA = 1e-4  # relative volatility per sqrt(second)
 _OCTAVES = tuple(
     (period, _SIGMA * math.sqrt(period)) for period in (5, 60, 3_600, 86_400, 2_592_000)
 )
+_BAR_CACHE = 1 << 15  # bars memoised per truth: more than the streams a sim serves
 _DECIMALS = 8  # Binance sends eight decimals; truth holds exactly what the wire can carry
 # The venue of series inside the simulator: only symbol and timeframe matter.
 SIM_VENUE = "sim"
@@ -75,8 +77,10 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _key(*parts: object) -> int:
     # Python's hash() of a str is salted per process; blake2b is stable.
+    # Cached: a stream asks for the same few keys of each symbol many times a second.
     digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
@@ -84,6 +88,12 @@ def _key(*parts: object) -> int:
 def _unit(key: int, n: int) -> float:
     """Uniform in [0, 1), determined by (key, n)."""
     return (_mix(key ^ _mix(n & _MASK)) >> 11) / float(1 << 53)
+
+
+# The value noise of one octave of the price path at its k-th knot: the same
+# knots serve every price asked for inside an octave's period (memoised: a
+# stream asks for each symbol's price every second).
+_knot = functools.lru_cache(maxsize=1 << 18)(_unit)
 
 
 def _seconds(ts: datetime) -> float:
@@ -105,6 +115,9 @@ class Truth:
         self._listings = {symbol: require_utc(ts) for symbol, ts in listings.items()}
         self._maintenance = tuple(maintenance)
         self._markets = dict(markets or {})
+        # A stream asks for the bar forming on every update and again for its
+        # closing frame: the newest bars are memoised (they are immutable).
+        self._bars = functools.lru_cache(maxsize=_BAR_CACHE)(self._compute_bar)
 
     def market(self, symbol: str) -> Market:
         """When `symbol` trades (24/7 and liquid unless the scenario says otherwise)."""
@@ -218,13 +231,16 @@ class Truth:
             f = position - k
             smooth = f * f * (3.0 - 2.0 * f)
             octave_key = key ^ _mix(period)
-            a = 2.0 * _unit(octave_key, k) - 1.0
-            b = 2.0 * _unit(octave_key, k + 1) - 1.0
+            a = 2.0 * _knot(octave_key, k) - 1.0
+            b = 2.0 * _knot(octave_key, k + 1) - 1.0
             log_p += amplitude * (a + (b - a) * smooth)
         return math.exp(log_p)
 
     def bar(self, series: SeriesKey, open_ts: datetime) -> Candle:
         """The final values of the bar opening at `open_ts` (published or not)."""
+        return self._bars(series, open_ts)
+
+    def _compute_bar(self, series: SeriesKey, open_ts: datetime) -> Candle:
         tf = series.tf
         close_ts = tf.close_time(open_ts)
         length = _seconds(close_ts) - _seconds(open_ts)

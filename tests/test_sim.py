@@ -40,6 +40,8 @@ from candled_sim import (
     run_sim,
 )
 from candled_sim import scenario as scenario_module
+from candled_sim.binance.wire import kline_event, kline_frame
+from candled_sim.encoding import epoch_ms
 from candled_sim.http import RateLimiter
 
 CODEC = get_codec("binance")
@@ -569,6 +571,39 @@ async def test_ws_closed_1s_bars_match_truth(start_sim: SimFactory) -> None:
     stamps = [c.ts for c in closed]
     assert stamps == sorted(set(stamps))  # one closing frame per bar, in order
     assert sim.counters.closing_frames_sent >= len(closed)
+
+
+@pytest.mark.parametrize("stream", ["btcusdt@kline_1s", None])
+def test_kline_frame_encoded_ahead_is_the_event_as_encoded_at_the_close(
+    stream: str | None,
+) -> None:
+    bar = truth_of().bar(BTC_1S, NOW)
+    head, tail = kline_frame(bar, True, stream)
+    for sent in (NOW + timedelta(seconds=1, milliseconds=3), NOW):
+        event = kline_event(bar, True, sent)
+        payload = event if stream is None else {"stream": stream, "data": event}
+        assert head + str(epoch_ms(sent)) + tail == json.dumps(payload)
+
+
+async def test_ws_closing_frames_encoded_ahead_equal_truth_and_are_timed(
+    start_sim: SimFactory,
+) -> None:
+    """Closing frames are encoded before their close (truth is pure): the
+    text is what encoding at the close gives; each is counted by how late it
+    left."""
+    sim, address = await start_sim({"symbols": [{"symbol": "BTCUSDT"}, {"symbol": "ETHUSDT"}]})
+    eth_1s = SeriesKey("binance", "ETHUSDT", "1s")
+    async with connect(f"ws://{address}{STREAM.connect_path([BTC_1S, eth_1s])}") as ws:
+        received = await frames(ws, 3.3)
+    closing = [json.loads(text) for _, text in received if json.loads(text)["data"]["k"]["x"]]
+    assert len(closing) >= 4
+    for frame in closing:
+        k, sent = frame["data"]["k"], datetime.fromtimestamp(frame["data"]["E"] / 1000, UTC)
+        series = SeriesKey("sim", k["s"], "1s")
+        bar = sim.truth.bar(series, datetime.fromtimestamp(k["t"] / 1000, UTC))
+        expected = {"stream": frame["stream"], "data": kline_event(bar, True, sent)}
+        assert json.dumps(frame) == json.dumps(expected)
+    assert sum(sim.counters.closing_lag_ms.values()) == sim.counters.closing_frames_sent
 
 
 async def test_ws_subscribe_unsubscribe_and_raw_streams(start_sim: SimFactory) -> None:

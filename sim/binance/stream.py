@@ -7,16 +7,20 @@ import asyncio
 import collections
 import contextlib
 import json
-from datetime import datetime
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from candled.domain import Candle, SeriesKey
 from candled.domain.timeframe import SUPPORTED
-from candled_sim.binance.wire import kline_event, stream_series
+from candled_sim.binance.wire import kline_event, kline_frame, stream_series
+from candled_sim.encoding import epoch_ms
 from candled_sim.faults import Dice, Turns, client_gone, fires
-from candled_sim.personality import SimContext, send_json, send_text, sleep_to_tick
+from candled_sim.personality import SimContext, next_tick, send_json, send_text, sleep_to_tick
 from candled_sim.truth import SIM_VENUE
 
 # Broken frames, sent in turn: not JSON, a field missing, fields of the wrong type.
@@ -25,6 +29,33 @@ _MALFORMED = (
     json.dumps({"stream": "btcusdt@kline_1m", "data": {"e": "kline", "k": {"t": 0}}}),
     json.dumps({"e": "kline", "E": 0, "s": "BTCUSDT", "k": {"t": "x", "x": "yes"}}),
 )
+
+
+# Closing frames encoded ahead of their close, at most this many per tick (so
+# that thousands of bars closing together are prepared over several ticks)
+# and no further ahead than this.
+_PREPARE_PER_TICK = 2_500
+_PREPARE_AHEAD_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """A kline frame encoded ahead: `head + event time + tail`, and its bar's
+    close (seconds since the epoch)."""
+
+    head: str
+    tail: str
+    close_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """The closing frames of a stream for a tick that moves its bar from
+    `last` to `current`: the bars and their text."""
+
+    last: datetime
+    current: datetime
+    frames: list[tuple[Candle, _Text]]
 
 
 class StreamSession:
@@ -41,7 +72,10 @@ class StreamSession:
     ) -> None:
         self._ws = ws
         self._request = request
-        self._streams = dict.fromkeys(streams)  # ordered set
+        # Stream name -> its series, in subscription order.
+        self._streams: dict[str, SeriesKey] = {}
+        for name in streams:
+            self._subscribe(name)
         self._combined = combined
         self._truth = ctx.truth
         self._scenario = scenario = ctx.scenario
@@ -56,6 +90,14 @@ class StreamSession:
         self._mute = fires(faults.ws_mute, counters.ws_connections, rng)
         self._opened = clock()
         self._incoming: collections.deque[datetime] = collections.deque()
+        # Per stream, its next closing frames, encoded ahead (see `_prepare`).
+        self._ready: dict[str, _Prepared] = {}
+        self._tick = (0.0, 0.0)  # the tick's clock, in s since the epoch, and perf_counter()
+
+    def _subscribe(self, name: str) -> None:
+        series = stream_series(name)
+        assert series is not None  # only valid names are subscribed
+        self._streams[name] = series
 
     async def run(self) -> None:
         """Serve the connection until the client leaves or a fault or age ends it."""
@@ -120,9 +162,10 @@ class StreamSession:
             return {"code": 2, "msg": f"Invalid request: invalid streams {bad}", "id": request_id}
         for name in params:
             if method == "SUBSCRIBE":
-                self._streams[name] = None
+                self._subscribe(name)
             else:
                 self._streams.pop(name, None)
+                self._ready.pop(name, None)
         return {"result": None, "id": request_id}
 
     async def _ping(self) -> None:
@@ -152,33 +195,87 @@ class StreamSession:
             self._counters.ws_idle_periods += silent and not was_silent
             was_silent = silent
             now = self._clock()
+            self._tick = (now.timestamp(), time.perf_counter())
             for gone in tracked.keys() - self._streams.keys():
                 del tracked[gone]  # a later re-subscription starts afresh
             # Closing frames of every stream go out first, as a venue sends them
             # at the close; the open-bar updates follow.
             live: list[tuple[str, SeriesKey]] = []
-            for name in list(self._streams):
-                series = stream_series(name)
-                assert series is not None  # only valid names are subscribed
-                closing = self._closing(series, tracked.get(name), now)
+            event_ms = str(epoch_ms(now))
+            for name, series in list(self._streams.items()):
+                closing = self._closing(name, series, tracked.get(name), now)
                 tracked[name] = series.tf.floor(now)
                 if not silent:
                     live.append((name, series))
-                    for candle in closing:
-                        await self._send(name, (candle, True), now)
+                    for candle, text in closing:
+                        await self._send(name, (candle, True), now, text, event_ms)
+            # Other connections' closing frames before this one's updates.
+            await asyncio.sleep(0)
             for name, series in live:
                 current, truth = series.tf.floor(now), self._truth
                 if truth.listed_by(series.symbol, now) and truth.exists(series, current):
                     await self._send(name, (truth.partial(series, current, now), False), now)
+            self._prepare(tracked, next_tick(self._clock, interval))
 
-    def _closing(self, series: SeriesKey, last: datetime | None, now: datetime) -> list[Candle]:
-        """The bars closed since the last tick."""
+    def _closing(
+        self, name: str, series: SeriesKey, last: datetime | None, now: datetime
+    ) -> list[tuple[Candle, _Text | None]]:
+        """The bars closed since the last tick, with their frames when prepared."""
         current = series.tf.floor(now)
         if last is None or last >= current or not self._truth.listed_by(series.symbol, now):
             return []
-        return [self._truth.bar(series, ts) for ts in self._truth.opens(series, last, current)]
+        prepared = self._ready.get(name)
+        if prepared is not None and prepared.last == last and prepared.current == current:
+            del self._ready[name]
+            return list(prepared.frames)
+        truth = self._truth
+        return [(truth.bar(series, ts), None) for ts in truth.opens(series, last, current)]
 
-    async def _send(self, name: str, frame: tuple[Candle, bool], now: datetime) -> None:
+    def _prepare(self, tracked: dict[str, datetime], tick: float) -> None:
+        """Encode ahead the closing frames of the bars now forming that close
+        within `_PREPARE_AHEAD_S` of `tick` (the next one), up to
+        `_PREPARE_PER_TICK` of them: at their close they only need sending.
+        The truth is pure, so these are the frames the close would make."""
+        budget, truth = _PREPARE_PER_TICK, self._truth
+        interval = self._scenario.update_interval_s
+        # (timeframe, open of the bar forming) -> (its close, the tick's floor
+        # that sees it), or None when it closes too far ahead: shared by the
+        # streams of a timeframe, which mostly have the same bar forming.
+        spans: dict[tuple[str, datetime], tuple[float, datetime] | None] = {}
+        for name, series in self._streams.items():
+            last, ready = tracked.get(name), self._ready.get(name)
+            if last is None or (ready is not None and ready.last == last):
+                continue
+            span_key = (series.timeframe, last)
+            if span_key not in spans:
+                close_s = series.tf.close_time(last).timestamp()
+                # The tick that sees the close: the first on or after it.
+                at = datetime.fromtimestamp(math.ceil(close_s / interval) * interval, UTC)
+                far = close_s > tick + _PREPARE_AHEAD_S
+                spans[span_key] = None if far else (close_s, series.tf.floor(at))
+            span = spans[span_key]
+            if span is None:
+                continue
+            frames = []
+            for ts in truth.opens(series, last, span[1]):
+                bar = truth.bar(series, ts)
+                head, tail = kline_frame(bar, True, name if self._combined else None)
+                frames.append((bar, _Text(head, tail, series.tf.close_time(ts).timestamp())))
+            self._ready[name] = _Prepared(last, span[1], frames)
+            budget -= 1
+            if budget == 0:
+                return
+
+    async def _send(
+        self,
+        name: str,
+        frame: tuple[Candle, bool],
+        now: datetime,
+        text: _Text | None = None,
+        event_ms: str = "",
+    ) -> None:
+        """Send a kline frame (prepared as `text` around `event_ms`, or encoded
+        now), with the scenario's faults around it."""
         candle, closed = frame
         if closed and self._lost.roll():
             self._counters.closing_frames_lost += 1
@@ -188,9 +285,22 @@ class StreamSession:
             self._counters.malformed_frames_sent += 1
         if self._foreign.roll():
             await self._send_foreign(candle.series.symbol, now)
-        if await self._send_event(name, candle, closed, now):
+        if text is not None:
+            sent = await self._send_text(text.head + event_ms + text.tail)
+        else:
+            sent = await self._send_event(name, candle, closed, now)
+        if sent:
             self._counters.frames_sent += 1
             self._counters.closing_frames_sent += closed
+            if closed:
+                close_s = (
+                    candle.series.tf.close_time(candle.ts).timestamp()
+                    if text is None
+                    else text.close_s
+                )
+                clock_s, perf = self._tick
+                late = clock_s + (time.perf_counter() - perf) - close_s
+                self._counters.closing_lag_ms[max(0, int(late * 1000))] += 1
 
     async def _send_foreign(self, symbol: str, now: datetime) -> None:
         """The last closed bar of a stream of `symbol` this connection did not

@@ -6,12 +6,13 @@ the codec decodes from it, and the tests check that the two meet.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Any
 
 from candled.domain import Candle, SeriesKey
-from candled.domain.timeframe import SUPPORTED
+from candled.domain.timeframe import EPOCH, SUPPORTED
 from candled_sim.encoding import decimal, epoch_ms
 from candled_sim.http import HttpError
 from candled_sim.truth import SIM_VENUE
@@ -76,6 +77,22 @@ def kline_event(candle: Candle, closed: bool, event_time: datetime) -> dict[str,
             "B": "0",
         },
     }
+
+
+# Stands for the event time in a frame encoded ahead of it: no other value of
+# a kline event is a negative number this long.
+_EVENT_TIME_MARK = -(1 << 62) - 7
+
+
+def kline_frame(candle: Candle, closed: bool, stream: str | None = None) -> tuple[str, str]:
+    """A kline event's JSON text (in the combined wrapper when `stream` names
+    it) encoded ahead of its event time, as the text before and after it:
+    `head + str(epoch_ms(event_time)) + tail` is `json.dumps` of the event."""
+    event = kline_event(candle, closed, EPOCH)
+    event["E"] = _EVENT_TIME_MARK
+    payload = event if stream is None else {"stream": stream, "data": event}
+    head, tail = json.dumps(payload).split(str(_EVENT_TIME_MARK))
+    return head, tail
 
 
 def refusal(
