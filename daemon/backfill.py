@@ -135,8 +135,12 @@ class Backfiller:
         workers: int = 16,
         clock: Clock = clock.now,
         max_continuations: int = MAX_CONTINUATIONS,
+        wanted: Callable[[SeriesKey], bool] = lambda _: True,
     ) -> None:
         self.codec = codec
+        # Queued jobs of a series no longer wanted (handed to another
+        # instance, removed by a reload) are skipped, not fetched.
+        self._wanted = wanted
         self.fetcher = fetcher
         self._sink = sink
         self._pool = pool
@@ -197,6 +201,8 @@ class Backfiller:
         while True:
             _, _, origin, job = await self._queue.get()
             try:
+                if not self._wanted(job.series):
+                    continue
                 result = await self.run_job(job)
                 self.results.append(result)
                 if result.not_final is not None:

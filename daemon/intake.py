@@ -1,5 +1,6 @@
 """The gate between sources and the writer: sane candles of configured series
-go on; the rest are quarantined with their reason and counted."""
+go on; the rest are quarantined with their reason and counted (but for late
+answers about series this process gave up, which are dropped)."""
 
 from __future__ import annotations
 
@@ -25,20 +26,29 @@ class Intake:
         pool: asyncpg.Pool,
         series: Callable[[], Collection[SeriesKey]],
         source: str,  # "rest" | "ws"
+        released: Callable[[], Collection[SeriesKey]] = tuple,
     ) -> None:
         self._put = put
         self._pool = pool
         self._series = series
+        # Series this process stopped collecting (handed to another instance,
+        # removed by a reload): answers still on their way are no hostile
+        # input, and the series' new owner fetches them itself.
+        self._released = released
         self.source = source
         self.rejected = 0
+        self.dropped = 0
 
     async def __call__(self, candles: Sequence[Candle]) -> None:
         """Pass sane candles of configured series on; quarantine the rest."""
         now = clock.now()
-        wanted = self._series()
+        wanted, released = self._series(), self._released()
         good: list[Candle] = []
         bad: list[tuple[Candle, str]] = []
         for c in candles:
+            if c.series not in wanted and c.series in released:
+                self.dropped += 1
+                continue
             reason = problem(c, now) if c.series in wanted else "not a configured series"
             if reason is None:
                 good.append(c)

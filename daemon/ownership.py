@@ -2,10 +2,11 @@
 
 Every instance renews its membership and its leases every third of the lease
 TTL, in one transaction: the live members decide by rendezvous hashing which
-series each of them should own, an instance gives up what is no longer its
-own and takes what is its own once nobody else holds it. Whoever changed
-something (joined, left, handed series over) notifies the others, who look
-again at once instead of at their next renewal.
+series each of them should own, and an instance takes what is its own once
+nobody else holds it. What is no longer its own it first stops acting on,
+then gives up (a second transaction): so no two instances ever act on a
+series at once. Whoever changed something (joined, left, handed series over)
+notifies the others, who look again at once instead of at their next renewal.
 
 Safety: a lease is good until `expires_at` by the database's clock, which
 is at least the TTL after the renewal *started* by ours. An instance that
@@ -94,14 +95,13 @@ class LeaseKeeper:
             members = await leases.heartbeat(conn, self.identity, self.ttl_s)
             names = [m.instance for m in members]
             mine = sorted(share(configured, names, me))
-            released = await leases.release(conn, me, mine)
             held = await leases.claim(conn, me, mine, self.ttl_s)
             bans = await leases.bans(conn)
-            if released or names != [m.instance for m in before.members]:
+            if names != [m.instance for m in before.members]:
                 await leases.notify(conn, me)
         self.valid_until = started + self.ttl_s * (1 - MARGIN)
         owned = frozenset(configured[s] for s in held)
-        self._count(before.owned, owned, {configured[s] for s in released if s in configured})
+        self._count(before.owned, owned, {configured[s] for s in mine})
         if self._failing:
             self._failing = False
             log.info("leases renewed again", owned=len(owned), members=len(members))
@@ -109,18 +109,30 @@ class LeaseKeeper:
         return self.view
 
     def _count(
-        self, before: frozenset[SeriesKey], after: frozenset[SeriesKey], released: set[SeriesKey]
+        self, before: frozenset[SeriesKey], after: frozenset[SeriesKey], mine: set[SeriesKey]
     ) -> None:
+        """Count and log what a renewal changed: series gone that were still
+        ours to own were lost (taken after our lease expired); the others
+        are handed over (`hand_over`)."""
         gained, gone = after - before, before - after
-        lost = gone - released
+        lost, handing = gone & mine, gone - mine
         metrics.lease_acquisitions.inc(len(gained))
-        metrics.lease_handovers.inc(len(gone & released))
         metrics.lease_losses.inc(len(lost))
         if gained or gone:
             log.info("series ownership changed", instance=self.identity.instance,
                      acquired=sorted(map(str, gained)), lost=sorted(map(str, lost)),
-                     handed_over=sorted(map(str, gone & released)), owned=len(after))  # fmt: skip
+                     handing_over=sorted(map(str, handing)), owned=len(after))  # fmt: skip
         metrics.leases_held.set(len(after))
+
+    async def hand_over(self) -> None:
+        """Give up the leases held but no longer ours (after `on_view` stopped
+        acting on them), and tell the others to take them."""
+        keep = [str(k) for k in self.view.owned]
+        async with self._pool.acquire() as conn, conn.transaction():
+            released = await leases.release(conn, self.identity.instance, keep)
+            if released:
+                await leases.notify(conn, self.identity.instance)
+        metrics.lease_handovers.inc(len(released))
 
     async def _fence(self) -> None:
         """Stop acting on every series: the leases may have expired."""
@@ -133,15 +145,15 @@ class LeaseKeeper:
         self.view = View(frozenset(), self.view.members, self.view.bans)
         await self._on_view(self.view)
 
-    async def _attempt(self) -> bool:
-        """Renew, bounded so that a hung database cannot carry us past the
-        leases' end; False when it failed."""
+    async def _attempt(self, step: Callable[[], Awaitable[object]] | None = None) -> bool:
+        """Renew (or `step`), bounded so that a hung database cannot carry us
+        past the leases' end; False when it failed."""
         bound = self.interval_s
         if self.view.owned:
             bound = min(bound, self.valid_until - time.monotonic())
         try:
             async with asyncio.timeout(max(bound, 0.05)):
-                await self.renew()
+                await (step or self.renew)()
             return True
         except UNAVAILABLE as e:
             if not self._failing:
@@ -174,6 +186,7 @@ class LeaseKeeper:
                 ok = await self._attempt()
                 if ok:
                     await self._on_view(self.view)
+                    ok = await self._attempt(self.hand_over)
                 now = time.monotonic()
                 if self.view.owned and now >= self.valid_until:
                     await self._fence()

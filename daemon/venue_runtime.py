@@ -90,9 +90,13 @@ class VenueRuntime:
             on_ban=self._persist_ban,
             on_response=lambda status: metrics.requests.labels(venue.name, str(status)).inc(),
         )
-        self._rest_intake = Intake(writer.put, db.pool, lambda: self.series.keys(), "rest")
-        self._ws_intake = Intake(writer.put, db.pool, self._live_set, "ws")
-        self.backfiller = Backfiller(self.codec, self.fetcher, self._rest_intake, db.pool)
+        self._released: set[SeriesKey] = set()  # series set_series took away
+        self._rest_intake = Intake(writer.put, db.pool, lambda: self.series.keys(), "rest",
+                                   released=lambda: self._released)  # fmt: skip
+        self._ws_intake = Intake(writer.put, db.pool, self._live_set, "ws",
+                                 released=lambda: self._released)  # fmt: skip
+        self.backfiller = Backfiller(self.codec, self.fetcher, self._rest_intake, db.pool,
+                                     wanted=lambda key: key in self.series)  # fmt: skip
         self.collector: Collector | None = None
         self.poller: Poller | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -175,6 +179,7 @@ class VenueRuntime:
         ones stop; untouched streams keep their connections."""
         old_keys, old_live = set(self.series), set(self._live())
         self.series = {s.key: s for s in specs}
+        self._released = (self._released | old_keys) - self.series.keys()
         for key in old_keys - self.series.keys():
             # Not collected from now on: taken again later, it catches up
             # from the store, not from what was asked while it was ours.

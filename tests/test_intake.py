@@ -78,3 +78,30 @@ async def test_intake_quarantines_bad_and_forwards_good(tsdb_dsn: str) -> None:
         assert await pool.fetchval("SELECT count(*) FROM candles") == 0
     finally:
         await pool.close()
+
+
+async def test_late_answers_about_released_series_are_dropped_not_quarantined(
+    migrated: str,
+) -> None:
+    """A series handed to another instance (or removed by a reload): answers
+    still on their way are counted and dropped; its new owner fetches them."""
+    pool = await asyncpg.create_pool(migrated)
+    try:
+        forwarded: list[Candle] = []
+
+        async def put(candles: Sequence[Candle]) -> None:
+            forwarded.extend(candles)
+
+        released = SeriesKey("binance", "ETHUSDT", "1m")
+        stranger = SeriesKey("binance", "DOGEUSDT", "1m")
+        intake = Intake(put, pool, lambda: {KEY}, "rest", released=lambda: {released})
+        ts = KEY.tf.floor(wallclock.now()) - timedelta(minutes=1)
+        await intake([candle(ts=ts), candle(ts=ts, key=released), candle(ts=ts, key=stranger)])
+        assert forwarded == [candle(ts=ts)]
+        assert intake.dropped == 1
+        rows = await pool.fetch("SELECT symbol, reason FROM quarantine")
+        assert [(r["symbol"], r["reason"]) for r in rows] == [
+            ("DOGEUSDT", "not a configured series")
+        ]
+    finally:
+        await pool.close()
