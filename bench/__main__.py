@@ -3,6 +3,7 @@
 python -m bench                     # all of them, in order
 python -m bench audit               # one (or several: backfill live)
 python -m bench live --writer-max-age 0.05
+python -m bench live --live-mode 1m  # 10,000 1m streams only (default: 1s, then 1m)
 python -m bench growth --sizes 1M,10M   # growth (default 1M,10M,50M): only when named,
                                         # or when --sizes is given
 make bench BENCH=growth BENCH_SIZES=1M,10M,50M
@@ -83,6 +84,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="growth: store sizes in candles, e.g. 1M,10M,50M (the default); "
         "without NAMEs, runs the growth benchmark too",
     )  # fmt: skip
+    p.add_argument(
+        "--live-mode", choices=list(live.MODES), action="append", metavar="MODE",
+        help=f"live: which run, of {', '.join(live.MODES)} (repeatable; default: all)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
     if unknown:
@@ -93,6 +98,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 if __name__ == "__main__":
     args = _parse(sys.argv[1:])
     live.WRITER_MAX_AGE = args.writer_max_age
+    live.MODE_NAMES = args.live_mode or list(live.MODES)
     if args.sizes:
         growth.SIZES = args.sizes
     logs.configure("warning", "console")  # library logs to stderr; tables on stdout

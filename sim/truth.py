@@ -118,6 +118,7 @@ class Truth:
         # A stream asks for the bar forming on every update and again for its
         # closing frame: the newest bars are memoised (they are immutable).
         self._bars = functools.lru_cache(maxsize=_BAR_CACHE)(self._compute_bar)
+        self._genesis = functools.lru_cache(maxsize=_BAR_CACHE)(self._first_open)
 
     def market(self, symbol: str) -> Market:
         """When `symbol` trades (24/7 and liquid unless the scenario says otherwise)."""
@@ -139,8 +140,11 @@ class Truth:
 
     def genesis(self, series: SeriesKey) -> datetime | None:
         """Open time of the series' first bar: the bar in which the symbol was listed."""
-        listed = self._listings.get(series.symbol)
-        return None if listed is None else series.tf.floor(listed)
+        return self._genesis(series.symbol, series.timeframe)
+
+    def _first_open(self, symbol: str, timeframe: str) -> datetime | None:
+        listed = self._listings.get(symbol)
+        return None if listed is None else Timeframe.parse(timeframe).floor(listed)
 
     def exists(self, series: SeriesKey, open_ts: datetime) -> bool:
         """Whether the bar opening at `open_ts` is published: at or after the
@@ -160,6 +164,8 @@ class Truth:
         return self.market(series.symbol).has_bar(series.tf, open_ts)
 
     def _maintained(self, series: SeriesKey, open_ts: datetime) -> Maintenance | None:
+        if not self._maintenance:
+            return None
         close = series.tf.close_time(open_ts)
         for window in self._maintenance:
             if window.covers(series.symbol, open_ts, close):

@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,11 +32,12 @@ _MALFORMED = (
 )
 
 
-# Closing frames encoded ahead of their close, at most this many per tick (so
-# that thousands of bars closing together are prepared over several ticks)
-# and no further ahead than this.
-_PREPARE_PER_TICK = 2_500
+# Closing frames are encoded ahead of their close: those of the next tick
+# all at once, later ones no further ahead than this and at most this many a
+# tick per connection (thousands of bars closing together are prepared over
+# several ticks, between the updates).
 _PREPARE_AHEAD_S = 30.0
+_PREPARE_PER_TICK = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,39 @@ class _Prepared:
     last: datetime
     current: datetime
     frames: list[tuple[Candle, _Text]]
+
+
+class _Cork:
+    """Stands in for a connection's transport while a batch of frames is
+    written: they leave in one write (one system call) instead of one each."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
+@contextlib.contextmanager
+def _corked(ws: web.WebSocketResponse) -> Iterator[None]:
+    """Frames sent on `ws` inside the block are written to its socket at once,
+    in order, when the block ends (aiohttp writes each frame on its own)."""
+    writer = ws._writer  # aiohttp's WebSocketWriter: no public way to batch
+    if writer is None or writer.transport is None or isinstance(writer.transport, _Cork):
+        yield
+        return
+    cork = _Cork(writer.transport)
+    writer.transport = cork  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        writer.transport = cork.transport
+        if cork.chunks and not cork.transport.is_closing():
+            cork.transport.write(b"".join(cork.chunks))
 
 
 class StreamSession:
@@ -200,28 +235,40 @@ class StreamSession:
                 del tracked[gone]  # a later re-subscription starts afresh
             # Closing frames of every stream go out first, as a venue sends them
             # at the close; the open-bar updates follow.
-            live: list[tuple[str, SeriesKey]] = []
+            live: list[tuple[str, SeriesKey, datetime]] = []
             event_ms = str(epoch_ms(now))
-            for name, series in list(self._streams.items()):
-                closing = self._closing(name, series, tracked.get(name), now)
-                tracked[name] = series.tf.floor(now)
-                if not silent:
-                    live.append((name, series))
-                    for candle, text in closing:
-                        await self._send(name, (candle, True), now, text, event_ms)
+            floors: dict[str, datetime] = {}  # timeframe -> open of the bar holding `now`
+            with _corked(self._ws):
+                for name, series in list(self._streams.items()):
+                    current = floors.get(series.timeframe)
+                    if current is None:
+                        current = floors[series.timeframe] = series.tf.floor(now)
+                    closing = self._closing(name, series, tracked.get(name), current, now)
+                    tracked[name] = current
+                    if not silent:
+                        live.append((name, series, current))
+                        for candle, text in closing:
+                            await self._send(name, (candle, True), now, text, event_ms)
             # Other connections' closing frames before this one's updates.
             await asyncio.sleep(0)
-            for name, series in live:
-                current, truth = series.tf.floor(now), self._truth
-                if truth.listed_by(series.symbol, now) and truth.exists(series, current):
-                    await self._send(name, (truth.partial(series, current, now), False), now)
+            truth = self._truth
+            with _corked(self._ws):
+                for name, series, current in live:
+                    if truth.listed_by(series.symbol, now) and truth.exists(series, current):
+                        bar = truth.partial(series, current, now)
+                        await self._send(name, (bar, False), now)
             self._prepare(tracked, next_tick(self._clock, interval))
 
     def _closing(
-        self, name: str, series: SeriesKey, last: datetime | None, now: datetime
+        self,
+        name: str,
+        series: SeriesKey,
+        last: datetime | None,
+        current: datetime,
+        now: datetime,
     ) -> list[tuple[Candle, _Text | None]]:
-        """The bars closed since the last tick, with their frames when prepared."""
-        current = series.tf.floor(now)
+        """The bars closed since the last tick (`current`: the bar holding
+        `now`), with their frames when prepared."""
         if last is None or last >= current or not self._truth.listed_by(series.symbol, now):
             return []
         prepared = self._ready.get(name)
@@ -232,16 +279,18 @@ class StreamSession:
         return [(truth.bar(series, ts), None) for ts in truth.opens(series, last, current)]
 
     def _prepare(self, tracked: dict[str, datetime], tick: float) -> None:
-        """Encode ahead the closing frames of the bars now forming that close
-        within `_PREPARE_AHEAD_S` of `tick` (the next one), up to
-        `_PREPARE_PER_TICK` of them: at their close they only need sending.
-        The truth is pure, so these are the frames the close would make."""
+        """Encode ahead the closing frames of the bars now forming: all of
+        those that close by `tick` (the next one), and up to
+        `_PREPARE_PER_TICK` of those closing within `_PREPARE_AHEAD_S` after
+        it. At their close they only need sending; the truth is pure, so
+        these are the frames the close would make."""
         budget, truth = _PREPARE_PER_TICK, self._truth
         interval = self._scenario.update_interval_s
-        # (timeframe, open of the bar forming) -> (its close, the tick's floor
-        # that sees it), or None when it closes too far ahead: shared by the
-        # streams of a timeframe, which mostly have the same bar forming.
-        spans: dict[tuple[str, datetime], tuple[float, datetime] | None] = {}
+        # (timeframe, open of the bar forming) -> (the tick's floor that sees
+        # its close, whether that is the next tick), or None when it closes too
+        # far ahead: shared by the streams of a timeframe, which mostly have
+        # the same bar forming.
+        spans: dict[tuple[str, datetime], tuple[datetime, bool] | None] = {}
         for name, series in self._streams.items():
             last, ready = tracked.get(name), self._ready.get(name)
             if last is None or (ready is not None and ready.last == last):
@@ -252,19 +301,18 @@ class StreamSession:
                 # The tick that sees the close: the first on or after it.
                 at = datetime.fromtimestamp(math.ceil(close_s / interval) * interval, UTC)
                 far = close_s > tick + _PREPARE_AHEAD_S
-                spans[span_key] = None if far else (close_s, series.tf.floor(at))
+                spans[span_key] = None if far else (series.tf.floor(at), close_s <= tick)
             span = spans[span_key]
-            if span is None:
+            if span is None or (not span[1] and budget <= 0):
                 continue
+            current, due = span
+            budget -= not due
             frames = []
-            for ts in truth.opens(series, last, span[1]):
+            for ts in truth.opens(series, last, current):
                 bar = truth.bar(series, ts)
                 head, tail = kline_frame(bar, True, name if self._combined else None)
                 frames.append((bar, _Text(head, tail, series.tf.close_time(ts).timestamp())))
-            self._ready[name] = _Prepared(last, span[1], frames)
-            budget -= 1
-            if budget == 0:
-                return
+            self._ready[name] = _Prepared(last, current, frames)
 
     async def _send(
         self,
