@@ -193,20 +193,31 @@ class Healer:
         now = at or self._clock()
         async with self._pool.acquire() as conn:
             await ensure_series(conn, selected)  # a configured series may have no row yet
+            # Every series' oldest and newest bar in one query, planned once:
+            # planning that unbounded probe costs every chunk of the hypertable,
+            # which once a series was the audit's cost growing with the store.
+            bounds = await stored_bounds(conn, selected)
         # A few series at a time: each audit is a chain of short round trips.
         slots = asyncio.Semaphore(AUDIT_CONCURRENCY)
 
         async def one(key: SeriesKey) -> AuditResult:
             async with slots, self._pool.acquire() as conn:
-                return await self._audit_one(conn, key, full, now)
+                return await self._audit_one(conn, key, full, now, bounds.get(key))
 
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(one(key)) for key in selected]
         return [t.result() for t in tasks]
 
     async def _audit_one(
-        self, conn: asyncpg.Connection, key: SeriesKey, full: bool, now: datetime
+        self,
+        conn: asyncpg.Connection,
+        key: SeriesKey,
+        full: bool,
+        now: datetime,
+        bounds: tuple[datetime, datetime] | None,
     ) -> AuditResult:
+        """Audit one series; `bounds` are its oldest and newest stored bars as
+        the audit began (`stored_bounds`), widened here by the bars it scans."""
         spec, tf = self.specs[key], key.tf
         row = await store.series_row(conn, *_parts(key))
         assert row is not None
@@ -239,6 +250,7 @@ class Healer:
         )
         fresh = await store.islands(conn, row.id, tf, scan_from, hi)
         rows_scanned = fresh.rows
+        runs = list(fresh.runs)
         gaps = missing_ranges(
             subtract_ranges(expected, [(lo, scan_from)]), fresh.runs, tf,
             genesis=row.genesis, confirmed_empty=confirmed,
@@ -251,16 +263,18 @@ class Healer:
                 continue
             inside = await store.islands(conn, row.id, tf, start, end)
             rows_scanned += inside.rows
+            runs += inside.runs
             gaps += missing_ranges([(start, end)], inside.runs, tf, genesis=row.genesis,
                                    confirmed_empty=confirmed)  # fmt: skip
         gaps = merge_ranges(gaps)
-        bounds = (await stored_bounds(conn, [key])).get(key)
-        first_ts, last_ts = bounds if bounds else (None, None)
+        # Bars stored since the bounds were read, and found by the scans, count too.
+        stamps = [*(bounds or ()), *(ts for run in runs for ts in run)]
+        first_ts, last_ts = (min(stamps), max(stamps)) if stamps else (None, None)
         missing = count_bars(gaps, tf)
         confirmed_bars = count_bars(
             [(max(s, lo), min(e, hi)) for s, e in confirmed if s < hi and e > lo], tf
         )
-        status = classify(has_data=bounds is not None, gaps=gaps, settled_end=hi, tf=tf)
+        status = classify(has_data=bool(stamps), gaps=gaps, settled_end=hi, tf=tf)
         expected_bars = count_bars(expected, tf)
         await store.save_audit(
             conn, row.id, status=status, first_ts=first_ts, last_ts=last_ts,

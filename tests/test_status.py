@@ -175,3 +175,63 @@ async def test_a_crypto_stream_silent_past_the_allowance_is_stale(db: Database) 
     await store_bars(db, BTC, at("2026-11-27 12:00"), at("2026-11-30 11:50"))
     # 12:00:40: bars 11:50 to 11:59 are settled and missing (10 minutes > 5).
     assert await audit(db, BTC, at("2026-11-30 12:00:40")) == (SeriesStatus.STALE, 10)
+
+
+# --- what an audit reads of the hypertable ----------------------------------------
+
+
+async def test_an_audit_reads_every_series_bounds_in_one_query(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The oldest and newest bar probe has no time bound, so planning it costs
+    # every chunk of the hypertable: once an audit, not once a series (README,
+    # "Benchmarks", growth).
+    from candled import healer as healer_module
+
+    calls: list[list[SeriesKey]] = []
+    real = healer_module.stored_bounds
+
+    async def spy(conn: object, keys: Sequence[SeriesKey]) -> object:
+        calls.append(list(keys))
+        return await real(conn, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(healer_module, "stored_bounds", spy)
+    for key in (BTC, EQ1):
+        await store_bars(db, key, at("2026-11-29 00:00"), at("2026-11-30 12:00"))
+    healer = Healer(db.pool, specs(), interval=timedelta(minutes=15), clock=lambda: T0)
+    results = await healer.audit(full=True)
+    assert calls == [sorted(specs())]
+    bounds = {r.key: (r.first_ts, r.last_ts) for r in results}
+    assert bounds[BTC] == (at("2026-11-29 00:00"), at("2026-11-30 11:59"))
+    assert bounds[EQ15] == (None, None)
+
+
+async def test_audit_bounds_are_every_stored_bar_and_bars_stored_meanwhile(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bars before the lookback and after the settled end are stored bars too.
+    await store_bars(db, BTC, at("2026-11-20 00:00"), at("2026-11-20 01:00"))
+    await store_bars(db, BTC, at("2026-11-29 00:00"), at("2026-11-30 12:01"))
+    healer = Healer(db.pool, specs(), interval=timedelta(minutes=15), clock=lambda: T0)
+    (result,) = await healer.audit([BTC], full=True)
+    assert (result.first_ts, result.last_ts) == (at("2026-11-20 00:00"), at("2026-11-30 12:00"))
+    assert result.status is SeriesStatus.DEGRADED
+    # Bars stored after the bounds were read, found by the audit's scans, count:
+    # a series whose first bars came meanwhile is not MISSING (DEGRADED: the
+    # lookback begins two days before its first bar).
+    from candled import healer as healer_module
+
+    async def read_before_any_bar(conn: object, keys: Sequence[SeriesKey]) -> dict[object, object]:
+        return {}
+
+    monkeypatch.setattr(healer_module, "stored_bounds", read_before_any_bar)
+    (result,) = await healer.audit([BTC], full=True)
+    # The scans end at the newest settled bar (11:58, closed 11:59 < 12:00 - 30 s).
+    assert (result.first_ts, result.last_ts) == (at("2026-11-29 00:00"), at("2026-11-30 11:58"))
+    assert result.status is SeriesStatus.DEGRADED
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT status, first_ts, last_ts FROM series_status WHERE symbol = $1", BTC.symbol
+        )
+    assert row is not None
+    assert tuple(row) == ("DEGRADED", at("2026-11-29 00:00"), at("2026-11-30 11:58"))
