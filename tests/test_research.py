@@ -434,3 +434,44 @@ def test_utc_time_reads_iso_strings() -> None:
     assert research.utc_time("2026-01-05") == datetime(2026, 1, 5, tzinfo=UTC)
     assert research.utc_time("2026-01-05T14:30Z") == datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
     assert research.utc_time("2026-01-05T09:30-05:00") == datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
+
+
+async def test_series_start_plans_only_the_chunks_before_the_genesis(migrated: str) -> None:
+    # Each read asks where a series starts (its genesis, or an older stored
+    # bar). A probe of candle_data without a time bound plans, and locks,
+    # every chunk of the hypertable, a cost growing with the store (bench
+    # growth); bound by the genesis, only the chunks before it.
+    from candled.store.series import series_metadata
+
+    day = timedelta(days=1)
+    eth, sol = SeriesKey("binance", "ETHUSDT", "1d"), SeriesKey("binance", "SOLUSDT", "1d")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    conn = await asyncpg.connect(migrated)
+    try:
+        ids = await sync_configured(conn, {k: (DataProfile.CRYPTO, "") for k in (BTC, eth, sol)})
+        rows = [
+            (ids[key], t0 + i * day, 1.0, 1.0, 1.0, 1.0, 1.0)
+            for key, skip in ((BTC, 0), (eth, 0), (sol, 10))
+            for i in range(skip, 70)
+        ]
+        await conn.copy_records_to_table(
+            "candle_data", records=rows,
+            columns=("series_id", "ts", "open", "high", "low", "close", "volume"),
+        )  # fmt: skip
+        await set_genesis(conn, BTC, t0, {"method": "test"})
+        await set_genesis(conn, eth, t0 + 20 * day, {"method": "test"})  # bars before it
+        chunks = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks "
+            "WHERE hypertable_name = 'candle_data'"
+        )
+        assert chunks >= 10
+        locked = """SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                    WHERE l.pid = pg_backend_pid() AND c.relname LIKE '\\_hyper\\_%\\_chunk'"""
+        async with conn.transaction():
+            meta = await series_metadata(conn, [BTC])
+            assert meta[BTC].start == t0
+            assert await conn.fetchval(locked) == 0
+        meta = await series_metadata(conn, [eth, sol, BTC])
+        assert [meta[k].start for k in (eth, sol, BTC)] == [t0, t0 + 10 * day, t0]
+    finally:
+        await conn.close()
