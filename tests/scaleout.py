@@ -74,6 +74,15 @@ class Instance:
         except aiohttp.ClientError:
             return None
 
+    async def metric(self, session: aiohttp.ClientSession, name: str) -> float:
+        """One unlabelled sample of /metrics."""
+        async with session.get(f"http://127.0.0.1:{self.port}/metrics") as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} not in /metrics of {self.name}")
+
     def heal_cycles_started_after(self, t: datetime) -> int:
         """ "heal cycle done" lines of the current process whose cycle began
         after `t` (wall clock, see `wall`)."""

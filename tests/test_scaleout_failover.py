@@ -32,6 +32,7 @@ from tests.scaleout import (
 from tests.waiting import until
 
 TTL_S = 6
+ACQUIRED = "candled_lease_acquisitions_total"
 # Compared from this long before the start: inside every heal cycle's
 # lookback (10m) for the whole test.
 WINDOW = timedelta(minutes=6)
@@ -60,9 +61,10 @@ async def test_kill_9_of_one_of_three_instances(migrated: str, tmp_path: Path) -
             assert doc is not None
             victim_id = doc["cluster"]["instance"]
             orphaned = shares[victim_id]
+            survivors = [i for i in instances if i is not victim]
+            acquired = [await i.metric(session, ACQUIRED) for i in survivors]
             await victim.signal(signal.SIGKILL)
             killed, killed_mono = clock.now(), time.monotonic()
-            survivors = [i for i in instances if i is not victim]
 
             async def taken_over() -> bool:
                 holders = await lease_holders(conn)
@@ -78,6 +80,10 @@ async def test_kill_9_of_one_of_three_instances(migrated: str, tmp_path: Path) -
                 doc = await inst.health(session)
                 assert doc is not None
                 assert all(v["ws_connected"] for v in doc["venues"]), doc["venues"]
+                assert await inst.metric(session, "candled_cluster_members") == 2
+                assert await inst.metric(session, "candled_lease_losses_total") == 0
+            after = [await i.metric(session, ACQUIRED) for i in survivors]
+            assert sum(after) - sum(acquired) == len(orphaned), (acquired, after, orphaned)
 
             # A heal cycle judging past the take-over, on every survivor, then
             # the store equals the truth from the lookback to that point.
