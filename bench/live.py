@@ -25,14 +25,19 @@ all processes on the machine):
   i.e. after its transaction committed (a `CandleStore` subclass).
 
 close -> received is the simulator and the socket; received -> committed is
-the client (writer buffering, prepare, COPY + INSERT, commit).
+the client (Intake's checks, writer buffering, prepare, COPY + INSERT, commit).
+With BENCH_LIVE_PROFILE=FILE in the environment the client runs cProfile over
+the window and writes its statistics to FILE (the CPU figures then include
+the profiler's cost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -142,6 +147,7 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
     from candled import logs
     from candled.collector import Collector
     from candled.domain import Candle, SeriesKey
+    from candled.intake import Intake
     from candled.store.writer import CandleStore, CandleWriter, PreparedBatch, WriteResult
     from candled.venues import StreamEvent
     from candled.venues.binance import BinanceSession, BinanceStream
@@ -191,7 +197,7 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
             stats.received[id(c)] = now  # the same objects reach execute()
             if len(stats.seen) < n:
                 stats.seen.add(c.series)
-        await writer.put(candles)
+        await intake(candles)
 
     db = await Database.connect(dsn, max_size=4)
     try:
@@ -199,6 +205,8 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
         keys = [SeriesKey(codec.venue, s, mode.timeframe) for s in _symbols(n)]
         store = TimedStore(db.pool)
         writer = CandleWriter(store) if max_age is None else CandleWriter(store, max_age=max_age)
+        wanted = frozenset(keys)
+        intake = Intake(writer.put, db.pool, lambda: wanted, "ws")  # as the daemon's
         collector = Collector(codec, ws_url, keys, sink)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(writer.run()), tg.create_task(collector.run())]
@@ -219,7 +227,14 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
             stats.window = (w0, w0 + seconds)
             cpu0, frames0 = _cpu_s(), codec.frames
             _emit("start")
+            profile = os.environ.get("BENCH_LIVE_PROFILE")  # a file: cProfile the window
+            profiler = cProfile.Profile() if profile else None
+            if profiler is not None:
+                profiler.enable()
             await asyncio.sleep(w0 + seconds - time.time())
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(profile)
             cpu1, frames1 = _cpu_s(), codec.frames
             _emit("end")
             # Bars that closed inside the window may still be on their way.

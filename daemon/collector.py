@@ -226,6 +226,7 @@ class Collector:
         self._tg: asyncio.TaskGroup | None = None
         self.reconnects: collections.Counter[str] = collections.Counter()  # by reason
         self.malformed = 0  # frames that did not parse
+        self._live_candles = metrics.live_candles.labels(codec.venue)  # looked up once
         self._place(sorted(set(series)))
 
     @property
@@ -486,7 +487,7 @@ class Collector:
             match event:
                 case ClosedBars(candles):
                     kind = "data"
-                    metrics.live_candles.labels(venue).inc(len(candles))
+                    self._live_candles.inc(len(candles))
                     await self._sink(candles)
                 case Heartbeat():
                     kind = "data"

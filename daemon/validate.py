@@ -28,16 +28,17 @@ def problem(candle: Candle, now: datetime, skew: timedelta = CLOCK_SKEW) -> str 
         return "high below open or close"
     if candle.low > min(candle.open, candle.close):
         return "low above open or close"
-    tf = candle.series.tf
+    tf, ts, opens = candle.series.tf, candle.ts, None
     try:
-        aligned = tf.is_aligned(candle.ts)
+        ts = require_utc(ts)
+        opens = tf.floor(ts)  # the bar holding `ts`; `ts` must be its open
     except (OverflowError, ValueError):
         # The grid's bar holding `ts` opens before year 1: `ts` opens no bar of it.
-        aligned = False
-    if not aligned:
+        pass
+    if opens is None or opens != ts:
         return f"ts not aligned to {candle.series.timeframe}"
     try:
-        close = tf.close_time(candle.ts)
+        close = tf.add(opens, 1)  # close_time(ts), the floor done once
     except (OverflowError, ValueError):
         return "bar closes in the future"  # after year 9999, past any clock
     # A difference, not `now + skew`: a clock at the end of the range must not overflow.

@@ -31,6 +31,11 @@ class Dice:
         self._rng = rng
         self._events = 0
 
+    @property
+    def enabled(self) -> bool:
+        """Whether the fault can fire at all (if not, rolling changes nothing)."""
+        return self._trigger.enabled
+
     def roll(self) -> bool:
         """Count one event; whether the fault fires on it."""
         self._events += 1
@@ -43,6 +48,11 @@ class Turns:
     def __init__(self, dice: Dice) -> None:
         self._dice = dice
         self._fired = 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the fault can fire at all."""
+        return self._dice.enabled
 
     def roll(self) -> int | None:
         """None, or the number of earlier firings."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from candled.domain import Candle, SeriesKey
+from candled.domain import Candle, SeriesKey, Timeframe
 from candled.venues import (
     ClosedBars,
     CodecError,
@@ -33,6 +33,7 @@ from candled.venues import (
     known_kinds,
 )
 from candled.venues.binance import BinanceCodec
+from candled.venues.wire import bar_at_ms, bar_open, from_ms, to_ms
 
 FIXTURES = Path(__file__).parent / "fixtures" / "binance"
 BTC_1M = SeriesKey("binance", "BTCUSDT", "1m")
@@ -341,3 +342,36 @@ def test_registry() -> None:
     assert get_codec("binance").venue == "binance"
     with pytest.raises(ValueError, match="unknown venue kind 'nope'"):
         get_codec("nope")
+
+
+@pytest.mark.parametrize("timeframe", ["1s", "1m", "1h", "1d", "1w", "1M"])
+def test_bar_at_ms_by_arithmetic_agrees_with_the_general_way(timeframe: str) -> None:
+    """Open times are checked on the milliseconds (the stream's hot path): the
+    same bars, and the same refusals, as through datetimes."""
+    tf = Timeframe.parse(timeframe)
+    day, week = 86_400_000, 7 * 86_400_000
+    far = to_ms(datetime(9999, 12, 31, 23, 59, tzinfo=UTC))
+    values: list[object] = [0, 1, 999, 1_000, 60_000, 3 * day, 4 * day, week, -1, True, 1.0]
+    values += [1_709_294_400_000 + k * 1_000 for k in range(-3, 4)]  # 2024-03-01 12:00
+    values += [far, far - 60_000, far + 60_000, 10**18]
+
+    def general(value: object) -> datetime | str:
+        try:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CodecError("not a timestamp")
+            return bar_open(tf, from_ms(value))
+        except CodecError as e:
+            return f"refused: {e}"
+
+    def fast(value: object) -> datetime | str:
+        try:
+            return bar_at_ms(tf, value)
+        except CodecError as e:
+            return f"refused: {e}"
+
+    for value in values:
+        expected = general(value)
+        got = fast(value)
+        assert got == expected or (
+            isinstance(got, str) and isinstance(expected, str) and got.startswith("refused")
+        ), value

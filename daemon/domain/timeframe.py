@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # 1970-01-05 is the first Monday after the epoch: weekly bars align to it.
 _MONDAY_OFFSET_S = 4 * 86_400
+_ONE_US = timedelta(microseconds=1)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 # The venue intervals we accept (Binance's full list); anything else is a typo.
 SUPPORTED = (
@@ -22,6 +23,8 @@ SUPPORTED = (
     "1d", "3d", "1w", "1M",
 )  # fmt: skip
 _PATTERN = re.compile(r"^(\d+)([smhdwM])$")
+# Each supported timeframe parsed once (they are immutable); filled below the class.
+_PARSED: dict[str, Timeframe] = {}
 
 
 def require_utc(ts: datetime, what: str = "timestamp") -> datetime:
@@ -41,6 +44,9 @@ class Timeframe:
     @classmethod
     def parse(cls, text: str) -> Timeframe:
         """Read a timeframe as the config writes it; unsupported ones are errors."""
+        parsed = _PARSED.get(text)  # hot: every `SeriesKey.tf` parses
+        if parsed is not None and cls is Timeframe:
+            return parsed
         if text not in SUPPORTED:
             raise ValueError(f"unknown timeframe {text!r}; expected one of {', '.join(SUPPORTED)}")
         m = _PATTERN.match(text)
@@ -77,12 +83,11 @@ class Timeframe:
             months = ts.year * 12 + ts.month - 1
             months -= months % self.count
             return datetime(months // 12, months % 12 + 1, 1, tzinfo=UTC)
-        step = self.seconds
-        delta = ts - EPOCH
         # Integer microseconds keep this exact for any timestamp.
-        us = delta // timedelta(microseconds=1) - self._origin_s() * 1_000_000
-        us -= us % (step * 1_000_000)
-        return EPOCH + timedelta(microseconds=us + self._origin_s() * 1_000_000)
+        origin_us = _MONDAY_OFFSET_S * 1_000_000 if self.unit == "w" else 0
+        step_us = self.count * _UNIT_SECONDS[self.unit] * 1_000_000
+        us = (ts - EPOCH) // _ONE_US - origin_us
+        return EPOCH + timedelta(microseconds=us - us % step_us + origin_us)
 
     def ceil(self, ts: datetime) -> datetime:
         """First bar open time at or after `ts`."""
@@ -127,3 +132,6 @@ class Timeframe:
             return sum(1 for _ in self.bars(first, end))
         span_us = (end - first) // timedelta(microseconds=1)
         return -(-span_us // (self.seconds * 1_000_000))
+
+
+_PARSED.update((text, Timeframe.parse(text)) for text in SUPPORTED)

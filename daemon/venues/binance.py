@@ -66,6 +66,7 @@ USED_WEIGHT_HEADER = "x-mbx-used-weight-1m"
 # Binance intervals are exactly the domain's supported timeframes.
 _INTERVALS = frozenset(SUPPORTED)
 _URL_STREAMS = "?streams="
+_MAX_KEYS = 1 << 16  # series keys a stream codec remembers
 
 
 class BinanceCodec(CodecBase):
@@ -179,7 +180,7 @@ class BinanceSession(SessionBase["BinanceStream"]):
             raise CodecError("kline interval")
         if not isinstance(closed, bool):
             raise CodecError("kline closed flag")
-        series = SeriesKey(self.codec.venue, symbol, interval)
+        series = self.codec.series_key(symbol, interval)
         ts = bar_at_ms(series.tf, k.get("t"))
         fields = (k.get(key) for key in ("o", "h", "l", "c", "v"))
         o, h, low, c, v = (decimal_string(value) for value in fields)
@@ -194,6 +195,21 @@ class BinanceStream(StreamCodecBase):
     SPARSE = BinanceCodec.LIMITS.sparse  # a skipped bar is a lost closing frame
     PATH = "/stream"
     SESSION = BinanceSession
+
+    def __init__(self, venue: str) -> None:
+        super().__init__(venue)
+        # (symbol, interval) -> its key: each frame names one, thousands a
+        # second. Bounded: a venue could name any number of symbols.
+        self._keys: dict[tuple[str, str], SeriesKey] = {}
+
+    def series_key(self, symbol: str, interval: str) -> SeriesKey:
+        """The series of a kline event's symbol and (valid) interval."""
+        key = self._keys.get((symbol, interval))
+        if key is None:
+            key = SeriesKey(self.venue, symbol, interval)
+            if len(self._keys) < _MAX_KEYS:
+                self._keys[symbol, interval] = key
+        return key
 
     def stream_name(self, key: SeriesKey) -> str:
         """`<symbol>@kline_<interval>`, the symbol in lower case."""

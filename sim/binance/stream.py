@@ -121,6 +121,8 @@ class StreamSession:
         self._lost = Dice(faults.lost_closing_frames, rng)
         self._malformed = Turns(Dice(faults.malformed_frames, rng))
         self._foreign = Dice(faults.foreign_frames, rng)
+        # Whether any of those can fire: without, a frame is only sent.
+        self._faulty = self._lost.enabled or self._malformed.enabled or self._foreign.enabled
         # The exchange has counted this connection already: it is the ws_connections-th.
         self._mute = fires(faults.ws_mute, counters.ws_connections, rng)
         self._opened = clock()
@@ -325,14 +327,15 @@ class StreamSession:
         """Send a kline frame (prepared as `text` around `event_ms`, or encoded
         now), with the scenario's faults around it."""
         candle, closed = frame
-        if closed and self._lost.roll():
-            self._counters.closing_frames_lost += 1
-            return
-        turn = self._malformed.roll()
-        if turn is not None and await self._send_text(_MALFORMED[turn % len(_MALFORMED)]):
-            self._counters.malformed_frames_sent += 1
-        if self._foreign.roll():
-            await self._send_foreign(candle.series.symbol, now)
+        if self._faulty:
+            if closed and self._lost.roll():
+                self._counters.closing_frames_lost += 1
+                return
+            turn = self._malformed.roll()
+            if turn is not None and await self._send_text(_MALFORMED[turn % len(_MALFORMED)]):
+                self._counters.malformed_frames_sent += 1
+            if self._foreign.roll():
+                await self._send_foreign(candle.series.symbol, now)
         if text is not None:
             sent = await self._send_text(text.head + event_ms + text.tail)
         else:
