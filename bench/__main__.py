@@ -88,6 +88,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--live-mode", choices=list(live.MODES), action="append", metavar="MODE",
         help=f"live: which run, of {', '.join(live.MODES)} (repeatable; default: all)",
     )  # fmt: skip
+    p.add_argument(
+        "--live-sim-processes", type=int, default=live.SIM_PROCESSES, metavar="N",
+        help=f"live: simulator processes, connections handed out in turn (default "
+        f"{live.SIM_PROCESSES})",
+    )  # fmt: skip
     args = p.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
     if unknown:
@@ -99,6 +104,7 @@ if __name__ == "__main__":
     args = _parse(sys.argv[1:])
     live.WRITER_MAX_AGE = args.writer_max_age
     live.MODE_NAMES = args.live_mode or list(live.MODES)
+    live.SIM_PROCESSES = args.live_sim_processes
     if args.sizes:
         growth.SIZES = args.sizes
     logs.configure("warning", "console")  # library logs to stderr; tables on stdout

@@ -9,10 +9,12 @@ store, in one of two modes (`MODES`):
   every 2 s, as Binance sends them): what one instance costs, goals under half
   a core of client CPU and peak RSS < 300 MB.
 
-Three processes, so that the client's CPU and memory are its own: the
-simulator (`SimProcess`, a child), the client (a second child, `python -m
-bench.live client ...`, running the daemon's Collector, CandleWriter and
-CandleStore with their defaults) and this one, which only orchestrates.
+The client's CPU and memory are its own: the simulator runs in children
+(`SimFarm`: `SIM_PROCESSES` worker processes serving one truth, this process
+handing each accepted connection to the next in turn, as a venue serves its
+streams from many machines; or one `SimProcess`), the client in another
+(`python -m bench.live client ...`, running the daemon's Collector, Intake,
+CandleWriter and CandleStore with their defaults), and this one orchestrates.
 
 Latency is measured per closed bar, with three clocks (wall clock, shared by
 all processes on the machine):
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.backfill import SimProcess
+from bench.simfarm import SimFarm
 from candled.store.database import Database
 from candled.store.migrations import migrate
 
@@ -70,6 +73,8 @@ MODES = {
 }
 MODE_NAMES: list[str] = list(MODES)  # which run (`python -m bench live --live-mode`)
 WRITER_MAX_AGE: float | None = None  # None: the daemon's default (CandleWriter's)
+# Simulator processes (`SimFarm`, connections handed out in turn); 1: one `SimProcess`.
+SIM_PROCESSES = 2
 WARMUP_TIMEOUT_S, GRACE_S = 90.0, 15.0
 
 
@@ -298,13 +303,15 @@ async def _run_mode(dsn: str, name: str) -> None:
         await db.close()
     print(
         f"live benchmark ({name}): {mode.streams:,} {mode.timeframe} streams for "
-        f"{mode.seconds} s, updates every {mode.update_interval}, simulator and client in their "
-        "own processes (client: Collector -> CandleWriter -> store)",
+        f"{mode.seconds} s, updates every {mode.update_interval}; simulator ({SIM_PROCESSES} "
+        "process(es)) and client in their own processes (client: Collector -> Intake -> "
+        "CandleWriter -> store)",
         flush=True,
     )
     scenario = {"seed": 2, "ws": {"update_interval": mode.update_interval},
                 "symbols": [{"symbol": s} for s in _symbols(mode.streams)]}  # fmt: skip
-    async with SimProcess(scenario) as sim:
+    sim_cm = SimFarm(scenario, SIM_PROCESSES) if SIM_PROCESSES > 1 else SimProcess(scenario)
+    async with sim_cm as sim:
         args = ["client", dsn, sim.ws_url, name, str(WRITER_MAX_AGE)]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.live", *args,
