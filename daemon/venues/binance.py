@@ -182,8 +182,9 @@ class BinanceSession(SessionBase["BinanceStream"]):
             raise CodecError("kline closed flag")
         series = self.codec.series_key(symbol, interval)
         ts = bar_at_ms(series.tf, k.get("t"))
-        fields = (k.get(key) for key in ("o", "h", "l", "c", "v"))
-        o, h, low, c, v = (decimal_string(value) for value in fields)
+        o, h = decimal_string(k.get("o")), decimal_string(k.get("h"))
+        low, c = decimal_string(k.get("l")), decimal_string(k.get("c"))
+        v = decimal_string(k.get("v"))
         return Candle(series, ts, o, h, low, c, v), closed
 
 
