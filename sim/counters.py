@@ -35,6 +35,10 @@ class SimCounters:
     # Closing kline frames by how late they were handed to the socket, in whole
     # milliseconds after their bar's close (Binance): what a benchmark reads.
     closing_lag_ms: Counter[int] = field(default_factory=Counter)
+    # Per connection and tick with closing frames, the process's CPU time in
+    # sending them, in whole milliseconds (Binance): their lateness on a machine
+    # with a core to spare.
+    closing_burst_cpu_ms: Counter[int] = field(default_factory=Counter)
     malformed_frames_sent: int = 0
     foreign_frames_sent: int = 0  # kline frames of streams the connection did not subscribe to
     ws_mute: int = 0  # connections on which nothing was ever sent

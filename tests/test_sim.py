@@ -604,6 +604,7 @@ async def test_ws_closing_frames_encoded_ahead_equal_truth_and_are_timed(
         expected = {"stream": frame["stream"], "data": kline_event(bar, True, sent)}
         assert json.dumps(frame) == json.dumps(expected)
     assert sum(sim.counters.closing_lag_ms.values()) == sim.counters.closing_frames_sent
+    assert sum(sim.counters.closing_burst_cpu_ms.values()) >= 2  # a tick's burst, counted
 
 
 async def test_ws_subscribe_unsubscribe_and_raw_streams(start_sim: SimFactory) -> None:

@@ -240,6 +240,7 @@ class StreamSession:
             live: list[tuple[str, SeriesKey, datetime]] = []
             event_ms = str(epoch_ms(now))
             floors: dict[str, datetime] = {}  # timeframe -> open of the bar holding `now`
+            cpu, closed_before = time.process_time(), self._counters.closing_frames_sent
             with _corked(self._ws):
                 for name, series in list(self._streams.items()):
                     current = floors.get(series.timeframe)
@@ -251,6 +252,9 @@ class StreamSession:
                         live.append((name, series, current))
                         for candle, text in closing:
                             await self._send(name, (candle, True), now, text, event_ms)
+            if self._counters.closing_frames_sent > closed_before:
+                burst_ms = int((time.process_time() - cpu) * 1000)
+                self._counters.closing_burst_cpu_ms[burst_ms] += 1
             # Other connections' closing frames before this one's updates.
             await asyncio.sleep(0)
             truth = self._truth
