@@ -18,8 +18,15 @@ brief's "minimum"), the stricter minimum with the bucket starting full
 (`min_send_time`: what a perfect client could do, since a full bucket lets the
 first minute's budget go at once), and time / minimum. Where the time goes:
 CPU seconds of the simulator, candled's process, PostgreSQL and everything
-else on the machine over the run, and how often the throttle's bucket sat
-full (the budget idle: the time went elsewhere).
+else on the machine over the run (with the busiest other processes: the
+machine is shared), candled's own CPU by stage (the codec's parse, the
+Intake's validation, the writer's prepare, the rest; the garbage collector's
+share), and how often the throttle's bucket sat full (the budget idle: the
+time went elsewhere).
+
+The simulator's klines answers are memoised (`_memoise`; `--no-sim-memo` to
+compute every page): its pure-Python truth costs ~45 ms of CPU a page, which
+for 28,900 pages is ~20 minutes of one CPU, twice the budget's minimum.
 
 Each candled or ccxt run has a simulator process of its own, so the budget
 and the counters are its alone. ccxt only fetches (no store); candled also
@@ -32,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -40,7 +48,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
@@ -48,14 +56,15 @@ from typing import Any, Self
 from bench.backfill import SimProcess
 from candled import logs
 from candled.backfill import Backfiller, BackfillJob, JobReason, split_window
-from candled.domain import SeriesKey, Timeframe
+from candled.domain import Candle, SeriesKey, Timeframe
 from candled.fetch import Fetcher
 from candled.intake import Intake
 from candled.store.database import Database
 from candled.store.migrations import migrate
-from candled.store.writer import CandleStore, CandleWriter
+from candled.store.writer import CandleStore, CandleWriter, PreparedBatch
 from candled.throttle import VenueThrottle
-from candled.venues import binance
+from candled.venues import HttpRequest, binance
+from candled.venues.base import HistoryPage
 
 ROOT = Path(__file__).resolve().parent.parent
 CCXT_SCRIPT = Path(__file__).resolve().parent / "ccxt_ohlcv.py"
@@ -152,6 +161,76 @@ def _memoise() -> None:
 
     setattr(personality, "select_klines", select_klines)  # noqa: B010
     setattr(personality, "kline_row", kline_row)  # noqa: B010
+
+
+# --- where candled's CPU goes ------------------------------------------------------------
+
+
+class Stages:
+    """CPU seconds (this thread's) of candled's stages, per call, not per
+    candle, so that the timing costs next to nothing: the codec's parse of a
+    page (JSON decode, rows to candles, closed bars), the Intake's validation,
+    the writer's prepare (rows for COPY), and the cyclic garbage collector."""
+
+    def __init__(self) -> None:
+        self.parse = self.validate = self.prepare = self.gc = 0.0
+        self._gc_started = 0.0
+
+    def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.thread_time()
+        else:
+            self.gc += time.thread_time() - self._gc_started
+
+
+class _TimedCodec(binance.BinanceCodec):
+    def __init__(self, stages: Stages) -> None:
+        super().__init__("binance")
+        self._stages = stages
+
+    def parse_history_page(
+        self, series: SeriesKey, request: HttpRequest, status: int, body: bytes, now: datetime
+    ) -> HistoryPage:
+        started = time.thread_time()
+        try:
+            return super().parse_history_page(series, request, status, body, now)
+        finally:
+            self._stages.parse += time.thread_time() - started
+
+
+class _TimedIntake(Intake):
+    """The validation is the synchronous part of `Intake.__call__` before it
+    hands the good candles to the writer (`put`, timed from its entry)."""
+
+    def __init__(self, writer: CandleWriter, pool: Any, keys: list[SeriesKey], stages: Stages):
+        configured = frozenset(keys)  # as the daemon's: a set, looked up per candle
+        super().__init__(self._put_timed, pool, lambda: configured, "rest")
+        self._writer, self._stages, self._started = writer, stages, 0.0
+
+    async def _put_timed(self, candles: Sequence[Candle]) -> None:
+        self._stages.validate += time.thread_time() - self._started
+        await self._writer.put(candles)
+
+    async def __call__(self, candles: Sequence[Candle]) -> None:
+        self._started = time.thread_time()
+        await super().__call__(candles)
+
+
+class _TimedStore(CandleStore):
+    def __init__(self, pool: Any, stages: Stages) -> None:
+        super().__init__(pool)
+        self._stages = stages
+
+    async def prepare(self, candles: Sequence[Candle]) -> PreparedBatch:
+        # It awaits (and other tasks run) only for a series it has no id for
+        # yet: such a batch, one per series, is not timed.
+        timed = not {c.series for c in candles} - self._ids.keys()
+        started = time.thread_time()
+        try:
+            return await super().prepare(candles)
+        finally:
+            if timed:
+                self._stages.prepare += time.thread_time() - started
 
 
 # --- CPU accounting: who used the two CPUs while a run went on ------------------------
@@ -331,7 +410,8 @@ async def _candled(
     async with db.pool.acquire() as conn:  # a fresh store: no rows, no genesis
         await conn.execute("TRUNCATE candle_data")
         await conn.execute("TRUNCATE series RESTART IDENTITY CASCADE")
-    codec = binance.BinanceCodec("binance")
+    stages = Stages()
+    codec = _TimedCodec(stages)
     symbols = _symbols(n_symbols)
     keys = [SeriesKey(codec.venue, s, TIMEFRAME) for s in symbols]
     scenario = {"seed": 1, "rest": {"weight_per_minute": budget},
@@ -341,8 +421,8 @@ async def _candled(
     page, weight = codec.limits.page_size, codec.limits.request_weight
     needed = needed_requests(page, jobs)
     async with DepthSim(scenario, memo) as sim:
-        writer = CandleWriter(CandleStore(db.pool))  # the daemon's settings
-        intake = Intake(writer.put, db.pool, lambda: keys, "rest")
+        writer = CandleWriter(_TimedStore(db.pool, stages))  # the daemon's settings
+        intake = _TimedIntake(writer, db.pool, keys, stages)
         throttle = VenueThrottle(budget, PERIOD_S, batch)  # the bucket starts full now
         fetcher = Fetcher(sim.rest_url, codec, throttle)
         samples: list[tuple[float, int]] = []
@@ -353,6 +433,7 @@ async def _candled(
                 samples.append((throttle.tokens, throttle.in_batch))
 
         watch = CpuWatch(postmaster)
+        gc.callbacks.append(stages.gc_callback)
         async with fetcher, asyncio.TaskGroup() as tg:
             backfiller = Backfiller(codec, fetcher, intake, db.pool)
             started = time.time()
@@ -367,8 +448,11 @@ async def _candled(
             secs = time.time() - started
             for task in (writing, working, sampling):
                 task.cancel()
+        gc.callbacks.remove(stages.gc_callback)
         counters = await sim.counters()
         cpu = watch.stop(sim.pid)
+        cpu["stages"] = {"parse": stages.parse, "validate": stages.validate,
+                         "prepare": stages.prepare, "gc": stages.gc}  # fmt: skip
     rows = await db.pool.fetchval("SELECT count(*) FROM candle_data")
     failed = [r for r in backfiller.results if not r.complete]
     w = needed * weight
@@ -466,6 +550,19 @@ def _print(r: RunResult) -> None:
             f"{r.mean_in_batch:.1f} of BATCH slots busy on average"
         )
     print(line, flush=True)
+    if "stages" in c:
+        st, per = c["stages"], 1e6 / max(1, r.candles)
+        rest = c["client_cpu_s"] - st["parse"] - st["validate"] - st["prepare"]
+        print(
+            "      candled's CPU s (us a candle): "
+            + ", ".join(
+                f"{k} {st[k]:.1f} ({st[k] * per:.1f})" for k in ("parse", "validate", "prepare")
+            )
+            + f", the rest (HTTP, event loop, backfill, throttle, COPY) {rest:.1f} "
+            f"({rest * per:.1f}); all {c['client_cpu_s']:.1f} ({c['client_cpu_s'] * per:.1f}); "
+            f"the garbage collector, inside those, {st['gc']:.1f} ({st['gc'] * per:.1f})",
+            flush=True,
+        )
     if c["others"]:
         print("      others by CPU s: " + "; ".join(f"{d} {cmd}" for d, cmd in c["others"]))
     if not ok:
