@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import gc
 import json
 import math
 import os
@@ -128,6 +129,25 @@ def _lag_percentiles(before: dict[str, int], after: dict[str, int]) -> dict[str,
         return math.nan
 
     return {"p50": at(0.50), "p99": at(0.99), "max": max(ms for ms, c in counts if c) / 1000}
+
+
+class _GcWatch:
+    """Time spent in the garbage collector (a `gc.callbacks` entry), by generation."""
+
+    def __init__(self) -> None:
+        self.runs: dict[int, int] = {}
+        self.seconds = self.longest = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        self.seconds += took
+        self.longest = max(self.longest, took)
+        generation = info["generation"]
+        self.runs[generation] = self.runs.get(generation, 0) + 1
 
 
 # --- the client (child process) ---------------------------------------------------------
@@ -231,6 +251,8 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
             await asyncio.sleep(w0 - time.time())
             stats.window = (w0, w0 + seconds)
             cpu0, frames0 = _cpu_s(), codec.frames
+            gc_watch = _GcWatch()
+            gc.callbacks.append(gc_watch)
             _emit("start")
             profile = os.environ.get("BENCH_LIVE_PROFILE")  # a file: cProfile the window
             profiler = cProfile.Profile() if profile else None
@@ -241,6 +263,7 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
                 profiler.disable()
                 profiler.dump_stats(profile)
             cpu1, frames1 = _cpu_s(), codec.frames
+            gc.callbacks.remove(gc_watch)
             _emit("end")
             # Bars that closed inside the window may still be on their way.
             expected = n * _closes(w0, seconds, stats.bar_s)
@@ -267,6 +290,9 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
             recv_to_commit=_percentiles(stats.recv_to_commit),
             close_to_recv=_percentiles(stats.close_to_recv),
             cpu_s=cpu1 - cpu0,
+            gc_s=gc_watch.seconds,
+            gc_runs=gc_watch.runs,
+            gc_max_s=gc_watch.longest,
             rss_imports_mb=rss_imports,
             peak_rss_mb=_peak_rss_mb(),
             reconnects=sum(collector.reconnects.values()),
@@ -387,6 +413,11 @@ def _report(mode: Mode, r: dict[str, Any], sim0: dict[str, Any], sim1: dict[str,
         f"  client CPU {r['cpu_s']:.1f} s in {secs} s ({100 * cpu:.0f}% of a core); "
         f"peak RSS {r['peak_rss_mb']:.0f} MB (after imports {r['rss_imports_mb']:.0f} MB); "
         f"reconnects {r['reconnects']}, malformed frames {r['malformed']}"
+    )
+    runs = ", ".join(f"gen{g} x{n}" for g, n in sorted(r["gc_runs"].items()))
+    print(
+        f"  client garbage collector: {r['gc_s']:.2f} s in {secs} s ({runs}), longest "
+        f"{r['gc_max_s'] * 1000:.0f} ms"
     )
     print(
         f"  note: received -> committed includes up to max_age = {max_age * 1000:.0f} ms in the "
