@@ -184,8 +184,8 @@ async def test_an_audit_reads_every_series_bounds_in_one_query(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The oldest and newest bar probe has no time bound, so planning it costs
-    # every chunk of the hypertable: once an audit, not once a series (README,
-    # "Benchmarks", growth).
+    # every chunk of the hypertable: once an audit, not once a series
+    # (bench/growth.py: the incremental audit grew with the store).
     from candled import healer as healer_module
 
     calls: list[list[SeriesKey]] = []
