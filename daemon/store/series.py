@@ -37,7 +37,23 @@ async def ensure_series(
         [k.symbol for k in keys],
         [k.timeframe for k in keys],
     )
-    return {SeriesKey(r["venue"], r["symbol"], r["timeframe"]): r["id"] for r in rows}
+    ids = {SeriesKey(r["venue"], r["symbol"], r["timeframe"]): r["id"] for r in rows}
+    missing = [k for k in keys if k not in ids]
+    if missing:
+        # Rows another transaction inserted while ours waited on them (the
+        # conflict): committed now, but not in the statement's snapshot. A new
+        # statement sees them (READ COMMITTED).
+        rows = await conn.fetch(
+            """SELECT s.id, s.venue, s.symbol, s.timeframe
+               FROM series s
+               JOIN unnest($1::text[], $2::text[], $3::text[]) AS w(venue, symbol, timeframe)
+               USING (venue, symbol, timeframe)""",
+            [k.venue for k in missing],
+            [k.symbol for k in missing],
+            [k.timeframe for k in missing],
+        )
+        ids.update({SeriesKey(r["venue"], r["symbol"], r["timeframe"]): r["id"] for r in rows})
+    return ids
 
 
 async def sync_configured(
