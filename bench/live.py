@@ -28,6 +28,9 @@ all processes on the machine):
 
 close -> received is the simulator and the socket; received -> committed is
 the client (Intake's checks, writer buffering, prepare, COPY + INSERT, commit).
+With BENCH_LIVE_GC_FREEZE=1 the client freezes its heap after the imports
+(`gc.freeze()`), as a daemon could once started, so that no collection walks
+the import heap again.
 With BENCH_LIVE_PROFILE=FILE in the environment the client runs cProfile over
 the window and writes its statistics to FILE (the CPU figures then include
 the profiler's cost).
@@ -184,6 +187,10 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
     except Exception as e:  # others may be mid-edit; the live path does not need it
         imported = f"live path only (candled.app failed to import: {e!r})"
     rss_imports = _peak_rss_mb()
+    frozen = os.environ.get("BENCH_LIVE_GC_FREEZE") == "1"
+    if frozen:  # what a daemon could do once started: the import heap out of every collection
+        gc.collect()
+        gc.freeze()
     logs.configure("warning", "console")  # stdout carries the protocol
 
     mode = MODES[mode_name]
@@ -293,6 +300,7 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
             gc_s=gc_watch.seconds,
             gc_runs=gc_watch.runs,
             gc_max_s=gc_watch.longest,
+            gc_frozen=frozen,
             rss_imports_mb=rss_imports,
             peak_rss_mb=_peak_rss_mb(),
             reconnects=sum(collector.reconnects.values()),
@@ -415,9 +423,10 @@ def _report(mode: Mode, r: dict[str, Any], sim0: dict[str, Any], sim1: dict[str,
         f"reconnects {r['reconnects']}, malformed frames {r['malformed']}"
     )
     runs = ", ".join(f"gen{g} x{n}" for g, n in sorted(r["gc_runs"].items()))
+    frozen = "; import heap frozen (gc.freeze)" if r["gc_frozen"] else ""
     print(
         f"  client garbage collector: {r['gc_s']:.2f} s in {secs} s ({runs}), longest "
-        f"{r['gc_max_s'] * 1000:.0f} ms"
+        f"{r['gc_max_s'] * 1000:.0f} ms{frozen}"
     )
     print(
         f"  note: received -> committed includes up to max_age = {max_age * 1000:.0f} ms in the "
