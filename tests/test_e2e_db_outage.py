@@ -24,6 +24,7 @@ from candled.store.spool import Spool
 from candled_sim.scenario import parse_scenario
 from candled_sim.server import SimExchange
 from tests import pg
+from tests.binance_e2e import HEALING, SYMBOLS, assert_store_equals_truth, scenario
 from tests.daemon_proc import (
     NotifyListener,
     repair_pass,
@@ -35,7 +36,6 @@ from tests.daemon_proc import (
     write_config,
 )
 from tests.pg import free_port
-from tests.test_e2e_collection import HEALING, SYMBOLS, assert_store_equals_truth, scenario
 from tests.waiting import first_request
 
 # Shallow enough for two shared CPUs, deep enough that the backfill outlasts

@@ -80,16 +80,19 @@ def sim_requests(sim: SimExchange) -> int:
 
 
 async def first_request(
-    sim: SimExchange, within: float = 120, before: int | None = None
+    sim: SimExchange,
+    within: float = 120,
+    before: int | None = None,
+    now: Callable[[], datetime] = clock.now,
 ) -> datetime:
     """Wait for a REST request past the `before` first ones (default: those
-    so far); an instant at or after it.
+    so far); an instant at or after it, read from `now` (the simulator's clock).
 
     A venue runtime computes its lookback start before it queues the jobs
     that ask: their start is at most `lookback` before this instant."""
     n = sim_requests(sim) if before is None else before
     await until(lambda: sim_requests(sim) > n, within, "a first REST request")
-    return clock.now()
+    return now()
 
 
 async def series_status(dsn: str) -> dict[SeriesKey, tuple[str, int | None]]:
