@@ -28,9 +28,9 @@ all processes on the machine):
 
 close -> received is the simulator and the socket; received -> committed is
 the client (Intake's checks, writer buffering, prepare, COPY + INSERT, commit).
-With BENCH_LIVE_GC_FREEZE=1 the client freezes its heap after the imports
-(`gc.freeze()`), as a daemon could once started, so that no collection walks
-the import heap again.
+The client freezes its heap after the imports (`gc.freeze()`), as the daemon
+does once started, so that no collection walks the import heap again;
+BENCH_LIVE_GC_FREEZE=0 leaves it unfrozen, to show the collector's share.
 With BENCH_LIVE_PROFILE=FILE in the environment the client runs cProfile over
 the window and writes its statistics to FILE (the CPU figures then include
 the profiler's cost).
@@ -187,8 +187,8 @@ async def _client(dsn: str, ws_url: str, mode_name: str, max_age: float | None) 
     except Exception as e:  # others may be mid-edit; the live path does not need it
         imported = f"live path only (candled.app failed to import: {e!r})"
     rss_imports = _peak_rss_mb()
-    frozen = os.environ.get("BENCH_LIVE_GC_FREEZE") == "1"
-    if frozen:  # what a daemon could do once started: the import heap out of every collection
+    frozen = os.environ.get("BENCH_LIVE_GC_FREEZE") != "0"
+    if frozen:  # as the daemon once started (app.Daemon): the import heap out of every collection
         gc.collect()
         gc.freeze()
     logs.configure("warning", "console")  # stdout carries the protocol

@@ -9,6 +9,7 @@ exits at once); SIGHUP reloads the config and applies only the difference.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -164,6 +165,12 @@ class Daemon:
                             sup.start("leases", self._keeper.run)
                         for venue in self.config.venues:
                             self._start_venue(venue.name)
+                        # What start-up allocated (modules, config, codecs)
+                        # lives as long as the process: out of the collector's
+                        # way, full collections no longer walk it (up to
+                        # 350 ms pauses a few times a minute with 2,000 1s
+                        # streams, bench live).
+                        gc.freeze()
                         self.notifier.ready(self._status_line())
                         log.info("candled running", venues=len(self.runtimes),
                                  series=len(self.config.series_specs()),
