@@ -38,6 +38,7 @@ log = logs.get("candled.cluster")
 # fifth of the TTL sooner, for clock drift and the time it takes to stop.
 MARGIN = 0.2
 RETRY_S = 1.0  # after a failed renewal, try again this soon (bounded by TTL/3)
+WATCH_SLACK_S = 0.05  # look at a member's expiry this long after it
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class LeaseKeeper:
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._failing = False
+        # When the first other member expires unless it renews (monotonic):
+        # looking again just then takes a dead member's series over TTL after
+        # its last renewal, not up to a third of the TTL later.
+        self._watch_at: float | None = None
 
     @property
     def interval_s(self) -> float:
@@ -99,6 +104,9 @@ class LeaseKeeper:
             bans = await leases.bans(conn)
             if names != [m.instance for m in before.members]:
                 await leases.notify(conn, me)
+        seen = time.monotonic()  # after the database's now(): a late-side estimate
+        others = [m.expires_in_s for m in members if m.instance != me]
+        self._watch_at = seen + min(others) + WATCH_SLACK_S if others else None
         self.valid_until = started + self.ttl_s * (1 - MARGIN)
         owned = frozenset(configured[s] for s in held)
         self._count(before.owned, owned, {configured[s] for s in mine})
@@ -193,6 +201,8 @@ class LeaseKeeper:
                 wait = self.interval_s if ok else min(RETRY_S, self.interval_s)
                 if self.view.owned:
                     wait = min(wait, max(self.valid_until - now, 0.0))
+                if ok and self._watch_at is not None and self._watch_at > now:
+                    wait = min(wait, self._watch_at - now)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()

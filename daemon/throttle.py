@@ -44,10 +44,14 @@ class VenueThrottle:
         clock: Clock = clock.epoch,
         sleep: Sleep = asyncio.sleep,
         banned_until: float | None = None,
+        ip_capacity: int | None = None,
     ) -> None:
         self._clock = clock  # epoch seconds: venue windows and bans are wall-clock times
         self._sleep = sleep
         self.capacity = capacity
+        # The whole IP's budget, which the venue's reported counts measure;
+        # larger than `capacity` when instances share it (`shared_budget`).
+        self.ip_capacity = ip_capacity or capacity
         self.period_s = period_s
         self.window_s = window_s
         self._tokens = float(capacity)
@@ -55,7 +59,8 @@ class VenueThrottle:
         self.blocked_until = 0.0  # 429: nothing before this (epoch seconds)
         self.banned_until = banned_until or 0.0  # 418
         self._window_end = 0.0
-        self._window_used = 0  # weight spent in the current window, by the larger count
+        self._window_used = 0  # weight the IP spent in the current window, by the larger count
+        self._window_own = 0  # weight this throttle let through in it
         self._window_accepted = 0  # the most the venue reported and still accepted in it
         self._learned_budget: int | None = None  # the venue's budget per window, from a 429
         self._batch = batch
@@ -64,7 +69,9 @@ class VenueThrottle:
         self.rate_limited = 0  # 429s seen
         self.bans = 0  # 418s seen
 
-    def configure(self, capacity: int, period_s: float, batch: int) -> None:
+    def configure(
+        self, capacity: int, period_s: float, batch: int, ip_capacity: int | None = None
+    ) -> None:
         """Apply new limits (config reload) without losing current state.
 
         A budget learned from a 429 is forgotten: the operator has just said
@@ -73,6 +80,7 @@ class VenueThrottle:
         self._refill()
         self._tokens = min(self._tokens, capacity)
         self.capacity, self.period_s, self._batch = capacity, period_s, batch
+        self.ip_capacity = ip_capacity or capacity
         self._learned_budget = None
         self._wake_batch_waiters()  # a raised batch frees slots at once
 
@@ -89,9 +97,15 @@ class VenueThrottle:
 
     @property
     def window_budget(self) -> float:
-        """Weight the throttle lets through in one venue window."""
-        ours = self.capacity * self.window_s / self.period_s
+        """Weight the IP may spend in one venue window (what the venue counts)."""
+        ours = self.ip_capacity * self.window_s / self.period_s
         return ours if self._learned_budget is None else min(ours, self._learned_budget)
+
+    @property
+    def own_window_budget(self) -> float:
+        """Weight this throttle lets through in one venue window: all of the
+        IP's budget, or its share when instances share it."""
+        return min(self.capacity * self.window_s / self.period_s, self.window_budget)
 
     def _refill(self) -> None:
         now = self._clock()
@@ -102,7 +116,7 @@ class VenueThrottle:
     def _roll_window(self, now: float) -> None:
         if now >= self._window_end:
             self._window_end = (now // self.window_s + 1) * self.window_s
-            self._window_used = self._window_accepted = 0
+            self._window_used = self._window_accepted = self._window_own = 0
 
     def delay(self, weight: int) -> float:
         """Seconds until a request of `weight` may go (0: now)."""
@@ -112,7 +126,12 @@ class VenueThrottle:
             return pause + _SKEW_S
         self._roll_window(now)
         # A fresh window always admits one request, however small the budget.
-        if self._window_used and self._window_used + weight > self.window_budget:
+        # The venue's count is the whole IP's: it is held against the IP's
+        # budget, and what we spent against our share of it.
+        if self._window_used and (
+            self._window_used + weight > self.window_budget
+            or self._window_own + weight > self.own_window_budget
+        ):
             return self._window_end - now + _SKEW_S
         self._refill()
         # With a tolerance: float rounding after sleeping exactly the computed time
@@ -130,6 +149,7 @@ class VenueThrottle:
             await self._sleep(wait)
         self._tokens -= weight
         self._window_used += weight
+        self._window_own += weight
         return self._clock()
 
     def observe(self, facts: RateFacts, sent_at: float | None = None) -> None:

@@ -81,8 +81,9 @@ class VenueRuntime:
         self._db = db
         self._writer = writer
         self.throttle = VenueThrottle(
-            self._capacity(), venue.rate_period.total_seconds(), venue.batch
-        )
+            self._capacity(), venue.rate_period.total_seconds(), venue.batch,
+            ip_capacity=venue.rate_capacity,
+        )  # fmt: skip
         self.fetcher = Fetcher(
             venue.rest_url,
             self.codec,
@@ -167,7 +168,8 @@ class VenueRuntime:
     def configure(self, venue: VenueConfig) -> None:
         """Apply new limits (reload) to the running throttle and collector."""
         self.config = venue
-        self.throttle.configure(self._capacity(), venue.rate_period.total_seconds(), venue.batch)
+        self.throttle.configure(self._capacity(), venue.rate_period.total_seconds(), venue.batch,
+                                venue.rate_capacity)  # fmt: skip
         if self.collector is not None:
             self.collector.settings.idle_timeout_s = venue.idle_timeout.total_seconds()
         if self.poller is not None:

@@ -253,3 +253,21 @@ def test_message_pacer_leaves_room_for_control_frames(cap: float, allowed: int) 
     assert most_in_one_second(sent) == allowed
     assert sent[allowed - 1] == sent[0], "a burst up to the allowance goes at once"
     assert sent[-1] - sent[0] < 40 / allowed + 1, "and the pacer does not crawl"
+
+
+async def test_a_shared_budget_holds_the_ips_count_against_the_ips_budget() -> None:
+    """Three instances share 600 a minute (200 each): the venue's count is the
+    whole IP's, so 250 reported (the others' spending) must not stop us, while
+    our own spending stops at our 200 and the IP's at 600."""
+    time = FakeTime(WINDOW_START + 10)
+    t = throttle(time, capacity=200, period_s=60, ip_capacity=600)
+    sent_at = await t.acquire(2)
+    t.observe(facts(used=250), sent_at=sent_at)
+    assert t.delay(2) == 0
+    for _ in range(99):
+        await t.acquire(2)  # our 200 in all; the bucket refills meanwhile
+    assert t.delay(2) == pytest.approx(WINDOW_START + 60 - time.t + SKEW)  # our share is spent
+    time.t = WINDOW_START + 70  # next window
+    sent_at = await t.acquire(2)
+    t.observe(facts(used=599), sent_at=sent_at)  # the others spent the rest
+    assert t.delay(2) == pytest.approx(50 + SKEW)

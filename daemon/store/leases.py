@@ -43,6 +43,7 @@ class Member:
     renewed_at: datetime
     expires_at: datetime
     live: bool  # expires_at is still ahead, by the database's clock
+    expires_in_s: float  # from the database's now(): negative once dead
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ async def members(conn: asyncpg.Connection) -> list[Member]:
     """Every recorded member, live or not, ordered by instance id."""
     rows = await conn.fetch(
         """SELECT instance, host, pid, health, version, started_at, renewed_at, expires_at,
-                  expires_at > now() AS live
+                  expires_at > now() AS live,
+                  extract(epoch FROM expires_at - now())::float8 AS expires_in_s
            FROM cluster_members ORDER BY instance"""
     )
     return [Member(**dict(r)) for r in rows]
