@@ -6,6 +6,10 @@ python -m bench live --writer-max-age 0.05
 python -m bench live --live-mode 1m  # 10,000 1m streams only (default: 1s, then 1m)
 python -m bench growth --sizes 1M,10M   # growth (default 1M,10M,50M): only when named,
                                         # or when --sizes is given
+python -m bench depth                   # backfill at depth: 100 x 200 days of 1m, and ccxt
+                                        # (knobs: python -m bench.depth --help)
+python -m bench takeover                # kill -9 take-over, shared budget
+                                        # (knobs: python -m bench.takeover --help)
 make bench BENCH=growth BENCH_SIZES=1M,10M,50M
 """
 
@@ -22,7 +26,7 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from bench import audit, backfill, growth, live, writer
+from bench import audit, backfill, depth, growth, live, takeover, writer
 from candled import logs
 from candled.store.cluster import PostgresCluster
 
@@ -32,9 +36,13 @@ BENCHMARKS: dict[str, Callable[[str], Awaitable[None]]] = {
     "live": live.run,
     "audit": audit.run,
     "growth": growth.run,
+    "depth": depth.run,
+    "takeover": takeover.run,
 }
-# Run only when named: the 50M store takes a quarter of an hour and ~10 GB of disk.
-ON_REQUEST = ("growth",)
+# Run only when named: the 50M store takes a quarter of an hour and ~10 GB of
+# disk, the depth backfill (28.8M candles) about as long, the take-overs ten
+# minutes with three daemons a run.
+ON_REQUEST = ("growth", "depth", "takeover")
 
 
 async def fresh_database(admin_dsn: str, name: str) -> str:
