@@ -80,6 +80,7 @@ class LeaseKeeper:
         # looking again just then takes a dead member's series over TTL after
         # its last renewal, not up to a third of the TTL later.
         self._watch_at: float | None = None
+        self._plan: tuple[tuple[frozenset[str], tuple[str, ...]], list[str]] | None = None
 
     @property
     def interval_s(self) -> float:
@@ -90,6 +91,14 @@ class LeaseKeeper:
         """Renew now (the configured series changed, say)."""
         self._wake.set()
 
+    def _mine(self, configured: Collection[str], members: list[str]) -> list[str]:
+        """This instance's share, recomputed only when the series or the
+        members changed (10,000 series over 10 members take ~0.1 s)."""
+        basis = (frozenset(configured), tuple(members))
+        if self._plan is None or self._plan[0] != basis:
+            self._plan = (basis, sorted(share(configured, members, self.identity.instance)))
+        return self._plan[1]
+
     async def renew(self) -> View:
         """One renewal: membership, leases, bans (`on_view` is the caller's to call)."""
         started = time.monotonic()
@@ -99,7 +108,7 @@ class LeaseKeeper:
         async with self._pool.acquire() as conn, conn.transaction():
             members = await leases.heartbeat(conn, self.identity, self.ttl_s)
             names = [m.instance for m in members]
-            mine = sorted(share(configured, names, me))
+            mine = self._mine(configured, names)
             held = await leases.claim(conn, me, mine, self.ttl_s)
             bans = await leases.bans(conn)
             if names != [m.instance for m in before.members]:
