@@ -61,6 +61,7 @@ fuzz: .venv/.synced
 BENCH ?=
 BENCH_SIZES ?=
 bench: .venv/.synced timescaledb
+	$(if $(filter depth,$(BENCH)),sh bench/ccxt-env.sh)
 	$(PY) -m bench $(BENCH) $(if $(BENCH_SIZES),--sizes $(BENCH_SIZES))
 
 # Kills, database outages and venue faults at random for CHAOS_MINUTES, then
