@@ -44,8 +44,11 @@ sim: .venv/.synced
 	$(PY) -m candled sim --listen $(SIM_LISTEN) --protocol $(SIM_PROTOCOL)
 
 # Two workers, a test file each: the end-to-end tests mostly wait on the clock.
+# Files in collection order: xdist would otherwise hand out the files with the
+# most tests first, and so the slow end-to-end files (one to four tests each)
+# last, where the worker that draws the longest one runs on alone.
 test: .venv/.synced timescaledb chromium prometheus
-	.venv/bin/pytest -q -n 2 --dist loadfile
+	.venv/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The fuzz tests (codecs, validator, scenario loader, spool reader, config loader) with FUZZ_EXAMPLES examples
 # each, not the bounded number `make test` runs; statistics say how many ran, how fast.
