@@ -352,6 +352,9 @@ class CandleWriter:
             log.warning("candles quarantined", source="spool", count=len(bad),
                         first=str(bad[0][0].series), reason=bad[0][1])  # fmt: skip
         async with self._changed:
+            # Written: the store takes candles again. Said before the ack,
+            # which empties the spool while this task waits on its thread.
+            self._error = None
             before = spool.pending_candles
             await asyncio.to_thread(spool.ack, last)
             done = before - spool.pending_candles  # damaged records skipped count too
