@@ -7,7 +7,8 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,8 +17,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from candled import clock
 from candled.domain import SeriesKey, Timeframe
 from candled.gaps import SETTLE
+from candled_sim.scenario import parse_scenario
+from candled_sim.server import SimExchange
 from tests.daemon_proc import REPO, compare_with_truth, series_toml, venue_toml, write_config
 from tests.pg import free_port
 from tests.waiting import log_events, tail, until
@@ -27,6 +31,9 @@ TIMEFRAMES = ["1s", "1m"]
 KEYS = [SeriesKey("binance", s, tf) for s in SYMBOLS for tf in TIMEFRAMES]  # a dozen
 NAMES = {str(k) for k in KEYS}
 LOOKBACK = "10m"
+# Stores are compared from this long before the start: inside every heal
+# cycle's lookback (LOOKBACK) for the whole test.
+WINDOW = timedelta(minutes=6)
 BOUND_S = 240  # only stops a hang
 
 
@@ -210,3 +217,51 @@ def settled_before(t: datetime) -> datetime:
 def wall() -> datetime:
     """The wall clock, as log timestamps have it (`clock.now()` may run shifted in tests)."""
     return datetime.now(UTC)
+
+
+@dataclass
+class Cluster:
+    """Three instances on one simulator, and what the tests read them with."""
+
+    sim: SimExchange
+    instances: list[Instance]
+    session: aiohttp.ClientSession
+    started: datetime  # before the first instance started (the simulator's clock)
+
+    async def stop(self) -> None:
+        """SIGTERM every running instance: each exits 0."""
+        for inst in self.instances:
+            if inst.running:
+                assert await inst.signal(signal.SIGTERM) == 0, inst.tail()
+
+
+@asynccontextmanager
+async def three_instances(tmp: Path, dsn: str, ttl_s: int) -> AsyncIterator[Cluster]:
+    """Start the simulator and three clustered instances on `dsn`; on the way
+    out, kill whatever still runs."""
+    sim = SimExchange(parse_scenario(scenario(), clock.now()))
+    _, port = await sim.start("127.0.0.1", 0)
+    instances = make_instances(tmp, port, 3, lease_ttl=f"{ttl_s}s")
+    started = clock.now()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for inst in instances:
+                await inst.start(dsn)
+            yield Cluster(sim, instances, session, started)
+    finally:
+        for inst in instances:
+            if inst.running:
+                assert inst.proc is not None
+                inst.proc.kill()
+                await inst.proc.wait()
+        await sim.stop()
+
+
+async def healed_equals_truth(
+    conn: asyncpg.Connection, cluster: Cluster, instances: Sequence[Instance], hi: datetime
+) -> None:
+    """Once bars up to `hi` have settled and every running instance has run a
+    heal cycle judging them, the store equals the truth from the lookback to `hi`."""
+    await until(lambda: settled_before(clock.now()) > hi, BOUND_S, "bars to settle")
+    await wait_heal_cycle(instances, wall())
+    await assert_store_equals_truth(conn, cluster.sim.truth, cluster.started - WINDOW, hi)

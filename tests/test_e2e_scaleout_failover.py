@@ -11,43 +11,28 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 
 from candled import clock
-from candled_sim.scenario import parse_scenario
-from candled_sim.server import SimExchange
 from tests.scaleout import (
     BOUND_S,
     assert_one_owner_each,
-    assert_store_equals_truth,
+    healed_equals_truth,
     lease_holders,
-    make_instances,
-    scenario,
-    settled_before,
-    wait_heal_cycle,
+    three_instances,
     wait_settled,
-    wall,
 )
 from tests.waiting import until
 
 TTL_S = 6
 ACQUIRED = "candled_lease_acquisitions_total"
-# Compared from this long before the start: inside every heal cycle's
-# lookback (10m) for the whole test.
-WINDOW = timedelta(minutes=6)
 
 
 async def test_kill_9_of_one_of_three_instances(migrated: str, tmp_path: Path) -> None:
-    sim = SimExchange(parse_scenario(scenario(), clock.now()))
-    _, port = await sim.start("127.0.0.1", 0)
-    instances = make_instances(tmp_path, port, 3, lease_ttl=f"{TTL_S}s")
-    started = clock.now()
     conn = await asyncpg.connect(migrated)
     try:
-        async with aiohttp.ClientSession() as session:
-            for inst in instances:
-                await inst.start(migrated)
+        async with three_instances(tmp_path, migrated, TTL_S) as cluster:
+            instances, session = cluster.instances, cluster.session
             await wait_settled(conn, instances, session)
             # Sampled over a few renewals: one owner each, and the table and
             # every instance agree.
@@ -85,23 +70,14 @@ async def test_kill_9_of_one_of_three_instances(migrated: str, tmp_path: Path) -
             after = [await i.metric(session, ACQUIRED) for i in survivors]
             assert sum(after) - sum(acquired) == len(orphaned), (acquired, after, orphaned)
 
-            # A heal cycle judging past the take-over, on every survivor, then
-            # the store equals the truth from the lookback to that point.
-            hi = killed + timedelta(seconds=2 * TTL_S)
-            await until(lambda: settled_before(clock.now()) > hi, BOUND_S, "the hole to settle")
-            await wait_heal_cycle(survivors, wall())
-            await assert_store_equals_truth(conn, sim.truth, started - WINDOW, hi)
+            # A heal cycle judging past the take-over, on every survivor.
+            await healed_equals_truth(
+                conn, cluster, survivors, killed + timedelta(seconds=2 * TTL_S)
+            )
             await assert_one_owner_each(conn, survivors, session)
-            for inst in survivors:
-                assert await inst.signal(signal.SIGTERM) == 0, inst.tail()
+            await cluster.stop()
             # Hand-overs leave nothing behind as hostile input: answers about
             # a series given away are dropped, not quarantined.
             assert await conn.fetchval("SELECT count(*) FROM quarantine") == 0
     finally:
-        for inst in instances:
-            if inst.running:
-                assert inst.proc is not None
-                inst.proc.kill()
-                await inst.proc.wait()
         await conn.close()
-        await sim.stop()

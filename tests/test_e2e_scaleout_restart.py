@@ -6,45 +6,31 @@ from __future__ import annotations
 
 import signal
 import time
-from datetime import timedelta
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 
 from candled import clock
-from candled_sim.scenario import parse_scenario
-from candled_sim.server import SimExchange
 from tests.scaleout import (
     BOUND_S,
     assert_one_owner_each,
-    assert_store_equals_truth,
+    healed_equals_truth,
     lease_holders,
-    make_instances,
-    scenario,
-    settled_before,
-    wait_heal_cycle,
+    three_instances,
     wait_settled,
-    wall,
 )
 from tests.waiting import log_events, until
 
 TTL_S = 30  # the default: an expiry could not explain a take-over within TTL - TTL/3
-WINDOW = timedelta(minutes=6)  # compared from this long before the start (lookback 10m)
 
 
 async def test_sigterm_hands_over_and_a_rolling_restart_loses_nothing(
     migrated: str, tmp_path: Path
 ) -> None:
-    sim = SimExchange(parse_scenario(scenario(), clock.now()))
-    _, port = await sim.start("127.0.0.1", 0)
-    instances = make_instances(tmp_path, port, 3, lease_ttl=f"{TTL_S}s")
-    started = clock.now()
     conn = await asyncpg.connect(migrated)
     try:
-        async with aiohttp.ClientSession() as session:
-            for inst in instances:
-                await inst.start(migrated)
+        async with three_instances(tmp_path, migrated, TTL_S) as cluster:
+            instances, session = cluster.instances, cluster.session
             await wait_settled(conn, instances, session)
             shares = await assert_one_owner_each(conn, instances, session)
             assert len(shares) == 3
@@ -77,11 +63,8 @@ async def test_sigterm_hands_over_and_a_rolling_restart_loses_nothing(
             rolled = clock.now()
             await assert_one_owner_each(conn, instances, session)
 
-            await until(lambda: settled_before(clock.now()) > rolled, BOUND_S, "bars to settle")
-            await wait_heal_cycle(instances, wall())
-            await assert_store_equals_truth(conn, sim.truth, started - WINDOW, rolled)
-            for inst in instances:
-                assert await inst.signal(signal.SIGTERM) == 0, inst.tail()
+            await healed_equals_truth(conn, cluster, instances, rolled)
+            await cluster.stop()
             # The hand-overs alone (subscribe, then catch up from the newest
             # stored bar) left no hole: no heal cycle had anything to fetch.
             cycles = [e for i in instances for log in i.logs
@@ -91,10 +74,4 @@ async def test_sigterm_hands_over_and_a_rolling_restart_loses_nothing(
             assert await conn.fetchval("SELECT count(*) FROM series_leases") == 0
             assert await conn.fetchval("SELECT count(*) FROM cluster_members") == 0
     finally:
-        for inst in instances:
-            if inst.running:
-                assert inst.proc is not None
-                inst.proc.kill()
-                await inst.proc.wait()
         await conn.close()
-        await sim.stop()
