@@ -3,7 +3,9 @@ through `BinanceCodec.parse_history`, then `validate.problem` on each candle.
 
 python -m bench.parse                 # best of 30 rounds of 20 pages
 python -m bench.parse --rounds 5 --pages 4
-valgrind --tool=callgrind python -m bench.parse --rounds 1 --pages 20
+# instructions: the difference between two page counts (start-up cancels out)
+valgrind --tool=callgrind python -m bench.parse --rounds 1 --pages 2
+valgrind --tool=callgrind python -m bench.parse --rounds 1 --pages 12
 
 The page is the simulator's wire (`candled_sim.binance.wire.kline_row`): the
 bytes a backfill decodes at depth. Timing is best-of-N (the machine is shared).

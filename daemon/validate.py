@@ -7,28 +7,45 @@ exists (bars outside the calendar are kept); these checks are about values.
 
 from __future__ import annotations
 
-import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from math import isfinite
 
 from candled.domain import Candle
-from candled.domain.timeframe import require_utc
+from candled.domain.timeframe import EPOCH, require_utc
 
 # Venue and host clocks differ a little; a bar may close this far "ahead".
 CLOCK_SKEW = timedelta(seconds=5)
+_ONE_US = timedelta(microseconds=1)
 
 
 def problem(candle: Candle, now: datetime, skew: timedelta = CLOCK_SKEW) -> str | None:
     """Why `candle` must not be stored, or None when it is sane."""
-    prices = (candle.open, candle.high, candle.low, candle.close)
-    if not all(math.isfinite(p) and p > 0 for p in prices):
+    o, h, low, c, v = candle.open, candle.high, candle.low, candle.close, candle.volume
+    # Spelled out (not a loop over a tuple): this runs on every candle stored.
+    if not (isfinite(o) and o > 0 and isfinite(h) and h > 0):
         return "price not finite and positive"
-    if not (math.isfinite(candle.volume) and candle.volume >= 0):
+    if not (isfinite(low) and low > 0 and isfinite(c) and c > 0):
+        return "price not finite and positive"
+    if not (isfinite(v) and v >= 0):
         return "volume not finite and non-negative"
-    if candle.high < max(candle.open, candle.close):
+    if h < max(o, c):
         return "high below open or close"
-    if candle.low > min(candle.open, candle.close):
+    if low > min(o, c):
         return "low above open or close"
     tf, ts, opens = candle.series.tf, candle.ts, None
+    step_us, length = tf.step_us, tf.length
+    if step_us and length is not None and type(ts) is datetime and ts.tzinfo is UTC:
+        # What every source hands in (a UTC datetime, a fixed-length bar): the
+        # checks below in integer microseconds, without the calls.
+        if ((ts - EPOCH) // _ONE_US - tf.origin_us) % step_us:
+            return f"ts not aligned to {candle.series.timeframe}"
+        try:
+            close = ts + length
+        except OverflowError:
+            return "bar closes in the future"  # after year 9999, past any clock
+        if close - require_utc(now) > skew:
+            return "bar closes in the future"
+        return None
     try:
         ts = require_utc(ts)
         opens = tf.floor(ts)  # the bar holding `ts`; `ts` must be its open

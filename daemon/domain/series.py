@@ -26,9 +26,12 @@ class SeriesKey:
     timeframe: str
     # Hashed once: the writer and collectors look keys up per candle.
     _hash: int = field(init=False, repr=False, compare=False)
+    # Parsed once: bar arithmetic asks for it several times a candle.
+    _tf: Timeframe = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        Timeframe.parse(self.timeframe)  # reject bad timeframes at the boundary
+        # Parsing rejects bad timeframes at the boundary.
+        object.__setattr__(self, "_tf", Timeframe.parse(self.timeframe))
         object.__setattr__(self, "_hash", hash((self.venue, self.symbol, self.timeframe)))
 
     def __hash__(self) -> int:
@@ -37,7 +40,7 @@ class SeriesKey:
     @property
     def tf(self) -> Timeframe:
         """The timeframe, parsed, for bar arithmetic."""
-        return Timeframe.parse(self.timeframe)
+        return self._tf
 
     @classmethod
     def parse(cls, text: str) -> SeriesKey:

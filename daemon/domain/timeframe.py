@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -29,6 +29,8 @@ _PARSED: dict[str, Timeframe] = {}
 
 def require_utc(ts: datetime, what: str = "timestamp") -> datetime:
     """Return `ts` converted to UTC; reject naive datetimes."""
+    if ts.tzinfo is UTC:  # hot, and what astimezone(UTC) returns it as: `ts` itself
+        return ts
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware (UTC), got naive {ts.isoformat()}")
     return ts.astimezone(UTC)
@@ -40,6 +42,22 @@ class Timeframe:
 
     count: int
     unit: str  # one of s m h d w M
+    # Derived once (bar arithmetic runs per candle): the bar length and a bar
+    # open of the grid (the epoch; Monday 1970-01-05 for `1w`) in microseconds
+    # since the epoch (0 and 0 for `1M`), and the length as a timedelta (None
+    # for `1M`).
+    step_us: int = field(init=False, repr=False, compare=False)
+    origin_us: int = field(init=False, repr=False, compare=False)
+    length: timedelta | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        monthly = self.unit == "M"
+        step_s = 0 if monthly else self.count * _UNIT_SECONDS[self.unit]
+        object.__setattr__(self, "step_us", step_s * 1_000_000)
+        object.__setattr__(
+            self, "origin_us", _MONDAY_OFFSET_S * 1_000_000 if self.unit == "w" else 0
+        )
+        object.__setattr__(self, "length", None if monthly else timedelta(seconds=step_s))
 
     @classmethod
     def parse(cls, text: str) -> Timeframe:
@@ -79,15 +97,17 @@ class Timeframe:
     def floor(self, ts: datetime) -> datetime:
         """Open time of the bar that contains `ts`."""
         ts = require_utc(ts)
-        if self.is_monthly:
+        step_us = self.step_us
+        if not step_us:  # monthly
             months = ts.year * 12 + ts.month - 1
             months -= months % self.count
             return datetime(months // 12, months % 12 + 1, 1, tzinfo=UTC)
         # Integer microseconds keep this exact for any timestamp.
-        origin_us = _MONDAY_OFFSET_S * 1_000_000 if self.unit == "w" else 0
-        step_us = self.count * _UNIT_SECONDS[self.unit] * 1_000_000
-        us = (ts - EPOCH) // _ONE_US - origin_us
-        return EPOCH + timedelta(microseconds=us - us % step_us + origin_us)
+        us = (ts - EPOCH) // _ONE_US - self.origin_us
+        offset = us % step_us
+        if not offset and type(ts) is datetime and not ts.fold:
+            return ts  # already a bar open (and the very value computed below)
+        return EPOCH + timedelta(microseconds=us - offset + self.origin_us)
 
     def ceil(self, ts: datetime) -> datetime:
         """First bar open time at or after `ts`."""
@@ -101,10 +121,11 @@ class Timeframe:
     def add(self, ts: datetime, n: int) -> datetime:
         """Shift an aligned open time by `n` bars (n may be negative)."""
         ts = require_utc(ts)
-        if self.is_monthly:
+        step = self.length
+        if step is None:  # monthly
             months = ts.year * 12 + ts.month - 1 + n * self.count
             return datetime(months // 12, months % 12 + 1, 1, tzinfo=UTC)
-        return ts + timedelta(seconds=n * self.seconds)
+        return ts + (step if n == 1 else step * n)
 
     def next(self, ts: datetime) -> datetime:
         """Open time of the bar after the one containing `ts`."""

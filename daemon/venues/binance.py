@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from math import isfinite
 from typing import Any
 
 from candled.domain import Candle, SeriesKey, Timeframe
-from candled.domain.timeframe import SUPPORTED
+from candled.domain.timeframe import EPOCH, SUPPORTED, require_utc
 from candled.venues.base import (
     CodecBase,
     CodecError,
@@ -37,8 +38,8 @@ from candled.venues.stream import (
     StreamLimits,
 )
 from candled.venues.wire import (
+    FAST_MS_BEFORE,
     bar_at_ms,
-    closed_by,
     decimal_string,
     header_count,
     json_array,
@@ -67,6 +68,7 @@ USED_WEIGHT_HEADER = "x-mbx-used-weight-1m"
 _INTERVALS = frozenset(SUPPORTED)
 _URL_STREAMS = "?streams="
 _MAX_KEYS = 1 << 16  # series keys a stream codec remembers
+_ONE_US = timedelta(microseconds=1)
 
 
 class BinanceCodec(CodecBase):
@@ -118,8 +120,7 @@ class BinanceCodec(CodecBase):
         payload = json_or_none(body)
         if status != 200:
             raise _venue_error(status, payload)
-        rows = enumerate(json_array(payload, "klines"))
-        return closed_by((_row_candle(series, series.tf, row, i) for i, row in rows), now)
+        return _closed_candles(series, json_array(payload, "klines"), now)
 
     def rate_facts(self, status: int, headers: Mapping[str, str]) -> RateFacts:
         """The used weight header, Retry-After, 429 (over budget) and 418 (a ban)."""
@@ -233,6 +234,52 @@ class BinanceStream(StreamCodecBase):
                 break
             named += 1
         return named
+
+
+def _closed_candles(series: SeriesKey, rows: list[Any], now: datetime) -> list[Candle]:
+    """`closed_by(_row_candle(...) for each row)`, with a fast path (a page is
+    a thousand rows, a backfill millions): a row of an int open time on the
+    fixed-length grid before year 9000 and five decimal strings whose floats
+    are finite is read here, its close compared in integer microseconds;
+    any other row goes the general way, which raises what it always has."""
+    tf = series.tf
+    now = require_utc(now)
+    now_us = (now - EPOCH) // _ONE_US
+    step_ms, origin_ms = tf.step_us // 1000, tf.origin_us // 1000
+    closed: list[Candle] = []
+    for index, row in enumerate(rows):
+        if type(row) is list and len(row) >= 6 and step_ms:
+            ms, a, b, c, d, e = row[0], row[1], row[2], row[3], row[4], row[5]
+            if (
+                type(ms) is int
+                and 0 <= ms < FAST_MS_BEFORE
+                and not (ms - origin_ms) % step_ms
+                and type(a) is str
+                and type(b) is str
+                and type(c) is str
+                and type(d) is str
+                and type(e) is str
+            ):
+                try:
+                    o, h, low, cl, v = float(a), float(b), float(c), float(d), float(e)
+                except ValueError:
+                    pass  # the general way names the field
+                else:
+                    # A sum of finite floats may overflow: then the general way.
+                    if isfinite(o + h + low + cl + v):
+                        if (ms + step_ms) * 1000 <= now_us:
+                            ts = EPOCH + timedelta(milliseconds=ms)
+                            closed.append(Candle(series, ts, o, h, low, cl, v))
+                        continue
+        candle = _row_candle(series, tf, row, index)
+        if tf.close_time(candle.ts) <= now:
+            closed.append(candle)
+    closed.sort(key=_open_time)
+    return closed
+
+
+def _open_time(candle: Candle) -> datetime:
+    return candle.ts
 
 
 def _row_candle(series: SeriesKey, tf: Timeframe, row: object, index: int) -> Candle:

@@ -155,26 +155,16 @@ def _epoch_integer(value: object, unit: str) -> int:
 # Open times before this (year 9000) are checked by arithmetic on the
 # milliseconds (a stream sends thousands a second); later ones, near the end
 # of what a datetime holds, the general way.
-_FAST_MS_BEFORE = (datetime(9000, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(milliseconds=1)
-# Fixed-length timeframe -> (a bar open, bar length), in ms since the epoch.
-_GRID_MS: dict[Timeframe, tuple[int, int]] = {}
-
-
-def _grid_ms(tf: Timeframe) -> tuple[int, int]:
-    grid = _GRID_MS.get(tf)
-    if grid is None:
-        grid = _GRID_MS[tf] = (to_ms(tf.floor(EPOCH)), tf.seconds * 1000)
-    return grid
+FAST_MS_BEFORE = (datetime(9000, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(milliseconds=1)
 
 
 def bar_at_ms(tf: Timeframe, value: object) -> datetime:
     """The bar of `tf` opening `value` milliseconds after the epoch (Binance);
     CodecError for anything but a non-negative integer naming an aligned bar."""
     ms = _epoch_integer(value, "milliseconds")
-    if ms < _FAST_MS_BEFORE and not tf.is_monthly:
-        origin, step = _grid_ms(tf)
-        if (ms - origin) % step == 0:  # aligned: the bar and its close fit a datetime
-            return EPOCH + timedelta(milliseconds=ms)
+    step_us = tf.step_us  # 0: monthly
+    if ms < FAST_MS_BEFORE and step_us and not (ms * 1000 - tf.origin_us) % step_us:
+        return EPOCH + timedelta(milliseconds=ms)  # aligned: the bar and its close fit a datetime
     return bar_open(tf, from_ms(ms))  # unaligned, monthly or far off: the general way
 
 
