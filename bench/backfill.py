@@ -62,6 +62,8 @@ class SimProcess:
     closing stdin stops the child.
     """
 
+    MODULE = "bench.backfill"  # whose `sim` command runs the child
+
     def __init__(self, scenario: dict[str, Any]) -> None:
         self._scenario = scenario
         self._proc: asyncio.subprocess.Process | None = None
@@ -77,7 +79,7 @@ class SimProcess:
 
     async def __aenter__(self) -> Self:
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.backfill", "sim",
+            sys.executable, "-m", self.MODULE, "sim",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=_PIPE_LIMIT,
         )  # fmt: skip
         try:
@@ -162,27 +164,29 @@ class _PagedCodec(BinanceCodec):
         return self._limits
 
 
-def min_send_time(requests: int, weight: int, start: float) -> float:
+def min_send_time(
+    requests: int, weight: int, start: float, budget: int = BUDGET, period_s: float = PERIOD_S
+) -> float:
     """Earliest time (s after `start`, epoch seconds) at which the last of
     `requests` requests can be sent, spending greedily (which is optimal) under
     both limits the budget imposes:
 
-    * our token bucket: starts full with BUDGET, refills BUDGET per PERIOD_S;
-    * the venue's count: at most BUDGET per clock-aligned minute (WINDOW_S).
+    * our token bucket: starts full with `budget`, refills `budget` per `period_s`;
+    * the venue's count: at most `budget` per clock-aligned minute (WINDOW_S).
 
     With the bucket alone this is max(0, W - BUDGET) / BUDGET * 60 s (W the
     total weight); the fixed windows can add to it, depending on where in the
     minute the run starts (e.g. W = 1,800 from second 0 of a minute: 1,200
     now, the rest only when the next minute starts, 60 s instead of 30 s).
     """
-    rate = BUDGET / PERIOD_S
-    budget = BUDGET * WINDOW_S / PERIOD_S
+    rate = budget / period_s
+    window_budget = budget * WINDOW_S / period_s
     # Seconds since `start` (epoch-sized floats would swallow tiny refill waits).
-    t, tokens, used = 0.0, float(BUDGET), 0.0
+    t, tokens, used = 0.0, float(budget), 0.0
     window_end = WINDOW_S - start % WINDOW_S
     for _ in range(requests):
-        if used + weight > budget:  # this minute is spent: wait for the next one
-            tokens = min(BUDGET, tokens + (window_end - t) * rate)
+        if used + weight > window_budget:  # this minute is spent: wait for the next one
+            tokens = min(budget, tokens + (window_end - t) * rate)
             t, used = window_end, 0.0
             window_end += WINDOW_S
         if tokens < weight:  # wait for the bucket to refill (the window may roll meanwhile)
@@ -195,10 +199,9 @@ def min_send_time(requests: int, weight: int, start: float) -> float:
     return t
 
 
-def needed_requests(codec: BinanceCodec, jobs: list[BackfillJob]) -> int:
+def needed_requests(page: int, jobs: list[BackfillJob]) -> int:
     """Requests the backfill cannot do without: one genesis request per series
-    (the store knows none yet), then ceil(bars / page) per job piece."""
-    page = codec.limits.page_size
+    (the store knows none yet), then ceil(bars / `page`) per job piece."""
     pieces = [p for job in jobs for p in split_window(job, page)]
     pages = sum(-(-p.series.tf.count_bars(p.start, p.end) // page) for p in pieces)
     return len({job.series for job in jobs}) + pages
@@ -250,7 +253,7 @@ async def _run_once(db: Database, label: str, page_size: int) -> _RunResult:
             working.cancel()
         counters = await sim.counters()
     rows = await db.pool.fetchval("SELECT count(*) FROM candle_data")
-    needed = needed_requests(codec, jobs)
+    needed = needed_requests(codec.limits.page_size, jobs)
     weight = codec.limits.request_weight
     return _RunResult(
         label=label,

@@ -53,9 +53,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-from bench.backfill import SimProcess
+from bench.backfill import SimProcess, min_send_time, needed_requests
 from candled import logs
-from candled.backfill import Backfiller, BackfillJob, JobReason, split_window
+from candled.backfill import Backfiller, BackfillJob, JobReason
 from candled.domain import Candle, SeriesKey, Timeframe
 from candled.fetch import Fetcher
 from candled.intake import Intake
@@ -322,41 +322,6 @@ async def _postmaster(db: Database) -> int | None:
         return None
     except Exception:  # not allowed to SHOW it: no PostgreSQL figure
         return None
-
-
-# --- the budget's minimum ---------------------------------------------------------------
-
-
-def min_send_time(requests: int, weight: int, start: float, budget: int, period_s: float) -> float:
-    """Earliest time (s after `start`, epoch seconds) at which the last of
-    `requests` requests can be sent, spending greedily (optimal) under both
-    limits: a token bucket that starts full with `budget` and refills `budget`
-    per `period_s`, and the venue's `budget` per clock-aligned minute.
-    (bench/backfill.py's `min_send_time`, with the budget as an argument.)"""
-    rate = budget / period_s
-    window_budget = budget * WINDOW_S / period_s
-    t, tokens, used = 0.0, float(budget), 0.0
-    window_end = WINDOW_S - start % WINDOW_S
-    for _ in range(requests):
-        if used + weight > window_budget:
-            tokens = min(budget, tokens + (window_end - t) * rate)
-            t, used = window_end, 0.0
-            window_end += WINDOW_S
-        if tokens < weight:
-            t += (weight - tokens) / rate
-            tokens = float(weight)
-            while t >= window_end:
-                used, window_end = 0.0, window_end + WINDOW_S
-        tokens -= weight
-        used += weight
-    return t
-
-
-def needed_requests(page: int, jobs: list[BackfillJob]) -> int:
-    """One genesis request per series, then ceil(bars / page) per job piece."""
-    pieces = [p for job in jobs for p in split_window(job, page)]
-    pages = sum(-(-p.series.tf.count_bars(p.start, p.end) // page) for p in pieces)
-    return len({job.series for job in jobs}) + pages
 
 
 # --- one candled run ------------------------------------------------------------------

@@ -51,7 +51,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -84,17 +84,7 @@ class TakeoverSim(SimProcess):
     plus a `streams` line answered with the kline streams subscribed on open
     connections."""
 
-    async def __aenter__(self) -> Self:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.takeover", "sim",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=_PIPE_LIMIT,
-        )  # fmt: skip
-        try:
-            self.port = int((await self._ask(json.dumps(self._scenario)))["port"])
-        except BaseException:
-            await self._stop()
-            raise
-        return self
+    MODULE = "bench.takeover"
 
     async def streams(self) -> dict[str, int]:
         """{"streams": distinct streams subscribed, "subscriptions": with
