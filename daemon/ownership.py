@@ -162,14 +162,17 @@ class LeaseKeeper:
         self.view = View(frozenset(), self.view.members, self.view.bans)
         await self._on_view(self.view)
 
+    def _bounded(self, seconds: float) -> float:
+        """`seconds`, but no further than the leases' end while we hold some."""
+        if self.view.owned:
+            seconds = min(seconds, self.valid_until - time.monotonic())
+        return max(seconds, 0.05)
+
     async def _attempt(self, step: Callable[[], Awaitable[object]] | None = None) -> bool:
         """Renew (or `step`), bounded so that a hung database cannot carry us
         past the leases' end; False when it failed."""
-        bound = self.interval_s
-        if self.view.owned:
-            bound = min(bound, self.valid_until - time.monotonic())
         try:
-            async with asyncio.timeout(max(bound, 0.05)):
+            async with asyncio.timeout(self._bounded(self.interval_s)):
                 await (step or self.renew)()
             return True
         except UNAVAILABLE as e:
@@ -183,8 +186,10 @@ class LeaseKeeper:
         """(Re)open the LISTEN connection; without it, renewals still happen."""
         if not self._dsn or (self._listener is not None and not self._listener.is_closed()):
             return
+        # Bounded like a renewal: a hung connect must not delay the fence.
+        timeout = self._bounded(min(CONNECT_TIMEOUT_S, self.interval_s))
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=min(CONNECT_TIMEOUT_S, self.interval_s))
+            conn = await asyncpg.connect(self._dsn, timeout=timeout)
             await conn.add_listener(leases.CHANNEL, self._notified)
             self._listener = conn
         except UNAVAILABLE as e:
