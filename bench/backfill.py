@@ -69,6 +69,10 @@ class SimProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self.port = 0
 
+    def sim_args(self) -> list[str]:
+        """Extra arguments of the child's `sim` command."""
+        return []
+
     @property
     def rest_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -79,7 +83,7 @@ class SimProcess:
 
     async def __aenter__(self) -> Self:
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.MODULE, "sim",
+            sys.executable, "-m", self.MODULE, "sim", *self.sim_args(),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=_PIPE_LIMIT,
         )  # fmt: skip
         try:

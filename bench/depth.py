@@ -51,7 +51,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from bench.backfill import SimProcess, min_send_time, needed_requests
 from candled import logs
@@ -104,25 +104,18 @@ class DepthSim(SimProcess):
     """`SimProcess` running `python -m bench.depth sim [--memo]`: the same
     simulator, optionally with its klines answers memoised (`_memoise`)."""
 
+    MODULE = "bench.depth"
+
     def __init__(self, scenario: dict[str, Any], memo: bool) -> None:
         super().__init__(scenario)
         self._memo = memo
 
+    def sim_args(self) -> list[str]:
+        return ["--memo"] if self._memo else []
+
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
-
-    async def __aenter__(self) -> Self:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.depth", "sim", *(["--memo"] if self._memo else []),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24,
-        )  # fmt: skip
-        try:
-            self.port = int((await self._ask(json.dumps(self._scenario)))["port"])
-        except BaseException:
-            await self._stop()
-            raise
-        return self
 
 
 class _Row(list[Any]):
